@@ -1,0 +1,305 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Three ways to define a model
+#
+# PyTorch gives you three containers for building a model out of layers:
+# `nn.Sequential`, `nn.ModuleList` and `nn.ModuleDict`. All three *register*
+# the layers they hold, which is what makes PyTorch find their parameters,
+# save them in the `state_dict` and move them with `.to()`. They differ in who
+# decides the order of computation: `nn.Sequential` runs its layers in a fixed
+# chain; with the other two, your own `forward` decides.
+#
+# Every output on this page was produced by running the code when the site was
+# built, on the versions printed below.
+
+# %%
+from tutorials_pkg.runtime import describe_runtime
+
+print(describe_runtime())
+
+# %% [markdown]
+# The data for the examples is real: scikit-learn ships the 8×8 handwritten
+# digits (1,797 images), so each image is a vector of 64 numbers.
+
+# %%
+import torch
+from sklearn.datasets import load_digits
+
+digits = load_digits()
+x = torch.tensor(digits.data[:8], dtype=torch.float32) / 16.0  # 8 images, scaled to [0, 1]
+y = torch.tensor(digits.target[:8])
+print(x.shape, y.tolist())
+
+# %% [markdown]
+# ## `nn.Sequential`: a straight chain
+#
+# When every layer feeds the next and nothing else happens, list the layers in
+# order. `nn.Sequential` also writes the `forward` for you. The recipe, as it is
+# in `tutorials_pkg.definition` (the imports it needs come with it, so the block
+# runs on its own when you copy it):
+
+# %%
+from tutorials_pkg.definition import mlp_sequential
+from tutorials_pkg.source import show_source
+
+show_source(mlp_sequential)
+
+# %%
+model = mlp_sequential()
+print(model)
+print(model(x).shape)
+
+# %% [markdown]
+# The layers are named by position: `0`, `1`, `2`. Those names become the keys
+# of the `state_dict` and the way you reach a layer (`model[0]`).
+
+# %%
+print(list(model.state_dict().keys()))
+print(model[0])
+
+# %% [markdown]
+# ### Named layers with `OrderedDict`
+#
+# Pass an `OrderedDict` instead and the layers get the names you choose. The
+# order of computation is still the order of the dictionary.
+
+# %%
+from tutorials_pkg.definition import mlp_named
+
+show_source(mlp_named)
+
+# %%
+named = mlp_named()
+print(named)
+print(list(named.state_dict().keys()))
+print(named.fc1)
+
+# %% [markdown]
+# ## `nn.ModuleList`: repeated blocks, your own `forward`
+#
+# A `ModuleList` is a list whose items are registered. It has no `forward`: you
+# loop over it yourself, which lets you add what a chain cannot express, such
+# as a skip connection around every block.
+
+# %%
+from tutorials_pkg.definition import ResidualMLP
+
+show_source(ResidualMLP)
+
+# %%
+residual = ResidualMLP(features=64, depth=3)
+print(residual)
+print(residual(x).shape)
+print([name for name, _ in residual.named_parameters()])
+
+# %% [markdown]
+# ## `nn.ModuleDict`: blocks chosen by name
+#
+# A `ModuleDict` is a dictionary whose values are registered. Use it when
+# `forward` picks a block by name, here one of two output heads on a shared
+# body: which digit it is, and whether it is even or odd.
+
+# %%
+from tutorials_pkg.definition import MultiHeadNet
+
+show_source(MultiHeadNet)
+
+# %%
+multi = MultiHeadNet()
+print(multi.heads)
+print("digit:", multi(x, head="digit").shape)
+print("parity:", multi(x, head="parity").shape)
+
+# %% [markdown]
+# An unknown head gets an error that lists the heads there are:
+
+# %% tags=["raises-exception"] raises="KeyError"
+multi(x, head="colour")
+
+# %% [markdown]
+# ## What `nn.Sequential` does inside
+#
+# A `Sequential` is an `nn.Module` that calls `add_module` for each layer, which
+# stores it in the ordered dictionary `self._modules`, and whose `forward`
+# walks that dictionary in order. A dozen lines do the same:
+
+# %%
+from tutorials_pkg.definition import MySequential
+
+show_source(MySequential)
+
+# %% [markdown]
+# Given the same layers, it has the same `state_dict` keys and computes the same
+# thing as `nn.Sequential`:
+
+# %%
+from torch import nn
+
+layers = [nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10)]
+ours, theirs = MySequential(*layers), nn.Sequential(*layers)
+print(list(ours._modules.keys()))
+print(list(ours.state_dict().keys()) == list(theirs.state_dict().keys()))
+print(torch.equal(ours(x), theirs(x)))
+
+# %% [markdown]
+# ## Which one when
+#
+# | Container | Use it for | `forward` | Layer names |
+# |---|---|---|---|
+# | `nn.Sequential` | a straight chain, each layer feeding the next | written for you | `0`, `1`, … or your `OrderedDict` keys |
+# | `nn.ModuleList` | repeated blocks, loops, skip connections | yours: iterate over it | `0`, `1`, … |
+# | `nn.ModuleDict` | blocks selected by name (heads, branches, per-task layers) | yours: index by key | your keys |
+#
+# They nest: a `ModuleList` of `Sequential` blocks is common. What none of them
+# does is a plain Python `list` or `dict`, as the next section shows.
+
+# %% [markdown]
+# ## What goes wrong in the wild
+#
+# ### Layers kept in a plain Python list are not registered
+#
+# This looks like a model with two layers:
+
+# %%
+from tutorials_pkg.definition import PlainListMLP, count_parameters
+
+show_source(PlainListMLP)
+
+# %% [markdown]
+# It runs, but PyTorch does not know its layers: no parameters (an optimizer
+# built from `model.parameters()` trains nothing), an empty `state_dict`
+# (nothing is saved):
+
+# %%
+plain = PlainListMLP(features=64)
+print(plain(x).shape)
+print("parameters:", count_parameters(plain))
+print("state_dict:", plain.state_dict())
+assert count_parameters(plain) == 0 and len(plain.state_dict()) == 0
+
+# %% [markdown]
+# and `.to()` does not reach them. On a GPU the layers would stay on the CPU;
+# a dtype change shows the same thing on any machine, with a `RuntimeError`:
+
+# %% tags=["raises-exception"] raises="RuntimeError"
+plain = plain.to(torch.float64)
+plain(x.to(torch.float64))
+
+# %% [markdown]
+# The fix is `nn.ModuleList`, as in `ResidualMLP` above: 3 blocks of
+# 64×64 weights and 64 biases are 12,480 parameters, all of them visible.
+
+# %%
+print("parameters:", count_parameters(ResidualMLP(features=64, depth=3)))
+assert count_parameters(ResidualMLP(features=64, depth=3)) == 3 * (64 * 64 + 64)
+
+# %% [markdown]
+# ### `[nn.Linear(4, 4)] * 3` is one layer three times
+#
+# Multiplying a list repeats the *reference*: all three entries are the same
+# layer, sharing one set of weights.
+
+# %%
+shared = nn.Sequential(*[nn.Linear(4, 4)] * 3)
+print(shared[0] is shared[1] is shared[2])
+print("parameters:", count_parameters(shared))
+assert count_parameters(shared) == 4 * 4 + 4  # one layer's worth, not three
+
+# %% [markdown]
+# Create a new layer for each entry:
+
+# %%
+separate = nn.Sequential(*[nn.Linear(4, 4) for _ in range(3)])
+print(separate[0] is separate[1])
+print("parameters:", count_parameters(separate))
+
+# %% [markdown]
+# ### A repeated name in an `OrderedDict` silently drops a layer
+#
+# A dictionary keeps one value per key: the second `"fc"` replaces the first,
+# and no error says so.
+
+# %%
+from collections import OrderedDict
+
+dropped = nn.Sequential(OrderedDict([
+    ("fc", nn.Linear(64, 32)),
+    ("fc", nn.Linear(32, 10)),
+]))
+print(dropped)
+assert len(dropped) == 1  # two layers were written, one is left
+
+# %% [markdown]
+# The model that is left expects 32 inputs, so 64-feature digits fail with a
+# `RuntimeError`:
+
+# %% tags=["raises-exception"] raises="RuntimeError"
+dropped(x)
+
+# %% [markdown]
+# Give every layer its own name, and check the length when you build from a
+# generated list of names.
+
+# %%
+fixed = nn.Sequential(OrderedDict([("fc1", nn.Linear(64, 32)), ("fc2", nn.Linear(32, 10))]))
+assert len(fixed) == 2
+print(fixed(x).shape)
+
+# %% [markdown]
+# ### `ModuleDict` refuses some keys
+#
+# A key that is already an attribute of `nn.ModuleDict` (`keys`, `type`,
+# `forward`, …) raises a `KeyError`:
+
+# %% tags=["raises-exception"] raises="KeyError"
+blocks = nn.ModuleDict()
+blocks["type"] = nn.Linear(4, 4)
+
+# %% [markdown]
+# and so does a key with a dot, which is what layer names such as
+# `layer1.0.conv1` look like; again a `KeyError`:
+
+# %% tags=["raises-exception"] raises="KeyError"
+blocks["layer1.0.conv1"] = nn.Linear(4, 4)
+
+# %% [markdown]
+# `module_key` turns any layer name into a key the dictionary accepts:
+
+# %%
+from tutorials_pkg.definition import module_key
+
+show_source(module_key)
+
+# %%
+for name in ["type", "layer1.0.conv1", "keys"]:
+    blocks[module_key(name)] = nn.Linear(4, 4)
+print(list(blocks.keys()))
+
+# %% [markdown]
+# ### A `ModuleList` cannot be called
+#
+# `ModuleList` holds layers but has no `forward`, so calling it raises
+# `NotImplementedError`:
+
+# %% tags=["raises-exception"] raises="NotImplementedError"
+stack = nn.ModuleList([nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10)])
+stack(x)
+
+# %% [markdown]
+# Loop over it in your own `forward` (as `ResidualMLP` does), or, when it is a
+# plain chain, unpack it into a `Sequential`:
+
+# %%
+chain = nn.Sequential(*stack)
+print(chain(x).shape)

@@ -1,0 +1,288 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 模型定义的三种方式
+#
+# PyTorch 提供三种容器，把层组合成模型：`nn.Sequential`、`nn.ModuleList` 和
+# `nn.ModuleDict`。三者都会**注册**它们装着的层：正因为注册了，PyTorch 才能找到这些层的参数、
+# 把它们存进 `state_dict`、用 `.to()` 搬动它们。三者的区别在于谁决定计算顺序：
+# `nn.Sequential` 按固定的链条依次执行；另外两种则由你自己写的 `forward` 决定。
+#
+# 本页的每一段输出，都是构建网站时真正运行代码得到的，运行环境就是下面打印的版本。
+
+# %%
+from tutorials_pkg.runtime import describe_runtime
+
+print(describe_runtime())
+
+# %% [markdown]
+# 示例用的是真实数据：scikit-learn 自带 8×8 的手写数字图片（1,797 张），
+# 每张图是一个长度为 64 的向量。
+
+# %%
+import torch
+from sklearn.datasets import load_digits
+
+digits = load_digits()
+x = torch.tensor(digits.data[:8], dtype=torch.float32) / 16.0  # 8 images, scaled to [0, 1]
+y = torch.tensor(digits.target[:8])
+print(x.shape, y.tolist())
+
+# %% [markdown]
+# ## `nn.Sequential`：一条直链
+#
+# 如果每一层只是把结果交给下一层，别的什么都不做，就按顺序把层列出来。
+# `nn.Sequential` 连 `forward` 都替你写好了。下面是 `tutorials_pkg.definition` 里的原样代码
+# （它需要的 import 一并给出，复制下来就能单独运行）：
+
+# %%
+from tutorials_pkg.definition import mlp_sequential
+from tutorials_pkg.source import show_source
+
+show_source(mlp_sequential)
+
+# %%
+model = mlp_sequential()
+print(model)
+print(model(x).shape)
+
+# %% [markdown]
+# 层按位置命名：`0`、`1`、`2`。这些名字就是 `state_dict` 的键，也是取出某一层的方式
+# （`model[0]`）。
+
+# %%
+print(list(model.state_dict().keys()))
+print(model[0])
+
+# %% [markdown]
+# ### 用 `OrderedDict` 给层命名
+#
+# 改为传入一个 `OrderedDict`，层就用你起的名字。计算顺序仍然是字典的顺序。
+
+# %%
+from tutorials_pkg.definition import mlp_named
+
+show_source(mlp_named)
+
+# %%
+named = mlp_named()
+print(named)
+print(list(named.state_dict().keys()))
+print(named.fc1)
+
+# %% [markdown]
+# ## `nn.ModuleList`：重复的模块，自己写 `forward`
+#
+# `ModuleList` 是一个会注册其元素的列表。它没有 `forward`：由你自己遍历，
+# 这样就能加入直链表达不了的东西，比如给每个模块加一条跳跃连接（skip connection）。
+
+# %%
+from tutorials_pkg.definition import ResidualMLP
+
+show_source(ResidualMLP)
+
+# %%
+residual = ResidualMLP(features=64, depth=3)
+print(residual)
+print(residual(x).shape)
+print([name for name, _ in residual.named_parameters()])
+
+# %% [markdown]
+# ## `nn.ModuleDict`：按名字选择模块
+#
+# `ModuleDict` 是一个会注册其值的字典。当 `forward` 需要按名字挑选模块时用它，
+# 这里是在共享主干上挑选两个输出头之一：是哪个数字，以及是奇数还是偶数。
+
+# %%
+from tutorials_pkg.definition import MultiHeadNet
+
+show_source(MultiHeadNet)
+
+# %%
+multi = MultiHeadNet()
+print(multi.heads)
+print("digit:", multi(x, head="digit").shape)
+print("parity:", multi(x, head="parity").shape)
+
+# %% [markdown]
+# 名字不存在时，报错会列出现有的输出头：
+
+# %% tags=["raises-exception"] raises="KeyError"
+multi(x, head="colour")
+
+# %% [markdown]
+# ## `nn.Sequential` 内部做了什么
+#
+# `Sequential` 是一个 `nn.Module`：它对每一层调用 `add_module`，把层存进有序字典
+# `self._modules`；它的 `forward` 按顺序遍历这个字典。十几行代码就能做到同样的事：
+
+# %%
+from tutorials_pkg.definition import MySequential
+
+show_source(MySequential)
+
+# %% [markdown]
+# 给它同样的层，它的 `state_dict` 键与 `nn.Sequential` 相同，计算结果也相同：
+
+# %%
+from torch import nn
+
+layers = [nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10)]
+ours, theirs = MySequential(*layers), nn.Sequential(*layers)
+print(list(ours._modules.keys()))
+print(list(ours.state_dict().keys()) == list(theirs.state_dict().keys()))
+print(torch.equal(ours(x), theirs(x)))
+
+# %% [markdown]
+# ## 什么时候用哪一种
+#
+# | 容器 | 适用场景 | `forward` | 层的名字 |
+# |---|---|---|---|
+# | `nn.Sequential` | 一条直链，每层把结果交给下一层 | 已替你写好 | `0`、`1`……或 `OrderedDict` 的键 |
+# | `nn.ModuleList` | 重复的模块、循环、跳跃连接 | 自己写：遍历它 | `0`、`1`…… |
+# | `nn.ModuleDict` | 按名字选择的模块（输出头、分支、按任务区分的层） | 自己写：按键取用 | 你起的键 |
+#
+# 它们可以互相嵌套：`ModuleList` 里装 `Sequential` 模块就很常见。普通的 Python
+# `list` 或 `dict` 则做不到这些，下一节会演示。
+
+# %% [markdown]
+# ## 实践中常见的错误
+#
+# ### 放在普通 Python 列表里的层没有被注册
+#
+# 这看起来是一个有两层的模型：
+
+# %%
+from tutorials_pkg.definition import PlainListMLP, count_parameters
+
+show_source(PlainListMLP)
+
+# %% [markdown]
+# 它能运行，但 PyTorch 并不知道它的层：没有参数（用 `model.parameters()` 构建的优化器什么也训练不了），
+# `state_dict` 是空的（什么也存不下来）：
+
+# %%
+plain = PlainListMLP(features=64)
+print(plain(x).shape)
+print("parameters:", count_parameters(plain))
+print("state_dict:", plain.state_dict())
+assert count_parameters(plain) == 0 and len(plain.state_dict()) == 0
+
+# %% [markdown]
+# `.to()` 也碰不到这些层。在 GPU 上，这些层会留在 CPU；改变数据类型在任何机器上都能看到同样的问题，
+# 报 `RuntimeError`：
+
+# %% tags=["raises-exception"] raises="RuntimeError"
+plain = plain.to(torch.float64)
+plain(x.to(torch.float64))
+
+# %% [markdown]
+# 改用 `nn.ModuleList` 即可，就像上面的 `ResidualMLP`：3 个模块，每个有 64×64 个权重和 64 个偏置，
+# 共 12,480 个参数，全部可见。
+
+# %%
+print("parameters:", count_parameters(ResidualMLP(features=64, depth=3)))
+assert count_parameters(ResidualMLP(features=64, depth=3)) == 3 * (64 * 64 + 64)
+
+# %% [markdown]
+# ### `[nn.Linear(4, 4)] * 3` 是同一层用了三次
+#
+# 列表乘法重复的是**引用**：三个元素是同一个层，共享同一组权重。
+
+# %%
+shared = nn.Sequential(*[nn.Linear(4, 4)] * 3)
+print(shared[0] is shared[1] is shared[2])
+print("parameters:", count_parameters(shared))
+assert count_parameters(shared) == 4 * 4 + 4  # one layer's worth, not three
+
+# %% [markdown]
+# 每个位置各建一个新层：
+
+# %%
+separate = nn.Sequential(*[nn.Linear(4, 4) for _ in range(3)])
+print(separate[0] is separate[1])
+print("parameters:", count_parameters(separate))
+
+# %% [markdown]
+# ### `OrderedDict` 里重复的名字会悄悄丢掉一层
+#
+# 字典每个键只保留一个值：第二个 `"fc"` 覆盖了第一个，而且没有任何报错。
+
+# %%
+from collections import OrderedDict
+
+dropped = nn.Sequential(OrderedDict([
+    ("fc", nn.Linear(64, 32)),
+    ("fc", nn.Linear(32, 10)),
+]))
+print(dropped)
+assert len(dropped) == 1  # two layers were written, one is left
+
+# %% [markdown]
+# 剩下的模型需要 32 维输入，所以输入 64 维的手写数字会报 `RuntimeError`：
+
+# %% tags=["raises-exception"] raises="RuntimeError"
+dropped(x)
+
+# %% [markdown]
+# 每层起一个不同的名字；当名字是程序生成的时候，构建后检查一下长度。
+
+# %%
+fixed = nn.Sequential(OrderedDict([("fc1", nn.Linear(64, 32)), ("fc2", nn.Linear(32, 10))]))
+assert len(fixed) == 2
+print(fixed(x).shape)
+
+# %% [markdown]
+# ### `ModuleDict` 拒绝某些键
+#
+# 已经是 `nn.ModuleDict` 属性的键（`keys`、`type`、`forward`……）会引发 `KeyError`：
+
+# %% tags=["raises-exception"] raises="KeyError"
+blocks = nn.ModuleDict()
+blocks["type"] = nn.Linear(4, 4)
+
+# %% [markdown]
+# 带点号的键也一样，而 `layer1.0.conv1` 这样的层名正带有点号；同样是 `KeyError`：
+
+# %% tags=["raises-exception"] raises="KeyError"
+blocks["layer1.0.conv1"] = nn.Linear(4, 4)
+
+# %% [markdown]
+# `module_key` 把任意层名变成字典能接受的键：
+
+# %%
+from tutorials_pkg.definition import module_key
+
+show_source(module_key)
+
+# %%
+for name in ["type", "layer1.0.conv1", "keys"]:
+    blocks[module_key(name)] = nn.Linear(4, 4)
+print(list(blocks.keys()))
+
+# %% [markdown]
+# ### `ModuleList` 不能被调用
+#
+# `ModuleList` 装着层，却没有 `forward`，所以调用它会引发 `NotImplementedError`：
+
+# %% tags=["raises-exception"] raises="NotImplementedError"
+stack = nn.ModuleList([nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10)])
+stack(x)
+
+# %% [markdown]
+# 在你自己的 `forward` 里遍历它（像 `ResidualMLP` 那样）；如果它就是一条直链，
+# 就把它展开放进 `Sequential`：
+
+# %%
+chain = nn.Sequential(*stack)
+print(chain(x).shape)
