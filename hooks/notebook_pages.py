@@ -43,6 +43,7 @@ import mkdocs_jupyter.convert
 import mkdocs_jupyter.nbconvert2
 import mkdocs_jupyter.plugin
 import mkdocs_static_i18n.folder
+import nbconvert.filters.strings
 from mkdocs.plugins import event_priority
 from mkdocs.structure.toc import get_toc
 from mkdocs_jupyter.config import settings
@@ -56,6 +57,7 @@ CACHE_ROOT = ROOT / ".cache" / "mkdocs-jupyter"
 CELL_TIMEOUT_S = 600
 HEADING = re.compile(r'<h([1-6])\b[^>]*\bid="([^"]+)"[^>]*>(.*?)</h\1>', re.S)
 TAG = re.compile(r"<[^>]+>")
+CELL_ID = re.compile(r' id="cell-id=[^"]*"')
 
 
 def unpatched(func):
@@ -92,10 +94,11 @@ def fingerprint() -> str:
 
     digest = hashlib.sha256()
     watched = sorted((ROOT / "tutorials_pkg").rglob("*.py")) + sorted(TEMPLATES.rglob("*"))
-    for path in watched + [Path(__file__)]:
+    for path in watched:
         if path.is_file():
             digest.update(str(path.relative_to(ROOT)).encode())
             digest.update(path.read_bytes())
+    digest.update(Path(__file__).read_bytes())
     digest.update(f"{platform.python_version()} {torch.__version__} "
                   f"{torchvision.__version__} {torch.cuda.is_available()}".encode())
     return digest.hexdigest()[:16]
@@ -139,6 +142,15 @@ def heading_slug(text: str) -> str:
     return unicode_slug(text, "-")
 
 
+_convert_header_id = unpatched(nbconvert.filters.strings._convert_header_id)
+
+
+@functools.wraps(_convert_header_id)
+def keep_header_id(slug: str) -> str:
+    """nbconvert percent-encodes heading ids; keep the slug as the Markdown pages do."""
+    return slug.replace(" ", "-")
+
+
 def toc_tokens_from_html(content: str, depth: int = 6) -> list[dict]:
     """TOC tokens, as Python-Markdown makes them, for the headings in ``content``."""
     root: list[dict] = []
@@ -170,6 +182,9 @@ def nb2html_in_temp_dir(nb_path, *args, **kwargs):
             content = _nb2html(nb_path, *args, **kwargs)
         finally:
             os.chdir(here)
+    # nbconvert gives each cell id="cell-id=<random>": Material makes that an invalid
+    # CSS selector for the copy button, and the HTML would change on every build.
+    content = CELL_ID.sub("", content)
     # Material styles (and the search index skips) permalinks of class "headerlink".
     return content.replace('class="anchor-link"', 'class="headerlink"')
 
@@ -194,6 +209,7 @@ def install_patches() -> None:
     mkdocs_static_i18n.folder.create_i18n_file = create_i18n_file_keeping_notebooks
     mkdocs_jupyter.nbconvert2.get_nbconvert_app = get_nbconvert_app_with_timeout
     mkdocs_jupyter.convert.slugify = heading_slug
+    nbconvert.filters.strings._convert_header_id = keep_header_id
     mkdocs_jupyter.convert.nb2html = nb2html_in_temp_dir
     mkdocs_jupyter.nbconvert2.mk_custom_highlight_code = material_highlight_code
     # The TOC is read from the rendered HTML (on_page_content): skip the second
@@ -247,7 +263,15 @@ def notebook_for_download(py_path: str, repo_url: str | None) -> str:
     return jupytext.writes(notebook, fmt="ipynb")
 
 
+ALTERNATE_LINK = re.compile(r'\s*<link rel="alternate" href="[^"]*" hreflang="[^"]*">')
+
+
 def on_post_page(output, page, config):
+    # Material fetches "sitemap.xml" next to every <link rel="alternate">, which it
+    # expects to be a language's root; i18n points them at the page itself, so each
+    # load made two requests that 404. The language menu keeps its per-page links,
+    # and sitemap.xml keeps the hreflang alternates for search engines.
+    output = ALTERNATE_LINK.sub("", output)
     if isinstance(page.file, NotebookFile):
         target = Path(page.file.abs_dest_path).parent / f"{Path(page.file.src_uri).stem}.ipynb"
         target.parent.mkdir(parents=True, exist_ok=True)

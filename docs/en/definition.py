@@ -122,7 +122,7 @@ print("digit:", multi(x, head="digit").shape)
 print("parity:", multi(x, head="parity").shape)
 
 # %% [markdown]
-# An unknown head gets an error that lists the heads there are:
+# An unknown head gets a `KeyError` that lists the heads there are:
 
 # %% tags=["raises-exception"] raises="KeyError"
 multi(x, head="colour")

@@ -115,7 +115,7 @@ print("digit:", multi(x, head="digit").shape)
 print("parity:", multi(x, head="parity").shape)
 
 # %% [markdown]
-# 名字不存在时，报错会列出现有的输出头：
+# 名字不存在时，会报 `KeyError`，并列出现有的输出头：
 
 # %% tags=["raises-exception"] raises="KeyError"
 multi(x, head="colour")

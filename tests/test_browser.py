@@ -1,0 +1,127 @@
+"""The built site in headless Chromium: outputs, language switch, copy button, search."""
+
+import functools
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlparse
+
+import pytest
+
+from conftest import site_path
+
+pytestmark = [pytest.mark.site, pytest.mark.browser]
+
+CHROMIUM = next(filter(None, map(shutil.which, ["chromium", "chromium-browser", "google-chrome"])),
+                None)
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu",
+                  "--disable-background-networking", "--no-first-run"]
+
+try:
+    from playwright import sync_api
+except ImportError:  # pragma: no cover - playwright is in the test extra
+    sync_api = None
+
+MISSING = ("Chromium not found (apt-get install chromium; .ci/run installs it)" if CHROMIUM is None
+           else "playwright not installed (pip install -e '.[test]')" if sync_api is None else None)
+if MISSING:
+    if os.environ.get("HANDBOOK_REQUIRE_TOOLS"):
+        raise RuntimeError(MISSING)
+    pytest.skip(MISSING, allow_module_level=True)
+
+
+class QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def base_url(web_root):
+    server = ThreadingHTTPServer(("127.0.0.1", 0),
+                                 functools.partial(QuietHandler, directory=str(web_root)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}/{site_path()}/"
+    server.shutdown()
+
+
+@pytest.fixture
+def page(tmp_path):
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        context = browser.new_context(viewport={"width": 1280, "height": 900})
+        context.grant_permissions(["clipboard-read", "clipboard-write"])
+        tab = context.new_page()
+        tab.requests = []
+        tab.on("request", lambda request: tab.requests.append(request.url))
+        yield tab
+        tab.screenshot(path=str(tmp_path / "page.png"), full_page=False)
+        assert (tmp_path / "page.png").stat().st_size > 10_000
+        browser.close()
+
+
+def off_site(urls):
+    return [u for u in urls if urlparse(u).hostname not in {"127.0.0.1", None}
+            and not u.startswith(("data:", "blob:"))]
+
+
+def test_zh_page_switches_to_en_and_shows_outputs(page, base_url):
+    page.goto(base_url + "definition/")
+    assert page.locator("h1").first.inner_text().startswith("模型定义的三种方式")
+    outputs = page.locator(".jupyter-wrapper .jp-OutputArea-output").all_inner_texts()
+    assert any("torch.Size([8, 10])" in text for text in outputs)
+
+    page.locator(".md-header .md-select").first.hover()  # Material's language menu
+    page.locator('.md-header a.md-select__link[hreflang="en"]').click()
+    page.wait_for_url("**/en/definition/")
+    assert page.locator("h1").first.inner_text().startswith("Three ways to define a model")
+    outputs = page.locator(".jupyter-wrapper .jp-OutputArea-output").all_inner_texts()
+    assert any("torch.Size([8, 10])" in text for text in outputs)
+    assert not off_site(page.requests), off_site(page.requests)
+
+
+def test_copy_button_copies_the_code_and_the_copy_runs(page, base_url):
+    page.goto(base_url + "en/definition/")
+    # The first source block the page shows (an output of show_source).
+    block = page.locator(".jp-OutputArea-output .highlight").first
+    block.hover()
+    block.locator('button[data-md-type="copy"]').click()  # Material's copy button
+    copied = page.evaluate("navigator.clipboard.readText()")
+    shown = block.locator("code").inner_text()
+    assert copied.strip() == shown.strip()
+    assert "def mlp_sequential" in copied
+    # Copied, it runs in a fresh interpreter.
+    check = copied + "\nprint(mlp_sequential())\n"
+    result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "Linear(in_features=64" in result.stdout
+    assert not off_site(page.requests), off_site(page.requests)
+
+
+@pytest.mark.parametrize("start, query, expected", [
+    ("", "模型", "definition/"),
+    ("en/", "ModuleDict", "en/definition/"),
+])
+def test_search_finds_the_page(page, base_url, start, query, expected):
+    page.goto(base_url + start)
+    page.wait_for_load_state("networkidle")  # the search index and its worker are loaded
+    box = page.locator("input.md-search__input")
+    page.locator("label.md-search__icon, .md-search__input").first.click()
+    box.focus()
+    page.keyboard.type(query)
+    # Material searches on keyup; characters typed through an input method (as
+    # Chinese is) arrive without one, so release a key as the IME's commit would.
+    page.keyboard.press("End")
+    results = page.locator(".md-search-result__item a")
+    try:
+        results.first.wait_for(timeout=15_000)
+    except sync_api.TimeoutError:
+        meta = page.locator(".md-search-result__meta").inner_text()
+        raise AssertionError(f"no results for {query!r}: {meta!r}, box={box.input_value()!r}")
+    hrefs = [urlparse(h).path for h in (a.get_attribute("href") for a in results.all()) if h]
+    assert any(h.endswith("/" + expected) for h in hrefs), hrefs
+    assert not off_site(page.requests), off_site(page.requests)

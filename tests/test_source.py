@@ -1,0 +1,80 @@
+"""What a page shows with show_source runs on its own in a fresh interpreter."""
+
+import importlib
+import json
+import inspect
+import subprocess
+import sys
+
+import pytest
+
+from tutorials_pkg import definition
+from tutorials_pkg.source import SourceBlock, show_source, source_with_imports
+
+CHAPTER_MODULES = ["tutorials_pkg.definition"]
+
+
+def public_objects(module_name):
+    module = importlib.import_module(module_name)
+    return [obj for name, obj in vars(module).items()
+            if not name.startswith("_") and (inspect.isclass(obj) or inspect.isfunction(obj))
+            and obj.__module__ == module_name]
+
+
+RUN_BLOCKS = """
+import json, sys
+for name, code in json.load(sys.stdin):
+    namespace = {}
+    exec(code, namespace)  # a fresh namespace for each block
+    assert callable(namespace[name]), name
+assert "tutorials_pkg" not in sys.modules, "a block imported tutorials_pkg"
+"""
+
+
+@pytest.mark.parametrize("module_name", CHAPTER_MODULES)
+def test_every_shown_block_runs_in_a_fresh_interpreter(module_name):
+    """One new interpreter per chapter, one new namespace per block."""
+    blocks = [(obj.__name__, source_with_imports(obj)) for obj in public_objects(module_name)]
+    assert blocks
+    result = subprocess.run([sys.executable, "-c", RUN_BLOCKS], input=json.dumps(blocks),
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+
+
+def test_imports_are_only_the_ones_used():
+    code = source_with_imports(definition.mlp_named)
+    assert "from collections import OrderedDict" in code
+    assert "from torch import nn" in code
+    assert "import torch\n" not in code  # the module imports torch, mlp_named does not use it
+
+
+def test_module_level_helpers_come_along(tmp_path):
+    module = tmp_path / "helper_demo.py"
+    module.write_text("import math\n\nSCALE = 2\n\n\ndef double(x):\n    return x * SCALE\n\n\n"
+                      "def area(r):\n    return math.pi * double(r)\n")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        demo = importlib.import_module("helper_demo")
+        code = source_with_imports(demo.area)
+    finally:
+        sys.path.remove(str(tmp_path))
+    namespace = {}
+    exec(code, namespace)
+    assert namespace["area"](1.0) == pytest.approx(2 * 3.141592653589793)
+    assert code.index("SCALE = 2") < code.index("def double") < code.index("def area")
+
+
+def test_bad_input_gets_a_clear_error():
+    with pytest.raises(ValueError, match="at least one"):
+        source_with_imports()
+    with pytest.raises(ValueError, match="one module"):
+        source_with_imports(definition.mlp_named, SourceBlock)
+    with pytest.raises(ValueError, match="top level"):
+        source_with_imports(definition.MultiHeadNet.forward)
+
+
+def test_source_block_renders_material_code_markup():
+    block = show_source(definition.module_key)
+    html = block._repr_html_()
+    assert html.startswith('<div class="language-python highlight"><pre><span></span><code>')
+    assert repr(block) == block.code and "def module_key" in block.code
