@@ -22,7 +22,9 @@ Each numbered fix answers one known problem of those versions:
    RequireJS from CDNs: our template (``hooks/templates``) inlines nothing and
    loads nothing; ``docs/assets/notebook.css`` styles the cells once for the
    site. Code cells get Material's own markup, so Material's copy button and
-   colours apply to them as to every other code block.
+   colours apply to them as to every other code block. Mermaid diagrams (in
+   Markdown cells or as ``text/vnd.mermaid`` outputs) get Material's markup;
+   ``overrides/main.html`` loads the site's own copy of mermaid on those pages.
 
 Every patch wraps the library's function (``functools.wraps``), and unwraps
 first, so ``mkdocs serve`` loading this hook again does not stack patches.
@@ -185,6 +187,8 @@ def nb2html_in_temp_dir(nb_path, *args, **kwargs):
     # nbconvert gives each cell id="cell-id=<random>": Material makes that an invalid
     # CSS selector for the copy button, and the HTML would change on every build.
     content = CELL_ID.sub("", content)
+    # Material draws ``pre.mermaid`` blocks (overrides/main.html loads mermaid).
+    content = content.replace('<pre><code class="language-mermaid">', '<pre class="mermaid"><code>')
     # Material styles (and the search index skips) permalinks of class "headerlink".
     return content.replace('class="anchor-link"', 'class="headerlink"')
 

@@ -102,6 +102,16 @@ def test_copy_button_copies_the_code_and_the_copy_runs(page, base_url):
     assert not off_site(page.requests), off_site(page.requests)
 
 
+def test_mermaid_diagram_is_drawn_with_the_sites_own_mermaid(page, base_url):
+    page.goto(base_url + "en/definition/")
+    drawn = page.locator("div.mermaid").first
+    drawn.wait_for(timeout=15_000)  # Material replaced the <pre class="mermaid"> with a drawing
+    assert drawn.bounding_box()["height"] > 50
+    assert page.locator("pre.mermaid").count() == 0
+    assert any(u.endswith("/assets/vendor/mermaid/mermaid.min.js") for u in page.requests)
+    assert not off_site(page.requests), off_site(page.requests)
+
+
 @pytest.mark.parametrize("start, query, expected", [
     ("", "模型", "definition/"),
     ("en/", "ModuleDict", "en/definition/"),

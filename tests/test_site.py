@@ -193,6 +193,15 @@ def test_pages_load_nothing_from_a_third_party_host(built_site):
     assert checked > 20  # the parser did find the site's own scripts and styles
 
 
+def test_only_pages_with_a_diagram_load_mermaid(built_site):
+    pages = list(built_site.rglob("*.html"))
+    with_diagram = [p for p in pages if 'class="mermaid"' in p.read_text(encoding="utf-8")]
+    assert with_diagram, "no page shows a mermaid diagram"
+    for path in pages:
+        loads = "vendor/mermaid/mermaid.min.js" in " ".join(parse(path.read_text(encoding="utf-8")).loaded)
+        assert loads == (path in with_diagram), path.relative_to(built_site)
+
+
 def test_the_request_check_catches_a_google_font(built_site):
     html = '<link rel="stylesheet" href="https://fonts.googleapis.com/css?family=Roboto">'
     assert [u for u in parse(html).loaded if is_third_party(u)]

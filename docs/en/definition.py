@@ -97,6 +97,20 @@ from tutorials_pkg.definition import ResidualMLP
 
 show_source(ResidualMLP)
 
+# %% [markdown]
+# Drawn as a graph, with `depth=3`:
+#
+# ```mermaid
+# flowchart LR
+#     x([x]) --> b0["blocks[0] + ReLU"] --> s0((+))
+#     x --> s0
+#     s0 --> b1["blocks[1] + ReLU"] --> s1((+))
+#     s0 --> s1
+#     s1 --> b2["blocks[2] + ReLU"] --> s2((+))
+#     s1 --> s2
+#     s2 --> y([output])
+# ```
+
 # %%
 residual = ResidualMLP(features=64, depth=3)
 print(residual)

@@ -13,10 +13,7 @@
 # %% [markdown]
 # # 模型定义的三种方式
 #
-# PyTorch 提供三种容器，把层组合成模型：`nn.Sequential`、`nn.ModuleList` 和
-# `nn.ModuleDict`。三者都会**注册**它们装着的层：正因为注册了，PyTorch 才能找到这些层的参数、
-# 把它们存进 `state_dict`、用 `.to()` 搬动它们。三者的区别在于谁决定计算顺序：
-# `nn.Sequential` 按固定的链条依次执行；另外两种则由你自己写的 `forward` 决定。
+# PyTorch 提供三种容器，把层组合成模型：`nn.Sequential`、`nn.ModuleList` 和 `nn.ModuleDict`。三者都会**注册**它们装着的层：正因为注册了，PyTorch 才能找到这些层的参数、把它们存进 `state_dict`、用 `.to()` 搬动它们。三者的区别在于谁决定计算顺序：`nn.Sequential` 按固定的链条依次执行；另外两种则由你自己写的 `forward` 决定。
 #
 # 本页的每一段输出，都是构建网站时真正运行代码得到的，运行环境就是下面打印的版本。
 
@@ -26,8 +23,7 @@ from tutorials_pkg.runtime import describe_runtime
 print(describe_runtime())
 
 # %% [markdown]
-# 示例用的是真实数据：scikit-learn 自带 8×8 的手写数字图片（1,797 张），
-# 每张图是一个长度为 64 的向量。
+# 示例用的是真实数据：scikit-learn 自带 8×8 的手写数字图片（1,797 张），每张图是一个长度为 64 的向量。
 
 # %%
 import torch
@@ -41,9 +37,7 @@ print(x.shape, y.tolist())
 # %% [markdown]
 # ## `nn.Sequential`：一条直链
 #
-# 如果每一层只是把结果交给下一层，别的什么都不做，就按顺序把层列出来。
-# `nn.Sequential` 连 `forward` 都替你写好了。下面是 `tutorials_pkg.definition` 里的原样代码
-# （它需要的 import 一并给出，复制下来就能单独运行）：
+# 如果每一层只是把结果交给下一层，别的什么都不做，就按顺序把层列出来。`nn.Sequential` 连 `forward` 都替你写好了。下面是 `tutorials_pkg.definition` 里的原样代码（它需要的 import 一并给出，复制下来就能单独运行）：
 
 # %%
 from tutorials_pkg.definition import mlp_sequential
@@ -57,8 +51,7 @@ print(model)
 print(model(x).shape)
 
 # %% [markdown]
-# 层按位置命名：`0`、`1`、`2`。这些名字就是 `state_dict` 的键，也是取出某一层的方式
-# （`model[0]`）。
+# 层按位置命名：`0`、`1`、`2`。这些名字就是 `state_dict` 的键，也是取出某一层的方式（`model[0]`）。
 
 # %%
 print(list(model.state_dict().keys()))
@@ -83,13 +76,26 @@ print(named.fc1)
 # %% [markdown]
 # ## `nn.ModuleList`：重复的模块，自己写 `forward`
 #
-# `ModuleList` 是一个会注册其元素的列表。它没有 `forward`：由你自己遍历，
-# 这样就能加入直链表达不了的东西，比如给每个模块加一条跳跃连接（skip connection）。
+# `ModuleList` 是一个会注册其元素的列表。它没有 `forward`：由你自己遍历，这样就能加入直链表达不了的东西，比如给每个模块加一条跳跃连接（skip connection）。
 
 # %%
 from tutorials_pkg.definition import ResidualMLP
 
 show_source(ResidualMLP)
+
+# %% [markdown]
+# 画成图（`depth=3`）：
+#
+# ```mermaid
+# flowchart LR
+#     x([x]) --> b0["blocks[0] + ReLU"] --> s0((+))
+#     x --> s0
+#     s0 --> b1["blocks[1] + ReLU"] --> s1((+))
+#     s0 --> s1
+#     s1 --> b2["blocks[2] + ReLU"] --> s2((+))
+#     s1 --> s2
+#     s2 --> y([输出])
+# ```
 
 # %%
 residual = ResidualMLP(features=64, depth=3)
@@ -100,8 +106,7 @@ print([name for name, _ in residual.named_parameters()])
 # %% [markdown]
 # ## `nn.ModuleDict`：按名字选择模块
 #
-# `ModuleDict` 是一个会注册其值的字典。当 `forward` 需要按名字挑选模块时用它，
-# 这里是在共享主干上挑选两个输出头之一：是哪个数字，以及是奇数还是偶数。
+# `ModuleDict` 是一个会注册其值的字典。当 `forward` 需要按名字挑选模块时用它，这里是在共享主干上挑选两个输出头之一：是哪个数字，以及是奇数还是偶数。
 
 # %%
 from tutorials_pkg.definition import MultiHeadNet
@@ -123,8 +128,7 @@ multi(x, head="colour")
 # %% [markdown]
 # ## `nn.Sequential` 内部做了什么
 #
-# `Sequential` 是一个 `nn.Module`：它对每一层调用 `add_module`，把层存进有序字典
-# `self._modules`；它的 `forward` 按顺序遍历这个字典。十几行代码就能做到同样的事：
+# `Sequential` 是一个 `nn.Module`：它对每一层调用 `add_module`，把层存进有序字典 `self._modules`；它的 `forward` 按顺序遍历这个字典。十几行代码就能做到同样的事：
 
 # %%
 from tutorials_pkg.definition import MySequential
@@ -168,8 +172,7 @@ from tutorials_pkg.definition import PlainListMLP, count_parameters
 show_source(PlainListMLP)
 
 # %% [markdown]
-# 它能运行，但 PyTorch 并不知道它的层：没有参数（用 `model.parameters()` 构建的优化器什么也训练不了），
-# `state_dict` 是空的（什么也存不下来）：
+# 它能运行，但 PyTorch 并不知道它的层：没有参数（用 `model.parameters()` 构建的优化器什么也训练不了），`state_dict` 是空的（什么也存不下来）：
 
 # %%
 plain = PlainListMLP(features=64)
@@ -179,16 +182,14 @@ print("state_dict:", plain.state_dict())
 assert count_parameters(plain) == 0 and len(plain.state_dict()) == 0
 
 # %% [markdown]
-# `.to()` 也碰不到这些层。在 GPU 上，这些层会留在 CPU；改变数据类型在任何机器上都能看到同样的问题，
-# 报 `RuntimeError`：
+# `.to()` 也碰不到这些层。在 GPU 上，这些层会留在 CPU；改变数据类型在任何机器上都能看到同样的问题，报 `RuntimeError`：
 
 # %% tags=["raises-exception"] raises="RuntimeError"
 plain = plain.to(torch.float64)
 plain(x.to(torch.float64))
 
 # %% [markdown]
-# 改用 `nn.ModuleList` 即可，就像上面的 `ResidualMLP`：3 个模块，每个有 64×64 个权重和 64 个偏置，
-# 共 12,480 个参数，全部可见。
+# 改用 `nn.ModuleList` 即可，就像上面的 `ResidualMLP`：3 个模块，每个有 64×64 个权重和 64 个偏置，共 12,480 个参数，全部可见。
 
 # %%
 print("parameters:", count_parameters(ResidualMLP(features=64, depth=3)))
@@ -280,8 +281,7 @@ stack = nn.ModuleList([nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10)])
 stack(x)
 
 # %% [markdown]
-# 在你自己的 `forward` 里遍历它（像 `ResidualMLP` 那样）；如果它就是一条直链，
-# 就把它展开放进 `Sequential`：
+# 在你自己的 `forward` 里遍历它（像 `ResidualMLP` 那样）；如果它就是一条直链，就把它展开放进 `Sequential`：
 
 # %%
 chain = nn.Sequential(*stack)
