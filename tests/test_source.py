@@ -3,6 +3,7 @@
 import importlib
 import json
 import inspect
+import pkgutil
 import subprocess
 import sys
 
@@ -11,7 +12,16 @@ import pytest
 from tutorials_pkg import definition
 from tutorials_pkg.source import SourceBlock, show_source, source_with_imports
 
-CHAPTER_MODULES = ["tutorials_pkg.definition"]
+def chapter_modules() -> list[str]:
+    """Every module of tutorials_pkg but the two that serve the pages."""
+    import tutorials_pkg
+
+    found = pkgutil.walk_packages(tutorials_pkg.__path__, prefix="tutorials_pkg.")
+    return sorted(m.name for m in found if not m.ispkg
+                  and m.name not in {"tutorials_pkg.runtime", "tutorials_pkg.source"})
+
+
+CHAPTER_MODULES = chapter_modules()
 
 
 def public_objects(module_name):
@@ -35,7 +45,8 @@ assert "tutorials_pkg" not in sys.modules, "a block imported tutorials_pkg"
 def test_every_shown_block_runs_in_a_fresh_interpreter(module_name):
     """One new interpreter per chapter, one new namespace per block."""
     blocks = [(obj.__name__, source_with_imports(obj)) for obj in public_objects(module_name)]
-    assert blocks
+    if not blocks:
+        pytest.skip(f"{module_name} defines no class or function")
     result = subprocess.run([sys.executable, "-c", RUN_BLOCKS], input=json.dumps(blocks),
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
