@@ -13,8 +13,9 @@ import nbformat
 import pytest
 import torch
 
-from conftest import DOCS, LANGUAGES, ROOT, mkdocs_build
+from conftest import DOCS, LANGUAGES, mkdocs_build
 from pages import page_ids, read_cells
+from site_copy import copy_machinery
 from tutorials_pkg.definition import ResidualMLP, count_parameters
 
 pytestmark = pytest.mark.site
@@ -95,14 +96,9 @@ def test_pages_show_the_outputs_of_this_build(built_site, language):
 
 
 def write_scratch_project(where: Path, cell_header: str) -> None:
-    """A copy of the site's machinery with one page whose only code cell divides by zero."""
-    for name in ("mkdocs.yml", "hooks", "overrides"):
-        source = ROOT / name
-        (shutil.copytree if source.is_dir() else shutil.copy)(source, where / name)
-    shutil.copytree(DOCS / "assets", where / "docs" / "assets")
+    """The site's machinery with one page whose only code cell divides by zero."""
+    copy_machinery(where)
     for language in LANGUAGES:
-        (where / "docs" / language).mkdir(parents=True)
-        shutil.copy(DOCS / language / "index.md", where / "docs" / language / "index.md")
         (where / "docs" / language / "definition.py").write_text(
             f"# %% [markdown]\n# # Scratch\n\n{cell_header}\n1 / 0\n", encoding="utf-8")
 
