@@ -132,6 +132,8 @@ def get_nbconvert_app_with_timeout(*args, **kwargs):
     app.config["ExecutePreprocessor"]["timeout"] = CELL_TIMEOUT_S
     # An intended error shows its type and message, not pages of torch internals.
     app.config["ExecutePreprocessor"]["extra_arguments"] = ["--InteractiveShell.xmode=Minimal"]
+    # Talk to the kernel over local sockets, not TCP (ipykernel warns about TCP).
+    app.config.KernelManager.transport = "ipc"
     return app
 
 
