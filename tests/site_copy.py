@@ -3,11 +3,13 @@
 The site test uses it for a scratch page that must fail the build; authors use
 it to preview a chapter without executing every other page:
 
-    python tests/site_copy.py blocks surgery      # builds definition + these, both languages
+    python tests/site_copy.py blocks surgery      # builds these pages, both languages
 
-It prints where the site was written. The execution cache is off.
+It prints where the site was written. The execution cache is off, and the
+copy's nav keeps only the pages copied.
 """
 
+import re
 import shutil
 import sys
 import tempfile
@@ -16,21 +18,30 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 LANGUAGES = ("zh", "en")
-NAV_PAGES = ("definition",)  # pages mkdocs.yml's nav names: every copy needs them
+NAV_PAGE = re.compile(r"^\s+- [^:]+: (\S+)\.py\s*$")
 
 
-def copy_machinery(where: Path) -> None:
-    """mkdocs.yml, hooks, overrides, assets and the home pages, without any tutorial page."""
-    for name in ("mkdocs.yml", "hooks", "overrides"):
+def config_with_pages(stems) -> str:
+    """mkdocs.yml, its nav reduced to the home page and the given tutorial pages."""
+    lines = (ROOT / "mkdocs.yml").read_text(encoding="utf-8").splitlines(keepends=True)
+    return "".join(line for line in lines
+                   if not (m := NAV_PAGE.match(line)) or m.group(1) in stems)
+
+
+def copy_machinery(where: Path, stems=("definition",)) -> None:
+    """mkdocs.yml (nav: home and ``stems``), hooks, overrides and assets.
+
+    The home pages are stubs (the real ones link to every chapter); no tutorial
+    page is copied: ``copy_pages`` does that.
+    """
+    (where / "mkdocs.yml").write_text(config_with_pages(set(stems)), encoding="utf-8")
+    for name in ("hooks", "overrides"):
         source = ROOT / name
-        if source.is_dir():
-            shutil.copytree(source, where / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy(source, where / name)
+        shutil.copytree(source, where / name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(DOCS / "assets", where / "docs" / "assets")
     for language in LANGUAGES:
         (where / "docs" / language).mkdir(parents=True)
-        shutil.copy(DOCS / language / "index.md", where / "docs" / language / "index.md")
+        (where / "docs" / language / "index.md").write_text("# Preview\n", encoding="utf-8")
 
 
 def copy_pages(where: Path, stems) -> None:
@@ -43,8 +54,8 @@ def main(stems: list[str]) -> int:
     from conftest import mkdocs_build
 
     where = Path(tempfile.mkdtemp(prefix="site-copy-"))
-    copy_machinery(where)
-    copy_pages(where, dict.fromkeys([*NAV_PAGES, *stems]))
+    copy_machinery(where, stems)
+    copy_pages(where, stems)
     result = mkdocs_build(where, where / "site")
     sys.stderr.write(result.stderr[-8000:])
     print(f"\nsite: {where / 'site'}  (build {'passed' if result.returncode == 0 else 'FAILED'})")
