@@ -1,0 +1,329 @@
+import pytest
+import torch
+from torch import nn
+from torch.fx.proxy import TraceError
+from torchvision.models import mobilenet_v2, resnet18
+from torchvision.models.feature_extraction import get_graph_node_names
+
+from tutorials_pkg.features import (
+    EXTRACTORS, DigitsCNN, NoisyGatedNet, SignGate, accuracy, build_fx_extractor, by_children,
+    by_fx, by_hooks, by_hooks_naive, by_layer_getter, check_names, extraction_costs,
+    format_cost_table, load_digit_images, median_seconds, peak_memory_bytes, plot_feature_maps,
+    starts_with_linear, train_classifier,
+)
+
+LAYERS = ["layer1", "layer2", "layer3", "layer4"]
+
+
+@pytest.fixture(scope="module")
+def resnet():
+    torch.manual_seed(0)
+    return resnet18(weights=None).eval()
+
+
+@pytest.fixture(scope="module")
+def image():
+    return torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+
+
+def stem(model, x):
+    """resnet's forward up to layer1, written out by hand."""
+    return model.maxpool(model.relu(model.bn1(model.conv1(x))))
+
+
+def all_forward_hooks(model):
+    return [hook for module in model.modules() for hook in module._forward_hooks.values()]
+
+
+@torch.no_grad()
+def test_all_four_agree_on_resnet_layers(device):
+    torch.manual_seed(0)
+    model = resnet18(weights=None).eval().to(device)
+    x = torch.randn(2, 3, 64, 64, device=device)
+    results = {name: fn(model, x, LAYERS) for name, fn in EXTRACTORS.items()}
+    # an independent reference: the layers chained by hand
+    expected, h = {}, stem(model, x)
+    for name in LAYERS:
+        h = getattr(model, name)(h)
+        expected[name] = h
+    for method, outputs in results.items():
+        assert list(outputs) == LAYERS, method
+        for name in LAYERS:
+            assert torch.equal(outputs[name], expected[name]), (method, name)
+
+
+@torch.no_grad()
+def test_fx_and_children_on_fc_equal_the_model_output(resnet, image):
+    assert torch.equal(by_fx(resnet, image, ["fc"])["fc"], resnet(image))
+    assert torch.equal(by_children(resnet, image, ["fc"])["fc"], resnet(image))  # flattens before fc
+
+
+@torch.no_grad()
+def test_results_are_keyed_in_the_order_asked(resnet, image):
+    for method, fn in EXTRACTORS.items():
+        assert list(fn(resnet, image, ["layer3", "layer1"])) == ["layer3", "layer1"], method
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("fn", [by_children, by_layer_getter])
+def test_children_methods_cannot_reach_nested_names(fn, resnet, image):
+    with pytest.raises(ValueError, match=r"unknown name 'layer1\.0\.conv2'.*layer1, layer2, layer3"):
+        fn(resnet, image, ["layer1.0.conv2"])
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("fn", [by_fx, by_hooks])
+def test_fx_and_hooks_reach_nested_names(fn, resnet, image):
+    block = resnet.layer1[0]
+    expected = block.conv2(block.relu(block.bn1(block.conv1(stem(resnet, image)))))
+    assert torch.equal(fn(resnet, image, ["layer1.0.conv2"])["layer1.0.conv2"], expected)
+
+
+@torch.no_grad()
+def test_fx_reaches_functional_ops(resnet, image):
+    block = resnet.layer1[0]
+    h = stem(resnet, image)
+    expected = block.bn2(block.conv2(block.relu(block.bn1(block.conv1(h))))) + h
+    assert torch.equal(by_fx(resnet, image, ["layer1.0.add"])["layer1.0.add"], expected)
+    with pytest.raises(ValueError, match="unknown name 'layer1.0.add'"):
+        by_hooks(resnet, image, ["layer1.0.add"])  # an op, not a module
+
+
+@pytest.mark.parametrize("method, valid", [
+    ("by_children", "avgpool"), ("by_layer_getter", "avgpool"),
+    ("by_fx", "layer1.0.relu_1"), ("by_hooks", "layer4.1.bn2"),
+])
+def test_unknown_name_lists_the_valid_names_for_that_method(method, valid, resnet, image):
+    with pytest.raises(ValueError, match=rf"{method}: unknown name 'fc2'.*\b{valid}\b"):
+        EXTRACTORS[method](resnet, image, ["layer1", "fc2"])
+
+
+@pytest.mark.parametrize("method", EXTRACTORS)
+def test_a_string_or_nothing_is_refused(method, resnet, image):
+    with pytest.raises(TypeError, match=r"\['layer1'\]"):
+        EXTRACTORS[method](resnet, image, "layer1")
+    with pytest.raises(ValueError, match="at least one name"):
+        EXTRACTORS[method](resnet, image, [])
+
+
+def test_check_names_suggests_close_matches():
+    with pytest.raises(ValueError, match=r"did you mean 'layer1'"):
+        check_names(["layer_1"], ["layer1", "fc"], "demo")
+    assert check_names(("fc", "layer1"), ["layer1", "fc"], "demo") == ["fc", "layer1"]
+
+
+@torch.no_grad()
+def test_hooks_return_what_the_layer_produced_despite_inplace_relu(resnet, image):
+    block = resnet.layer1[0]
+    assert block.relu.inplace  # bn1's output is overwritten by relu(inplace=True)
+    produced = block.bn1(block.conv1(stem(resnet, image)))
+    assert (produced < 0).any()
+    good = by_hooks(resnet, image, ["layer1.0.bn1"])["layer1.0.bn1"]
+    assert torch.equal(good, produced)
+    model = resnet18(weights=None).eval()  # the naive hooks stay: use a copy we throw away
+    model.load_state_dict(resnet.state_dict())
+    bad = by_hooks_naive(model, image, ["layer1.0.bn1"])["layer1.0.bn1"]
+    assert not torch.equal(bad, produced)
+    assert torch.equal(bad, torch.relu(produced))  # what ReLU made of it
+
+
+@torch.no_grad()
+def test_fx_and_children_also_return_values_before_inplace_ops(resnet, image):
+    produced = resnet.layer1[0].bn1(resnet.layer1[0].conv1(stem(resnet, image)))
+    outputs = by_fx(resnet, image, ["layer1.0.bn1", "layer1"])  # layer1 needs the in-place relu
+    assert torch.equal(outputs["layer1.0.bn1"], produced)
+    bn1 = resnet.bn1(resnet.conv1(image))
+    assert torch.equal(by_children(resnet, image, ["bn1", "layer1"])["bn1"], bn1)
+    # IntermediateLayerGetter hands back the tensor relu(inplace=True) changed: a documented limit
+    assert torch.equal(by_layer_getter(resnet, image, ["bn1", "layer1"])["bn1"], torch.relu(bn1))
+
+
+def test_fx_clones_only_outputs_that_a_later_op_reads(resnet):
+    assert "clone" in build_fx_extractor(resnet, ["layer1.0.bn1", "layer1"]).code
+    assert "clone" not in build_fx_extractor(resnet, ["layer4"]).code
+
+
+@torch.no_grad()
+def test_a_module_called_twice_keeps_its_last_output_with_hooks(resnet, image):
+    h = stem(resnet, image)
+    outputs = by_hooks(resnet, image, ["layer1.0.relu", "layer1.0"])
+    assert torch.equal(outputs["layer1.0.relu"], outputs["layer1.0"])  # the relu after the add
+    assert torch.equal(outputs["layer1.0"], resnet.layer1[0](h))
+
+
+def test_hooks_are_removed_even_when_forward_raises(resnet):
+    with pytest.raises(RuntimeError):
+        by_hooks(resnet, torch.randn(1, 1, 32, 32), ["layer1", "layer1.0.conv1"])  # 1 channel, not 3
+    assert all_forward_hooks(resnet) == []
+    by_hooks(resnet, torch.randn(1, 3, 32, 32), ["layer2"])
+    assert all_forward_hooks(resnet) == []
+
+
+def test_naive_hooks_pile_up():
+    model = resnet18(weights=None).eval()
+    for _ in range(3):
+        by_hooks_naive(model, torch.randn(1, 3, 32, 32), ["layer2"])
+    assert len(model.layer2._forward_hooks) == 3
+
+
+@torch.no_grad()
+def test_children_methods_ignore_the_models_forward(resnet, image):
+    with pytest.raises(RuntimeError):
+        by_layer_getter(resnet, image, ["fc"])  # no flatten before fc
+    model = mobilenet_v2(weights=None).eval()
+    with pytest.raises(RuntimeError):
+        by_children(model, image, ["classifier"])  # forward pools before the classifier
+    assert torch.equal(by_fx(model, image, ["classifier"])["classifier"], model(image))
+
+
+def test_starts_with_linear():
+    assert starts_with_linear(nn.Linear(3, 2))
+    assert starts_with_linear(nn.Sequential(nn.Dropout(), nn.Linear(3, 2)))
+    assert not starts_with_linear(nn.Sequential(nn.Conv2d(1, 1, 1), nn.Flatten(), nn.Linear(3, 2)))
+    assert not starts_with_linear(nn.AdaptiveAvgPool2d(1))
+
+
+@torch.no_grad()
+def test_fx_fails_on_data_dependent_control_flow_and_leaf_modules_fix_it():
+    model = NoisyGatedNet().eval()
+    x = torch.randn(4, 1, 8, 8)
+    with pytest.raises(TraceError):
+        by_fx(model, x, ["fc"])
+    outputs = by_fx(model, x, ["conv", "gate", "fc"], leaf_modules=[SignGate])
+    assert torch.equal(outputs["fc"], model(x))
+    assert torch.equal(outputs["gate"], model.gate(model.conv(x)))
+
+
+def test_fx_builds_different_train_and_eval_graphs():
+    model = NoisyGatedNet().eval()
+    train_nodes, eval_nodes = get_graph_node_names(model, tracer_kwargs={"leaf_modules": [SignGate]},
+                                                   suppress_diff_warning=True)
+    assert {"randn_like", "add"} <= set(train_nodes) - set(eval_nodes)
+    x = torch.randn(2, 1, 8, 8)
+    with pytest.raises(ValueError, match=r"unknown name 'add'.*\bgate\b"):
+        by_fx(model, x, ["add"], leaf_modules=[SignGate])
+    model.train()
+    with pytest.raises(ValueError, match=r"\['add'\] exist in the train graph only"):
+        by_fx(model, x, ["add"], leaf_modules=[SignGate])
+    assert model.training  # the mode is left as it was
+
+
+class FlagNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Linear(4, 3)
+        self.head = nn.Linear(3, 2)
+
+    def forward(self, x, features_only: bool = False):
+        x = self.body(x)
+        if features_only:
+            return x
+        return self.head(x)
+
+
+@torch.no_grad()
+def test_concrete_args_fix_control_flow_on_an_argument():
+    model, x = FlagNet().eval(), torch.randn(5, 4)
+    with pytest.raises(TraceError):
+        by_fx(model, x, ["head"])
+    outputs = by_fx(model, x, ["body", "head"], concrete_args={"features_only": False})
+    assert torch.equal(outputs["head"], model(x))
+
+
+def test_digits_split_is_disjoint_and_complete():
+    x_train, y_train, x_test, y_test = load_digit_images(test_fraction=0.25, seed=0)
+    assert x_train.shape[1:] == (1, 8, 8) and len(x_train) + len(x_test) == 1797
+    assert len(x_test) == 449 and len(y_train) == len(x_train) and len(y_test) == len(x_test)
+    assert 0.0 <= x_train.min() and x_train.max() <= 1.0
+    train_rows = {tuple(row.tolist()) for row in x_train.flatten(1)}
+    overlap = sum(tuple(row.tolist()) in train_rows for row in x_test.flatten(1))
+    assert overlap < 10  # only digits that happen to be drawn identically
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        load_digit_images(test_fraction=1.5)
+
+
+def test_digits_cnn_learns_and_all_four_agree_on_it():
+    torch.manual_seed(0)
+    x_train, y_train, x_test, y_test = load_digit_images()
+    model = DigitsCNN()
+    losses = train_classifier(model, x_train, y_train, epochs=8)
+    assert losses[-1] < losses[0] / 5
+    assert not model.training
+    assert accuracy(model, x_test, y_test) > 0.9
+    names = ["relu1", "relu2", "fc"]
+    with torch.no_grad():
+        results = [fn(model, x_test[:16], names) for fn in (by_children, by_fx, by_hooks)]
+        for outputs in results:
+            assert torch.equal(outputs["fc"], model(x_test[:16]))
+            assert outputs["relu1"].shape == (16, 8, 8, 8) and outputs["relu2"].shape == (16, 16, 4, 4)
+            assert torch.equal(outputs["relu2"], results[0]["relu2"])
+
+
+def test_plot_feature_maps_draws_the_input_and_every_channel():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    maps = {"a": torch.rand(8, 8, 8), "b": torch.rand(16, 4, 4)}
+    figure = plot_feature_maps(torch.rand(1, 8, 8), maps)
+    axes = figure.axes
+    assert len(axes) == 4 * 8  # input row + 1 row for a + 2 rows for b
+    assert sum(bool(ax.images) for ax in axes) == 1 + 8 + 16
+    plt.close(figure)
+
+
+def test_median_seconds():
+    calls = []
+    assert median_seconds(lambda: calls.append(1), repeats=3) >= 0
+    assert len(calls) == 4  # one warm-up
+    with pytest.raises(ValueError, match="at least 1"):
+        median_seconds(lambda: None, repeats=0)
+
+
+def test_peak_memory_counts_what_is_alive_at_once(device):
+    n = 2**20  # 4 MiB of float32
+
+    def three_alive():
+        a = torch.ones(n, device=device)
+        b = torch.ones(n, device=device)
+        return a + b  # a, b and the sum at once
+
+    def one_at_a_time():
+        for _ in range(3):
+            torch.ones(n, device=device)
+
+    size = 4 * n
+    assert 3 * size <= peak_memory_bytes(three_alive, device) < 3 * size + 2**20
+    assert size <= peak_memory_bytes(one_at_a_time, device) < 2 * size
+
+
+def test_extraction_costs_and_table():
+    model = DigitsCNN().eval()
+    rows = extraction_costs(model, torch.randn(4, 1, 8, 8), requests=["relu1", "fc"],
+                            methods={"by_children": by_children, "by_hooks": by_hooks}, repeats=1)
+    assert [(r["method"], r["request"]) for r in rows] == [
+        ("forward", "-"), ("by_children", "relu1"), ("by_hooks", "relu1"),
+        ("by_children", "fc"), ("by_hooks", "fc")]
+    assert all(r["seconds"] > 0 and r["peak_bytes"] > 0 for r in rows)
+    lines = format_cost_table(rows).splitlines()
+    assert len(lines) == 6 and "x forward" in lines[0]
+    assert lines[1].split()[:2] == ["forward", "-"] and lines[1].split()[3] == "1.00"
+    floor = format_cost_table(rows, baseline="by_children").splitlines()
+    assert floor[2].split()[0] == "by_children" and floor[2].split()[3] == "1.00"
+
+
+def test_a_failed_by_fx_leaves_the_mode_as_it_was(resnet, image):
+    from torchvision.models.feature_extraction import create_feature_extractor
+
+    model = resnet18(weights=None).eval()
+    with pytest.raises(ValueError):
+        create_feature_extractor(model, ["layer5"])
+    assert model.training  # torchvision's own function leaves it in train mode
+    model.eval()
+    with pytest.raises(ValueError, match="unknown name 'layer5'"):
+        by_fx(model, image, ["layer5"])
+    assert not model.training
+    gated = NoisyGatedNet().eval()
+    with pytest.raises(TraceError):
+        by_fx(gated, torch.randn(1, 1, 8, 8), ["fc"])
+    assert not gated.training

@@ -1,0 +1,426 @@
+"""Chapter: four ways to get intermediate outputs.
+
+All four take ``(model, x, names)`` and return ``{name: tensor}`` in the order
+the names were asked for:
+
+- ``by_children``: run the top-level children in order yourself;
+- ``by_layer_getter``: torchvision's ``IntermediateLayerGetter`` does the same;
+- ``by_fx``: trace the model with torch.fx (``create_feature_extractor``) and
+  return any node of the graph;
+- ``by_hooks``: run the model as it is and record outputs with forward hooks.
+
+Also here: the pitfalls the page demonstrates, small models for its examples,
+and the helpers that measure time and peak memory for the page and the benchmark.
+"""
+
+import difflib
+import gc
+import json
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from torchvision.models._utils import IntermediateLayerGetter
+from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
+
+
+def check_names(names: Iterable[str], valid: Sequence[str], method: str) -> list[str]:
+    """The requested names as a list; a clear error for a string, an empty list or an unknown name."""
+    if isinstance(names, str):
+        raise TypeError(f"{method}: names must be a list of names such as [{names!r}], "
+                        f"not the string {names!r}")
+    names = list(names)
+    if not names:
+        raise ValueError(f"{method}: ask for at least one name; it can reach: {', '.join(valid)}")
+    for name in names:
+        if name not in valid:
+            close = difflib.get_close_matches(name, valid, n=3)
+            hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
+            raise ValueError(f"{method}: unknown name {name!r}{hint}; "
+                             f"it can reach: {', '.join(valid)}")
+    return names
+
+
+def starts_with_linear(module: nn.Module) -> bool:
+    """True when the first layer with weights in ``module`` is an ``nn.Linear`` (a classifier)."""
+    for layer in module.modules():
+        if isinstance(layer, nn.Linear):
+            return True
+        if any(True for _ in layer.parameters(recurse=False)):
+            return False
+    return False
+
+
+def by_children(model: nn.Module, x: torch.Tensor, names: Iterable[str]) -> dict[str, torch.Tensor]:
+    """Run the model's top-level children in order, keeping the outputs of ``names``.
+
+    Flattens before a child that starts with ``nn.Linear``, as the ``forward`` of
+    torchvision's CNNs does (resnet, vgg, alexnet). Anything else the model's own
+    ``forward`` does (a residual add, a functional pooling) is skipped, and
+    nested names (``layer1.0.conv2``) are out of reach. Stops after the last
+    requested child.
+    """
+    children = dict(model.named_children())
+    names = check_names(names, list(children), "by_children")
+    wanted = set(names)
+    last = max(list(children).index(name) for name in names)
+    outputs = {}
+    for index, (name, child) in enumerate(children.items()):
+        if x.dim() > 2 and starts_with_linear(child):
+            x = torch.flatten(x, 1)
+        x = child(x)
+        if name in wanted:
+            # a later child may change x in place (resnet's ReLU after bn1): keep a copy
+            outputs[name] = x if index == last else x.clone()
+        if index == last:
+            break
+    return {name: outputs[name] for name in names}
+
+
+def by_layer_getter(model: nn.Module, x: torch.Tensor, names: Iterable[str]) -> dict[str, torch.Tensor]:
+    """torchvision's ``IntermediateLayerGetter``: top-level children in order, up to the last name.
+
+    It ignores the model's ``forward`` entirely (no flatten before ``fc``), and
+    returns the tensors as they are when it finishes: one that a later child
+    changed in place (resnet's ``bn1``, then ``relu(inplace=True)``) comes back changed.
+    """
+    names = check_names(names, [name for name, _ in model.named_children()], "by_layer_getter")
+    getter = IntermediateLayerGetter(model, return_layers={name: name for name in names})
+    outputs = getter(x)
+    return {name: outputs[name] for name in names}
+
+
+def fx_nodes_matching(name: str, nodes: Sequence[str]) -> bool:
+    """``create_feature_extractor``'s rule: a name is a node, or a prefix of nodes up to a dot."""
+    return any(node == name or node.startswith(name + ".") for node in nodes)
+
+
+def clone_graph_outputs(extractor: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """Return a copy of each output that a later op also reads, taken right where it is made.
+
+    A later in-place op (``relu(inplace=True)`` after ``bn1``) would otherwise
+    change the tensor the extractor returns.
+    """
+    graph = extractor.graph
+    output = next(node for node in graph.nodes if node.op == "output")
+    returned = dict(output.args[0])
+    for key, node in returned.items():
+        if len(node.users) > 1:  # read by a later op, not only returned
+            with graph.inserting_after(node):
+                returned[key] = graph.call_function(torch.clone, (node,))
+    output.args = (returned,)
+    extractor.recompile()
+    return extractor
+
+
+def build_fx_extractor(model: nn.Module, names: Iterable[str], *, leaf_modules: Sequence[type] = (),
+                       concrete_args: dict[str, Any] | None = None) -> torch.fx.GraphModule:
+    """A module that computes only what ``names`` need and returns ``{name: tensor}``.
+
+    Build it once and call it many times: tracing costs about as much as a
+    forward pass of a small input. ``leaf_modules`` are traced as one call
+    (their ``forward`` may branch on data); ``concrete_args`` fixes arguments of
+    ``forward`` that steer control flow (``{"flag": False}``).
+    """
+    if isinstance(names, str):
+        check_names(names, [], "by_fx")  # raises the TypeError for a string
+    names = list(names)
+    if not names:
+        raise ValueError("by_fx: ask for at least one name; get_graph_node_names lists them")
+    training = model.training
+    try:
+        extractor = create_feature_extractor(
+            model, return_nodes=names, tracer_kwargs={"leaf_modules": list(leaf_modules)},
+            suppress_diff_warning=True, concrete_args=concrete_args)
+    except ValueError:
+        # torchvision says a node is missing: say which, and list the valid ones
+        model.train(training)
+        train_nodes, eval_nodes = get_graph_node_names(
+            model, tracer_kwargs={"leaf_modules": list(leaf_modules)},
+            suppress_diff_warning=True, concrete_args=concrete_args)
+        mode, nodes, other = (("train", train_nodes, eval_nodes) if training
+                              else ("eval", eval_nodes, train_nodes))
+        unknown = [name for name in names if not fx_nodes_matching(name, nodes)]
+        if unknown:
+            check_names(unknown, nodes, "by_fx")  # raises, listing the nodes of this mode's graph
+        only_here = [name for name in names if not fx_nodes_matching(name, other)]
+        raise ValueError(f"by_fx: {only_here} exist in the {mode} graph only; by_fx needs names "
+                         "present in both the train and the eval graph (get_graph_node_names "
+                         "lists both)") from None
+    finally:
+        # create_feature_extractor switches to train, then eval, and leaves the model
+        # in whichever mode it failed in: put back the mode the caller had
+        model.train(training)
+    return clone_graph_outputs(extractor)
+
+
+def by_fx(model: nn.Module, x: torch.Tensor, names: Iterable[str], *, leaf_modules: Sequence[type] = (),
+          concrete_args: dict[str, Any] | None = None) -> dict[str, torch.Tensor]:
+    """Trace the model with torch.fx and return the nodes ``names`` (see ``get_graph_node_names``).
+
+    Reaches every module and every op (``layer1.0.add``, ``flatten``), runs
+    only what they need, and fails on control flow that depends on the data.
+    """
+    names = list(names) if not isinstance(names, str) else names
+    extractor = build_fx_extractor(model, names, leaf_modules=leaf_modules, concrete_args=concrete_args)
+    outputs = extractor(x)  # in the order of the graph
+    return {name: outputs[name] for name in names}
+
+
+def by_hooks(model: nn.Module, x: torch.Tensor, names: Iterable[str]) -> dict[str, torch.Tensor]:
+    """Run the whole model and record the outputs of the modules ``names`` with forward hooks.
+
+    Reaches every module (not functional ops such as ``torch.flatten`` or ``+``).
+    A module called twice in ``forward`` (resnet's ``relu``) keeps its last output.
+    Each output is cloned when it is made, so later in-place ops cannot change
+    it, and the hooks are removed even when ``forward`` raises.
+    """
+    modules = {name: module for name, module in model.named_modules() if name}
+    names = check_names(names, list(modules), "by_hooks")
+    outputs = {}
+
+    def keep_output(name: str) -> Callable:
+        def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+            outputs[name] = output.clone() if isinstance(output, torch.Tensor) else output
+        return hook
+
+    handles = [modules[name].register_forward_hook(keep_output(name)) for name in dict.fromkeys(names)]
+    try:
+        model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {name: outputs[name] for name in names}
+
+
+EXTRACTORS = {
+    "by_children": by_children,
+    "by_layer_getter": by_layer_getter,
+    "by_fx": by_fx,
+    "by_hooks": by_hooks,
+}
+
+
+def by_hooks_naive(model: nn.Module, x: torch.Tensor, names: Iterable[str]) -> dict[str, torch.Tensor]:
+    """The wrong way, for the page's pitfalls: use ``by_hooks``.
+
+    It stores each output without ``clone()`` (a later in-place op changes what
+    it returns) and never removes its hooks (each call adds more, and they keep
+    every output they see alive).
+    """
+    modules = dict(model.named_modules())
+    outputs = {}
+    for name in names:
+        modules[name].register_forward_hook(
+            lambda module, args, output, name=name: outputs.__setitem__(name, output))
+    model(x)
+    return outputs
+
+
+class SignGate(nn.Module):
+    """Flips the sign when the mean is negative: control flow that depends on the data."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.mean() < 0:  # FX cannot trace this: the answer is only known at run time
+            return -x
+        return x
+
+
+class NoisyGatedNet(nn.Module):
+    """A small net FX finds hard: a data-dependent gate, and noise added in training only."""
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 8, kernel_size=3, padding=1)
+        self.gate = SignGate()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(8, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.gate(self.conv(x))
+        if self.training:  # a Python bool: FX follows it, so train and eval graphs differ
+            x = x + 0.1 * torch.randn_like(x)
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+class DigitsCNN(nn.Module):
+    """A tiny CNN for 8×8 digit images; every layer is a top-level child, used in order."""
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 8, kernel_size=3, padding=1)
+        self.relu1 = nn.ReLU()
+        self.pool1 = nn.MaxPool2d(2)  # 8×8 -> 4×4
+        self.conv2 = nn.Conv2d(8, 16, kernel_size=3, padding=1)
+        self.relu2 = nn.ReLU()
+        self.pool2 = nn.MaxPool2d(2)  # 4×4 -> 2×2
+        self.fc = nn.Linear(16 * 2 * 2, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool1(self.relu1(self.conv1(x)))
+        x = self.pool2(self.relu2(self.conv2(x)))
+        return self.fc(torch.flatten(x, 1))
+
+
+def load_digit_images(test_fraction: float = 0.25, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """scikit-learn's 1,797 8×8 digits as ``(x_train, y_train, x_test, y_test)``, pixels in [0, 1]."""
+    from sklearn.datasets import load_digits
+
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction must be between 0 and 1, got {test_fraction}")
+    digits = load_digits()
+    images = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    labels = torch.tensor(digits.target)
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
+    n_test = int(len(labels) * test_fraction)
+    test, train = order[:n_test], order[n_test:]
+    return images[train], labels[train], images[test], labels[test]
+
+
+def train_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int = 15,
+                     batch_size: int = 64, lr: float = 1e-2, seed: int = 0) -> list[float]:
+    """Train with Adam and cross-entropy; returns the mean loss of each epoch."""
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    model.train()
+    losses = []
+    for _ in range(epochs):
+        total = 0.0
+        for batch in torch.randperm(len(y), generator=generator).split(batch_size):
+            loss = nn.functional.cross_entropy(model(x[batch]), y[batch])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(batch)
+        losses.append(total / len(y))
+    model.eval()
+    return losses
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Fraction of ``x`` that ``model`` classifies as ``y``."""
+    return (model(x).argmax(dim=1) == y).float().mean().item()
+
+
+def plot_feature_maps(image: torch.Tensor, maps: dict[str, torch.Tensor], columns: int = 8,
+                      dpi: int = 70):
+    """One figure: the input image, then each layer's channels as small grey images.
+
+    ``image`` is one ``(1, H, W)`` input; each map is ``(C, H, W)`` for that image.
+    """
+    import matplotlib.pyplot as plt
+
+    rows = 1 + sum(-(-len(m) // columns) for m in maps.values())
+    figure, axes = plt.subplots(rows, columns, figsize=(columns * 0.8, rows * 0.9), dpi=dpi,
+                                squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    axes[0, 0].imshow(image[0].detach().cpu().numpy(), cmap="gray_r")
+    axes[0, 0].set_title("input", fontsize=8)
+    row = 1
+    for name, channels in maps.items():
+        for index, channel in enumerate(channels.detach().cpu()):
+            ax = axes[row + index // columns, index % columns]
+            ax.imshow(channel.numpy(), cmap="viridis")
+            ax.set_title(f"{name}[{index}]", fontsize=6)
+        row += -(-len(channels) // columns)
+    figure.tight_layout()
+    return figure
+
+
+def median_seconds(fn: Callable[[], Any], repeats: int = 5, device: torch.device | str = "cpu") -> float:
+    """Median wall-clock time of ``fn()`` over ``repeats`` runs, after one warm-up run."""
+    if repeats < 1:
+        raise ValueError(f"repeats must be at least 1, got {repeats}")
+    cuda = torch.device(device).type == "cuda"
+    fn()
+    times = []
+    for _ in range(repeats):
+        if cuda:
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        fn()
+        if cuda:
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def peak_memory_bytes(fn: Callable[[], Any], device: torch.device | str = "cpu") -> int:
+    """Most memory that tensors allocated while ``fn()`` ran held at one time, in bytes.
+
+    Counted from what was allocated when ``fn`` started. On CUDA the allocator
+    keeps the peak (``torch.cuda.max_memory_allocated``). On CPU the profiler
+    (``profile_memory=True``) records every allocation and free with its size;
+    summing them in time order gives the running total, whose maximum is the peak.
+    """
+    device = torch.device(device)
+    gc.collect()  # free earlier garbage now, not while we count
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - before
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
+                                profile_memory=True) as profiler:
+        fn()
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "trace.json")
+        profiler.export_chrome_trace(path)
+        with open(path) as file:
+            events = json.load(file)["traceEvents"]
+    host = {0, 2, 5}  # the profiler's device types CPU, MKLDNN and IDEEP: host memory
+    changes = sorted((e["ts"], e["args"]["Bytes"]) for e in events
+                     if e.get("name") == "[memory]" and e["args"].get("Device Type") in host)
+    total = peak = 0
+    for _, change in changes:
+        total += change
+        peak = max(peak, total)
+    return peak
+
+
+def extraction_costs(model: nn.Module, x: torch.Tensor, requests: Sequence[str] = ("layer2", "layer4"),
+                     methods: dict[str, Callable] | None = None, repeats: int = 3) -> list[dict]:
+    """Time and peak memory of each method for each request, and of a plain forward pass.
+
+    Runs under ``torch.no_grad()`` (inference: no activations kept for backward).
+    Each row: ``method``, ``request`` (``"-"`` for the forward pass), ``seconds``
+    (median of ``repeats``) and ``peak_bytes``.
+    """
+    methods = EXTRACTORS if methods is None else methods
+    jobs = [("forward", "-", lambda: model(x))]
+    for request in requests:
+        for method, fn in methods.items():
+            jobs.append((method, request, lambda fn=fn, request=request: fn(model, x, [request])))
+    rows = []
+    with torch.no_grad():
+        for method, request, job in jobs:
+            rows.append({"method": method, "request": request,
+                         "seconds": median_seconds(job, repeats, x.device),
+                         "peak_bytes": peak_memory_bytes(job, x.device)})
+    return rows
+
+
+def format_cost_table(rows: list[dict], baseline: str = "forward") -> str:
+    """A text table of ``extraction_costs`` rows, with time and memory relative to ``baseline``.
+
+    The baseline is the row of method ``baseline`` for the same request, or else
+    the plain forward pass.
+    """
+    by_key = {(row["method"], row["request"]): row for row in rows}
+    lines = [f"{'method':<16} {'request':<8} {'time ms':>9} {'x ' + baseline:>10} "
+             f"{'peak MB':>9} {'x ' + baseline:>10}"]
+    for row in rows:
+        base = by_key.get((baseline, row["request"])) or by_key[("forward", "-")]
+        lines.append(f"{row['method']:<16} {row['request']:<8} {row['seconds'] * 1e3:>9.1f} "
+                     f"{row['seconds'] / base['seconds']:>10.2f} {row['peak_bytes'] / 2**20:>9.1f} "
+                     f"{row['peak_bytes'] / max(base['peak_bytes'], 1):>10.2f}")
+    return "\n".join(lines)
