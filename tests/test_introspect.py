@@ -1,0 +1,569 @@
+import re
+
+import pytest
+import torch
+import torchinfo
+import torchsummary
+import torchvision
+from torch import nn
+
+from tutorials_pkg.introspect import (
+    GRAD_FN_TYPES, ChannelGroup, MermaidDiagram, coupled_channel_groups, grad_fn_modules,
+    keep_input_channels, keep_output_channels, module_graph, naive_grad_fn_modules,
+    prune_channel_group, summary, tiny_resnet, trace_grad_fn,
+)
+
+
+def unique_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+class KeptTwice(nn.Module):
+    """A child kept as ``self.base_model`` and inside a ModuleList: torchsummary's bug."""
+
+    def __init__(self):
+        super().__init__()
+        self.base_model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.stages = nn.ModuleList([self.base_model])
+        self.head = nn.Linear(8, 10)
+
+    def forward(self, x):
+        return self.head(self.base_model(x).mean((2, 3)))
+
+
+class TiedWithScale(nn.Module):
+    """Decoder weight tied to the embedding, plus a parameter on the model itself."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(10, 4)
+        self.decode = nn.Linear(4, 10)
+        self.decode.weight = self.embed.weight
+        self.scale = nn.Parameter(torch.ones(4))
+
+    def forward(self, tokens):
+        return self.decode(self.embed(tokens) * self.scale)
+
+
+class CallsTwice(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.block = nn.Linear(6, 6)
+        self.unused = nn.Linear(6, 6)
+
+    def forward(self, x):
+        return self.block(torch.relu(self.block(x)))
+
+
+def model_state(model: nn.Module):
+    """Every module's mode, and a copy of every buffer."""
+    return ([m.training for m in model.modules()],
+            {name: b.clone() for name, b in model.named_buffers()})
+
+
+def assert_state_unchanged(model, before):
+    modes, buffers = before
+    assert [m.training for m in model.modules()] == modes
+    for name, buffer in model.named_buffers():
+        assert torch.equal(buffer, buffers[name]), name
+
+
+def no_hooks_left(model: nn.Module) -> bool:
+    return all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+
+
+def torchsummary_total(model, input_size, capsys) -> int:
+    torchsummary.summary(model, input_size, device="cpu")
+    printed = capsys.readouterr().out
+    return int(re.search(r"Total params: ([\d,]+)", printed).group(1).replace(",", "")), printed
+
+
+# ---------------------------------------------------------------- summary
+
+
+def test_torchsummary_counts_a_module_kept_twice_twice(capsys):
+    model = KeptTwice()
+    total, printed = torchsummary_total(model, (3, 16, 16), capsys)
+    base = unique_params(model.base_model)
+    assert total == unique_params(model) + base  # the base model counted once per parent
+    assert printed.count("Conv2d-") == 2
+
+
+def test_our_summary_lists_each_module_once_and_counts_each_parameter_once():
+    model = KeptTwice()
+    result = summary(model, input_size=(1, 3, 16, 16))
+    assert result.total_params == unique_params(model) == 330
+    assert len(result.rows) == len(list(model.modules()))  # modules() dedupes by identity
+    conv_rows = [row for row in result.rows if row.type == "Conv2d"]
+    assert len(conv_rows) == 1 and conv_rows[0].name == "base_model.0"
+    assert conv_rows[0].aliases == ["stages.0.0"]
+    assert str(result).count("(Conv2d)") == 1
+
+
+def unet():
+    from tutorials_pkg.blocks.unet import UNet
+
+    return UNet(n_channels=3, n_classes=2)
+
+
+def mobilenet_v1():
+    from tutorials_pkg.blocks.mobilenet import MobileNetV1
+
+    return MobileNetV1(num_classes=1000)
+
+
+@pytest.mark.parametrize("make", [torchvision.models.resnet18, torchvision.models.mobilenet_v2,
+                                  tiny_resnet, unet, mobilenet_v1])
+def test_summary_agrees_with_torchinfo_and_with_the_parameters(make):
+    model = make()
+    for param in list(model.parameters())[:6]:  # some frozen, so trainable != total
+        param.requires_grad_(False)
+    ours = summary(model, input_size=(1, 3, 32, 32))
+    theirs = torchinfo.summary(model, input_size=(1, 3, 32, 32), verbose=0)
+    assert ours.total_params == theirs.total_params == unique_params(model)
+    assert ours.trainable_params == theirs.trainable_params
+    assert ours.trainable_params == sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert ours.trainable_params < ours.total_params
+
+
+def test_resnet18_parameter_count_is_torchvisions():
+    # 11,689,512: the figure torchvision's model docs give for resnet18
+    assert summary(torchvision.models.resnet18(), input_size=(1, 3, 32, 32)).total_params == 11_689_512
+
+
+def test_tied_weights_and_parameters_of_the_model_itself_count_once(capsys):
+    model = TiedWithScale()
+    tokens = torch.tensor([[1, 2, 3]])
+    result = summary(model, input_data=tokens)
+    assert result.total_params == unique_params(model) == 10 * 4 + 10 + 4
+    root = result.rows[0]
+    assert root.name == "" and root.params == 4  # the scale, which no submodule owns
+    decode = next(row for row in result.rows if row.name == "decode")
+    assert decode.params == 10 and decode.shared_params == ["weight = embed.weight"]
+    assert "weight = embed.weight (shared)" in str(result)
+
+
+def test_reused_modules_are_marked_and_unused_ones_said():
+    result = summary(CallsTwice(), input_size=(2, 6))
+    rows = {row.name: row for row in result.rows}
+    assert rows["block"].calls == 2 and rows["block"].reused
+    assert rows["unused"].calls == 0 and not rows["unused"].reused
+    assert rows[""].calls == 1 and not rows[""].reused
+    table = str(result)
+    assert "called 2x" in table and "not called" in table
+    assert result.total_params == unique_params(CallsTwice())
+
+
+def test_rows_record_shapes_of_the_first_call():
+    result = summary(tiny_resnet(), input_size=(2, 3, 16, 16))
+    rows = {row.name: row for row in result.rows}
+    assert rows[""].input_shape == [2, 3, 16, 16] and rows[""].output_shape == [2, 10]
+    assert rows["4.conv1"].input_shape == [2, 8, 16, 16]
+    assert rows["4.conv1"].output_shape == [2, 16, 8, 8]
+    assert rows["6"].output_shape == [2, 16]
+
+
+def test_memory_estimate_counts_input_leaf_outputs_and_parameters():
+    model = nn.Sequential(nn.Linear(10, 20), nn.ReLU(), nn.Linear(20, 5), nn.BatchNorm1d(5))
+    result = summary(model, input_size=(3, 10))
+    assert result.input_bytes == 3 * 10 * 4
+    assert result.output_bytes == 4 * (3 * 20 + 3 * 20 + 3 * 5 + 3 * 5)  # leaf modules only
+    assert result.param_bytes == 4 * unique_params(model)
+    assert result.buffer_bytes == 4 * 5 + 4 * 5 + 8  # running mean, var, int64 counter
+    assert result.total_bytes == (result.input_bytes + result.output_bytes
+                                  + result.param_bytes + result.buffer_bytes)
+    assert "Estimated total size" in str(result) and repr(result) == str(result)
+
+
+def test_summary_leaves_modes_and_batchnorm_statistics_alone(device):
+    model = torchvision.models.resnet18().to(device)
+    model.layer2.eval()  # a part frozen in eval mode must stay in eval mode
+    before = model_state(model)
+    summary(model, input_size=(2, 3, 32, 32))
+    assert_state_unchanged(model, before)
+    assert model.training and not model.layer2.training
+    assert no_hooks_left(model)
+
+
+def test_torchsummary_changes_batchnorm_statistics(capsys):
+    """The pitfall our summary avoids: a forward pass in training mode."""
+    model = KeptTwice()
+    mean = model.base_model[1].running_mean.clone()
+    torchsummary_total(model, (3, 16, 16), capsys)
+    assert not torch.equal(model.base_model[1].running_mean, mean)
+    assert model.base_model[1].num_batches_tracked.item() == 1
+
+
+def test_summary_runs_on_the_models_device_and_dtype(device):
+    model = tiny_resnet().to(device, torch.float64)
+    result = summary(model, input_size=(1, 3, 16, 16))
+    assert result.input_bytes == 3 * 16 * 16 * 8
+    data = torch.randn(1, 3, 16, 16, device=device, dtype=torch.float64)
+    assert summary(model, input_data=data).total_params == unique_params(model)
+
+
+def test_several_inputs_by_shape_and_by_data():
+    class Pair(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(3, 4), nn.Linear(5, 4)
+
+        def forward(self, x, y):
+            return self.a(x) + self.b(y)
+
+    by_shape = summary(Pair(), input_size=[(2, 3), (2, 5)])
+    assert by_shape.input_shape == [[2, 3], [2, 5]]
+    assert by_shape.rows[0].input_shape == [[2, 3], [2, 5]]
+    by_data = summary(Pair(), input_data=(torch.randn(2, 3), torch.randn(2, 5)))
+    assert by_data.total_params == by_shape.total_params == 2 * (3 * 4 + 4) + 4 * 2
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"input_size": (1, 3), "input_data": torch.randn(1, 3)}])
+def test_exactly_one_kind_of_input(kwargs):
+    with pytest.raises(ValueError, match="exactly one of input_size .* or input_data"):
+        summary(nn.Linear(3, 2), **kwargs)
+
+
+@pytest.mark.parametrize("size", [(1, 0, 3), (1, -3), "1, 3", 3, [], [(1, 3), "x"]])
+def test_bad_input_size_is_named(size):
+    with pytest.raises(ValueError, match="input_size must be a shape"):
+        summary(nn.Linear(3, 2), input_size=size)
+
+
+@pytest.mark.parametrize("data", [[1.0, 2.0], (), "abc"])
+def test_bad_input_data_is_named(data):
+    with pytest.raises(TypeError, match="input_data must be a tensor"):
+        summary(nn.Linear(3, 2), input_data=data)
+
+
+def test_too_small_an_input_names_the_shape_and_the_layer_and_removes_hooks():
+    model = torchvision.models.squeezenet1_1()
+    before = model_state(model)
+    with pytest.raises(ValueError, match=r"failed in 'features\.\d+' \(MaxPool2d\) on input of "
+                                         r"shape \[1, 3, 16, 16\].*too small"):
+        summary(model, input_size=(1, 3, 16, 16))
+    assert no_hooks_left(model)
+    assert_state_unchanged(model, before)
+    assert summary(model, input_size=(1, 3, 64, 64)).total_params == unique_params(model)
+
+
+def test_an_error_in_the_models_own_forward_is_reported_too():
+    class Broken(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x):
+            return self.fc(x).view(3, 5)
+
+    model = Broken()
+    with pytest.raises(ValueError, match=r"the model failed on input of shape \[2, 4\]"):
+        summary(model, input_size=(2, 4))
+    assert no_hooks_left(model)
+
+
+# ---------------------------------------------------------------- grad_fn
+
+
+def test_grad_fn_modules_maps_each_layer_output_node_to_its_layer(device):
+    model = tiny_resnet().to(device)
+    x = torch.randn(2, 3, 16, 16, device=device)
+    nodes = grad_fn_modules(model, x)
+    layers = [m for m in model.modules() if isinstance(m, GRAD_FN_TYPES)]
+    assert None not in nodes
+    assert sorted(map(id, nodes.values())) == sorted(map(id, layers))  # each layer called once
+    for node, module in nodes.items():
+        expected = {nn.Conv2d: "ConvolutionBackward0", nn.BatchNorm2d: "NativeBatchNormBackward0",
+                    nn.Linear: "AddmmBackward0"}[type(module)]
+        if device.type == "cpu":  # CUDA runs BatchNorm through cuDNN, a node of another name
+            assert node.name() == expected
+
+
+def test_the_nodes_are_the_ones_autograd_records():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.PReLU(), nn.Flatten(),
+                          nn.Linear(4 * 6 * 6, 2))
+    nodes = grad_fn_modules(model, torch.randn(1, 3, 8, 8))
+    by_module = {id(m): node for node, m in nodes.items()}
+    # walk next_functions from the PReLU's node: the BatchNorm's node, then the conv's
+    bn_node = by_module[id(model[1])]
+    prelu_inputs = [parent for parent, _ in by_module[id(model[2])].next_functions if parent]
+    assert bn_node in prelu_inputs
+    assert by_module[id(model[0])] in [parent for parent, _ in bn_node.next_functions if parent]
+
+
+def test_frozen_parameters_are_traced_and_their_flags_restored():
+    model = tiny_resnet()
+    for param in model.parameters():
+        param.requires_grad_(False)
+    model[7].bias.requires_grad_(True)  # a mix
+    flags = [p.requires_grad for p in model.parameters()]
+    x = torch.randn(1, 3, 16, 16)
+    naive = naive_grad_fn_modules(model, x)
+    assert None in naive and len(naive) == 2  # the pitfall: 12 frozen layers under one None key
+    nodes = grad_fn_modules(model, x)
+    assert None not in nodes and len(nodes) == 13
+    assert [p.requires_grad for p in model.parameters()] == flags
+
+
+def test_flags_modes_and_hooks_are_restored_when_forward_fails():
+    model = tiny_resnet()
+    model[0].weight.requires_grad_(False)
+    before = model_state(model)
+    flags = [p.requires_grad for p in model.parameters()]
+    with pytest.raises(RuntimeError):
+        grad_fn_modules(model, torch.randn(1, 5, 16, 16))  # 5 channels: the first conv fails
+    assert [p.requires_grad for p in model.parameters()] == flags
+    assert_state_unchanged(model, before)
+    assert no_hooks_left(model)
+
+
+def test_tracing_leaves_modes_and_batchnorm_statistics_alone(device):
+    model = torchvision.models.resnet18().to(device)
+    before = model_state(model)
+    grad_fn_modules(model, torch.randn(2, 3, 32, 32, device=device))
+    assert_state_unchanged(model, before)
+
+
+def test_under_no_grad_the_naive_mapping_has_one_none_key_and_ours_refuses():
+    model, x = tiny_resnet(), torch.randn(1, 3, 16, 16)
+    with torch.no_grad():
+        naive = naive_grad_fn_modules(model, x)
+        with pytest.raises(RuntimeError, match=r"gradients are off.*torch\.enable_grad\(\)"):
+            grad_fn_modules(model, x)
+    assert list(naive) == [None] and naive[None] is model[7]  # 13 layers merged into one entry
+    with torch.no_grad(), torch.enable_grad():
+        assert None not in grad_fn_modules(model, x)
+
+
+def test_under_inference_mode_it_refuses_even_inside_enable_grad():
+    model, x = tiny_resnet(), torch.randn(1, 3, 16, 16)
+    with torch.inference_mode():
+        with pytest.raises(RuntimeError, match=r"inference_mode\(\) is on"):
+            grad_fn_modules(model, x)
+        with torch.enable_grad(), pytest.raises(RuntimeError, match="inference_mode"):
+            grad_fn_modules(model, x)
+        made_inside = torch.randn(1, 3, 16, 16)
+    assert None not in grad_fn_modules(model, made_inside)  # an inference tensor as input is fine
+
+
+def test_identity_shares_its_inputs_grad_fn():
+    conv = nn.Conv2d(3, 4, 3)
+    y = conv(torch.randn(1, 3, 8, 8))
+    assert nn.Identity()(y).grad_fn is y.grad_fn
+
+
+def test_an_identity_in_types_collides_and_is_named():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Identity(), nn.ReLU())
+    x = torch.randn(1, 3, 8, 8)
+    naive = naive_grad_fn_modules(model, x, types=(nn.Conv2d, nn.Identity))
+    assert list(naive.values()) == [model[1]]  # the conv was overwritten, silently
+    with pytest.raises(ValueError, match=r"'1' \(Identity\) .* already belongs to '0' \(Conv2d\)"):
+        grad_fn_modules(model, x, types=(nn.Conv2d, nn.Identity))
+    assert list(grad_fn_modules(model, x).values()) == [model[0]]
+
+
+def test_an_output_without_grad_fn_is_left_out():
+    class Argmax(nn.Module):
+        def forward(self, x):
+            return x.argmax(1)
+
+    model = nn.Sequential(nn.Linear(3, 4), Argmax())
+    nodes = grad_fn_modules(model, torch.randn(2, 3), types=(nn.Linear, Argmax))
+    assert list(nodes.values()) == [model[0]]
+
+
+def test_module_graph_of_the_tiny_resnet_has_its_two_residual_adds():
+    graph = module_graph(trace_grad_fn(tiny_resnet(), torch.randn(1, 3, 16, 16)))
+    edges = set(graph.edges)
+    # by hand, from the architecture: stem -> block 3 (identity skip) -> block 4 (conv skip)
+    assert {("input", "0"), ("0", "1"), ("1", "3.conv1"), ("3.conv2", "3.bn2")} <= edges
+    assert {("3.bn2", "+1"), ("1", "+1")} <= edges  # identity shortcut: the stem's output
+    assert {("+1", "4.conv1"), ("+1", "4.downsample.0"), ("4.downsample.1", "+2"),
+            ("4.bn2", "+2"), ("+2", "7"), ("7", "output")} <= edges
+    assert graph.nodes["+1"] == graph.nodes["+2"] == "+"
+    assert len([n for n, label in graph.nodes.items() if label == "+"]) == 2
+    assert not any("ReLU" in label for label in graph.nodes.values())
+
+
+def test_mermaid_diagram_is_a_mime_bundle():
+    graph = module_graph(trace_grad_fn(tiny_resnet(), torch.randn(1, 3, 16, 16)))
+    diagram = graph.mermaid()
+    assert isinstance(diagram, MermaidDiagram)
+    bundle = diagram._repr_mimebundle_()
+    assert set(bundle) == {"text/vnd.mermaid", "text/plain"}
+    source = bundle["text/vnd.mermaid"]
+    assert source.startswith("flowchart TD\n") and repr(diagram) == source
+    assert source.count("-->") == len(graph.edges)
+    assert '(("+"))' in source and '["3.conv1: Conv2d"]' in source and '(["input"])' in source
+
+
+def test_coupled_groups_of_resnet18_layer1_are_its_residual_stream():
+    model = torchvision.models.resnet18().eval()
+    x = torch.randn(1, 3, 32, 32)
+    groups = coupled_channel_groups(trace_grad_fn(model, x))
+    layer1 = next(g for g in groups if "layer1.0.conv2" in g.layers)
+    # by hand: the stem and both blocks' second conv write into the same 64 channels
+    assert layer1.layers == ["conv1", "bn1", "layer1.0.conv2", "layer1.0.bn2",
+                             "layer1.1.conv2", "layer1.1.bn2"]
+    assert layer1.consumers == ["layer1.0.conv1", "layer1.1.conv1", "layer2.0.conv1",
+                                "layer2.0.downsample.0"]
+    inner = next(g for g in groups if "layer1.0.conv1" in g.layers)
+    assert inner == ChannelGroup(["layer1.0.conv1", "layer1.0.bn1"], ["layer1.0.conv2"])
+    assert len(groups) == 1 + 4 * 3  # the fc, and per stage: a stream and two inner groups
+    # every conv and BatchNorm lands in exactly one group
+    members = [name for g in groups for name in g.layers]
+    expected = [n for n, m in model.named_modules() if isinstance(m, GRAD_FN_TYPES)]
+    assert sorted(members) == sorted(expected)
+
+
+def silence_channel(model: nn.Module, group: ChannelGroup, channel: int) -> None:
+    """Zero ``channel`` at every BatchNorm of the group, so that channel carries only zeros."""
+    for name in group.layers:
+        module = model.get_submodule(name)
+        if isinstance(module, nn.BatchNorm2d):
+            with torch.no_grad():
+                module.weight[channel] = 0
+                module.bias[channel] = 0
+
+
+@pytest.mark.parametrize("index", range(4))
+def test_pruning_a_silent_channel_of_a_group_changes_nothing(index):
+    """If the group is right, a channel that is zero in all its layers can go without a trace."""
+    x = torch.randn(2, 3, 16, 16)
+    model = tiny_resnet().eval()
+    groups = coupled_channel_groups(trace_grad_fn(model, x))
+    assert len(groups) == 5 and groups[4].layers == ["7"]
+    silence_channel(model, groups[index], channel=2)
+    expected = model(x)
+    prune_channel_group(model, groups[index], drop=[2])
+    assert torch.allclose(model(x), expected, atol=1e-5)
+    # had the group missed one of the channel's other readers or writers, the add would fail
+
+
+@pytest.mark.parametrize("index", [0, 3])
+def test_pruning_part_of_a_residual_group_breaks_the_model(index):
+    x = torch.randn(2, 3, 16, 16)
+    group = coupled_channel_groups(trace_grad_fn(tiny_resnet(), x))[index]
+    pairs = [group.layers[:2], group.layers[2:]]  # two (conv, BatchNorm) writing into the add
+    for skip in pairs:
+        partial = ChannelGroup([name for name in group.layers if name not in skip], group.consumers)
+        model = tiny_resnet().eval()
+        prune_channel_group(model, partial, drop=[0])
+        with pytest.raises(RuntimeError, match=r"must match the size|channels"):
+            model(x)
+
+
+def test_pruning_the_last_layer_drops_an_output(device):
+    model = tiny_resnet().to(device).eval()
+    x = torch.randn(1, 3, 16, 16, device=device)
+    groups = coupled_channel_groups(trace_grad_fn(model, x))
+    before = model(x)
+    prune_channel_group(model, groups[-1], drop=[0, 9])
+    assert torch.allclose(model(x), before[:, 1:9], atol=1e-6)
+
+
+@pytest.mark.parametrize("drop", [[], [10], [-1], list(range(10))])
+def test_pruning_needs_some_but_not_all_channels(drop):
+    model = tiny_resnet()
+    group = coupled_channel_groups(trace_grad_fn(model, torch.randn(1, 3, 16, 16)))[-1]
+    with pytest.raises(ValueError, match=r"drop must name some but not all of the 10 channels"):
+        prune_channel_group(model, group, drop)
+
+
+def test_pruning_refuses_what_it_cannot_cut():
+    flat = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 2 * 2, 2))
+    group = ChannelGroup(["0"], ["2"])
+    with pytest.raises(ValueError, match=r"'2' reads 16 features, not the 4 channels"):
+        prune_channel_group(flat, group, [0])
+    with pytest.raises(TypeError, match="output channels of ReLU"):
+        keep_output_channels(nn.ReLU(), torch.tensor([0]))
+    with pytest.raises(TypeError, match="input channels of Conv2d"):
+        keep_input_channels(nn.Conv2d(4, 4, 1, groups=2), torch.tensor([0]))
+
+
+def test_prelu_slopes_are_pruned_with_their_channels():
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.PReLU(4), nn.Conv2d(4, 2, 1), nn.PReLU())
+    groups = coupled_channel_groups(trace_grad_fn(model, torch.randn(1, 3, 4, 4)))
+    assert [(g.layers, g.consumers) for g in groups] == [(["0", "1"], ["2"]), (["2", "3"], [])]
+    prune_channel_group(model, groups[0], [1])
+    prune_channel_group(model, groups[1], [0])
+    assert model[1].weight.shape == (3,) and model[3].weight.shape == (1,)
+    assert model(torch.randn(1, 3, 4, 4)).shape == (1, 1, 4, 4)
+
+
+def test_a_depthwise_conv_carries_its_inputs_channels():
+    model = torchvision.models.mobilenet_v2().eval()
+    groups = coupled_channel_groups(trace_grad_fn(model, torch.randn(1, 3, 32, 32)))
+    stem = next(g for g in groups if "features.0.0" in g.layers)
+    assert stem.layers == ["features.0.0", "features.0.1", "features.1.conv.0.0",
+                           "features.1.conv.0.1"]
+    assert stem.consumers == ["features.1.conv.1"]
+    model.features[0][1].weight.data[5] = 0  # silence channel 5 of the stem's group
+    model.features[0][1].bias.data[5] = 0
+    x = torch.randn(1, 3, 32, 32)
+    expected = model(x)
+    prune_channel_group(model, stem, drop=[5])
+    assert model.features[1].conv[0][0].groups == 31
+    assert torch.allclose(model(x), expected, atol=1e-5)
+
+
+def test_concatenation_starts_new_channels():
+    class Cat(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 4, 1), nn.Conv2d(3, 4, 1)
+            self.bn = nn.BatchNorm2d(8)
+
+        def forward(self, x):
+            return self.bn(torch.cat([self.a(x), self.b(x)], 1))
+
+    groups = coupled_channel_groups(trace_grad_fn(Cat(), torch.randn(1, 3, 4, 4)))
+    assert [g.layers for g in groups] == [["a"], ["b"], ["bn"]]
+    assert groups[0].consumers == []
+
+
+def test_dict_outputs_are_shaped_and_counted():
+    class Heads(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = nn.Parameter(torch.ones(3))
+
+        def forward(self, x):
+            return {"scores": x * self.weight, "note": None}
+
+    model = nn.Sequential(nn.Linear(2, 3), Heads())
+    result = summary(model, input_size=(4, 2))
+    assert result.rows[-1].output_shape == {"scores": [4, 3], "note": None}
+    assert result.output_bytes == 4 * (4 * 3) * 2  # the Linear's output and the dict's tensor
+    assert result.total_params == 2 * 3 + 3 + 3
+
+
+def test_a_layer_called_twice_is_listed_once_in_its_group():
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem, self.shared = nn.Conv2d(3, 4, 1), nn.Conv2d(4, 4, 1)
+
+        def forward(self, x):
+            return self.shared(torch.relu(self.shared(self.stem(x))))
+
+    nodes = grad_fn_modules(Twice(), torch.randn(1, 3, 4, 4))
+    assert len(nodes) == 3 and len({id(m) for m in nodes.values()}) == 2
+    groups = coupled_channel_groups(trace_grad_fn(Twice(), torch.randn(1, 3, 4, 4)))
+    assert [(g.layers, g.consumers) for g in groups] == [(["stem"], ["shared"]), (["shared"], ["shared"])]
+
+
+def test_batchnorm_without_affine_parameters_is_pruned():
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4, affine=False), nn.Conv2d(4, 2, 1)).eval()
+    group = coupled_channel_groups(trace_grad_fn(model, torch.randn(1, 3, 4, 4)))[0]
+    assert group == ChannelGroup(["0", "1"], ["2"])
+    prune_channel_group(model, group, [1])
+    assert model[1].running_mean.shape == (3,) and model(torch.randn(1, 3, 4, 4)).shape == (1, 2, 4, 4)
+
+
+def test_a_group_without_a_channel_count_is_refused():
+    model = nn.Sequential(nn.PReLU(3), nn.Conv2d(3, 4, 1))
+    group = coupled_channel_groups(trace_grad_fn(model, torch.randn(1, 3, 4, 4)))[0]
+    assert group == ChannelGroup(["0"], ["1"])
+    with pytest.raises(ValueError, match=r"group \['0'\] has no conv, linear or BatchNorm"):
+        prune_channel_group(model, group, [0])

@@ -1,0 +1,628 @@
+"""Chapters: model summaries, and tracing a model's structure through ``grad_fn``.
+
+``summary`` runs one forward pass with hooks and prints a table: each module
+once, its shapes, its parameters, the modules called more than once marked.
+``grad_fn_modules`` maps the autograd node behind each layer's output to that
+layer (``trace_grad_fn`` keeps the whole trace); walking ``next_functions``
+from node to node then gives the model's graph (``module_graph``) and the
+layers whose channels a residual add ties together
+(``coupled_channel_groups``): the groups structured pruning must cut as one
+(``prune_channel_group``).
+"""
+
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torchvision.models.resnet import BasicBlock
+
+# ---------------------------------------------------------------- model summaries
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put every module in eval mode for the block, then give each its own mode back.
+
+    Restoring module by module (not ``model.train()``) keeps a BatchNorm that
+    you froze in eval mode inside a training model frozen.
+    """
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+def shape_of(value):
+    """The shape of a tensor, or of each tensor in a tuple, list or dict; None for others."""
+    if isinstance(value, torch.Tensor):
+        return list(value.shape)
+    if isinstance(value, (list, tuple)):
+        shapes = [shape_of(item) for item in value]
+        return shapes[0] if len(shapes) == 1 else shapes
+    if isinstance(value, dict):
+        return {key: shape_of(item) for key, item in value.items()}
+    return None
+
+
+def tensor_bytes(value) -> int:
+    """Bytes held by the tensors in ``value`` (a tensor, or tuples, lists, dicts of them)."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, (list, tuple)):
+        return sum(tensor_bytes(item) for item in value)
+    if isinstance(value, dict):
+        return sum(tensor_bytes(item) for item in value.values())
+    return 0
+
+
+@dataclass
+class SummaryRow:
+    """One module of a summary; ``params`` counts only parameters no earlier row counted."""
+
+    name: str                  # first name it is registered under; "" for the model itself
+    type: str
+    depth: int
+    params: int = 0
+    trainable_params: int = 0
+    calls: int = 0             # times forward called it
+    input_shape: object = None   # shapes on its first call
+    output_shape: object = None
+    aliases: list[str] = field(default_factory=list)        # other names it is registered under
+    shared_params: list[str] = field(default_factory=list)  # "weight = embed.weight"
+
+    @property
+    def reused(self) -> bool:
+        return self.calls > 1
+
+
+def _megabytes(n: int) -> str:
+    return f"{n / 2**20:,.2f} MiB"
+
+
+@dataclass
+class Summary:
+    """What ``summary`` found. ``str()`` is the printed table.
+
+    The memory estimate: the input, the output of every call of a leaf module
+    (a module without children; roughly what training keeps for backward at
+    this batch size), and the parameters and buffers.
+    """
+
+    rows: list[SummaryRow]
+    input_shape: object
+    input_bytes: int
+    output_bytes: int
+    param_bytes: int
+    buffer_bytes: int
+
+    @property
+    def total_params(self) -> int:
+        return sum(row.params for row in self.rows)
+
+    @property
+    def trainable_params(self) -> int:
+        return sum(row.trainable_params for row in self.rows)
+
+    @property
+    def total_bytes(self) -> int:
+        return self.input_bytes + self.output_bytes + self.param_bytes + self.buffer_bytes
+
+    def __str__(self) -> str:
+        header = ("Layer (type)", "Input shape", "Output shape", "Param #", "Notes")
+        lines = []
+        for row in self.rows:
+            notes = [f"called {row.calls}x"] if row.reused else []
+            notes += [f"also {alias}" for alias in row.aliases]
+            notes += [f"{shared} (shared)" for shared in row.shared_params]
+            if row.calls == 0:
+                notes.append("not called")
+            label = "  " * row.depth + (f"{row.name} ({row.type})" if row.name else row.type)
+            lines.append((label, "--" if row.input_shape is None else str(row.input_shape),
+                          "--" if row.output_shape is None else str(row.output_shape),
+                          f"{row.params:,}" if row.params else "--", "; ".join(notes)))
+        widths = [max(len(cells[i]) for cells in [header, *lines]) for i in range(5)]
+
+        def fmt(cells):
+            return "  ".join(cell.ljust(width) if i in (0, 4) else cell.rjust(width)
+                             for i, (cell, width) in enumerate(zip(cells, widths))).rstrip()
+
+        rule = "=" * len(fmt(header))
+        return "\n".join([
+            fmt(header), rule, *map(fmt, lines), rule,
+            f"Total params: {self.total_params:,}",
+            f"Trainable params: {self.trainable_params:,}",
+            f"Non-trainable params: {self.total_params - self.trainable_params:,}",
+            f"Input size: {_megabytes(self.input_bytes)}",
+            f"Leaf-module outputs (forward): {_megabytes(self.output_bytes)}",
+            f"Params + buffers size: {_megabytes(self.param_bytes + self.buffer_bytes)}",
+            f"Estimated total size: {_megabytes(self.total_bytes)}",
+        ])
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
+def _is_shape(value) -> bool:
+    return isinstance(value, (tuple, list, torch.Size)) and all(isinstance(d, int) for d in value)
+
+
+def make_inputs(model: nn.Module, input_size=None, input_data=None) -> tuple:
+    """The positional arguments for ``model``: random ones of ``input_size`` or ``input_data``."""
+    if (input_size is None) == (input_data is None):
+        raise ValueError("pass exactly one of input_size (a shape with the batch dimension, "
+                         "e.g. (1, 3, 224, 224)) or input_data (a tensor or a tuple of tensors)")
+    if input_data is not None:
+        inputs = (input_data,) if isinstance(input_data, torch.Tensor) else tuple(input_data)
+        if not inputs or not all(isinstance(t, torch.Tensor) for t in inputs):
+            raise TypeError(f"input_data must be a tensor or a tuple of tensors, "
+                            f"got {type(input_data).__name__}")
+        return inputs
+    shapes = [input_size] if _is_shape(input_size) else input_size
+    shapes = list(shapes) if isinstance(shapes, (list, tuple)) else []
+    if not shapes or not all(_is_shape(s) and s and min(s) > 0 for s in shapes):
+        raise ValueError(f"input_size must be a shape of positive sizes with the batch "
+                         f"dimension, e.g. (1, 3, 224, 224), or a list of shapes; got {input_size!r}")
+    first = next(model.parameters(), None)
+    device = first.device if first is not None else torch.device("cpu")
+    dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
+    return tuple(torch.randn(*shape, device=device, dtype=dtype) for shape in shapes)
+
+
+def summary_rows(model: nn.Module) -> list[SummaryRow]:
+    """One row per module (by identity), with the parameters it adds to the count."""
+    aliases = defaultdict(list)
+    for name, module in model.named_modules(remove_duplicate=False):
+        aliases[id(module)].append(name)
+    counted = {}  # id(parameter) -> the name it was counted under
+    rows = []
+    for name, module in model.named_modules():  # each module once, under its first name
+        row = SummaryRow(name, type(module).__name__, name.count(".") + 1 if name else 0,
+                         aliases=aliases[id(module)][1:])
+        for param_name, param in module.named_parameters(recurse=False):
+            full_name = f"{name}.{param_name}" if name else param_name
+            if id(param) in counted:  # tied: already counted in an earlier row
+                row.shared_params.append(f"{param_name} = {counted[id(param)]}")
+                continue
+            counted[id(param)] = full_name
+            row.params += param.numel()
+            row.trainable_params += param.numel() if param.requires_grad else 0
+        rows.append(row)
+    return rows
+
+
+def summary(model: nn.Module, input_size=None, input_data=None) -> Summary:
+    """Run one forward pass with hooks and tabulate every module once.
+
+    Give exactly one of ``input_size`` (a shape with the batch dimension, or a
+    list of shapes; random inputs on the model's device) or ``input_data``.
+    The pass runs in eval mode under ``torch.no_grad()``: training modes and
+    BatchNorm statistics are as they were afterwards, and the hooks are
+    removed even when the forward pass fails.
+    """
+    inputs = make_inputs(model, input_size, input_data)
+    rows = summary_rows(model)
+    row_of = {id(module): row for (_, module), row in zip(model.named_modules(), rows)}
+    running = []  # modules entered and not yet left: the innermost one is where an error is
+    output_bytes = 0
+
+    def before(module, args):
+        running.append(row_of[id(module)])
+
+    def after(module, args, output):
+        nonlocal output_bytes
+        running.pop()
+        row = row_of[id(module)]
+        row.calls += 1
+        if row.calls == 1:
+            row.input_shape, row.output_shape = shape_of(args), shape_of(output)
+        if not any(True for _ in module.children()):
+            output_bytes += tensor_bytes(output)
+
+    handles = []
+    try:
+        for module in model.modules():
+            handles.append(module.register_forward_pre_hook(before))
+            handles.append(module.register_forward_hook(after))
+        with eval_mode(model), torch.no_grad():
+            model(*inputs)
+    except RuntimeError as error:
+        inner = running[-1] if running else None
+        where = f" in {inner.name!r} ({inner.type})" if inner and inner.name else ""
+        raise ValueError(f"the model failed{where} on input of shape {shape_of(inputs)}: {error}. "
+                         "Is the input too small for the model, or of the wrong shape?") from error
+    finally:
+        for handle in handles:
+            handle.remove()
+    params = {id(p): p for p in model.parameters()}.values()
+    return Summary(rows, shape_of(inputs), tensor_bytes(inputs), output_bytes,
+                   sum(tensor_bytes(p) for p in params),
+                   sum(tensor_bytes(b) for b in model.buffers()))
+
+
+# ---------------------------------------------------------------- tracing through grad_fn
+
+GRAD_FN_TYPES = (nn.Conv2d, nn.BatchNorm2d, nn.Linear, nn.PReLU)
+
+
+def check_autograd_is_on() -> None:
+    """Raise a RuntimeError that says what to do when autograd records nothing."""
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError("tracing grad_fn needs autograd to record the graph, but "
+                           "torch.inference_mode() is on and nothing gets a grad_fn inside it; "
+                           "call it outside inference_mode (enable_grad does not undo it)")
+    if not torch.is_grad_enabled():
+        raise RuntimeError("tracing grad_fn needs autograd to record the graph, but gradients are "
+                           "off (torch.no_grad() or set_grad_enabled(False)), so every grad_fn "
+                           "would be None; call it outside no_grad or inside torch.enable_grad()")
+
+
+@contextmanager
+def grad_enabled_parameters(model: nn.Module) -> Iterator[nn.Module]:
+    """Make every parameter require grad for the block, then give each its own flag back."""
+    flags = [(param, param.requires_grad) for param in model.parameters()]
+    try:
+        for param, _ in flags:
+            param.requires_grad_(True)
+        yield model
+    finally:
+        for param, requires_grad in flags:
+            param.requires_grad_(requires_grad)
+
+
+@dataclass
+class Trace:
+    """One traced forward pass: the layer behind each node, and where the graph starts and ends."""
+
+    nodes: dict                   # grad_fn node -> the module whose output it is
+    names: dict[nn.Module, str]   # module -> its name in the model
+    output: object                # the model's output
+    input: torch.Tensor           # the leaf the model ran on
+
+
+def trace_grad_fn(model: nn.Module, x: torch.Tensor, types=GRAD_FN_TYPES) -> Trace:
+    """Run ``model`` on a copy of ``x`` that requires grad; map layers' output nodes to layers.
+
+    The model runs in eval mode with every parameter requiring grad; modes
+    and flags are restored after, also when ``forward`` fails.
+    """
+    check_autograd_is_on()
+    names = {module: name for name, module in model.named_modules()}
+    nodes, collisions = {}, []
+
+    def record(module, args, output):
+        for tensor in (output if isinstance(output, (tuple, list)) else [output]):
+            node = getattr(tensor, "grad_fn", None)
+            if node is None:
+                continue
+            if node in nodes and nodes[node] is not module:
+                collisions.append((nodes[node], module, node))
+            else:
+                nodes[node] = module
+
+    x_leaf = x.detach().clone().requires_grad_(x.is_floating_point())
+    handles = [m.register_forward_hook(record) for m in model.modules() if isinstance(m, types)]
+    try:
+        with eval_mode(model), grad_enabled_parameters(model):
+            output = model(x_leaf)
+    finally:
+        for handle in handles:
+            handle.remove()
+    if collisions:
+        first, second, node = collisions[0]
+        raise ValueError(
+            f"{names[second]!r} ({type(second).__name__}) returned a tensor whose grad_fn "
+            f"{node.name()} already belongs to {names[first]!r} ({type(first).__name__}): "
+            "it passed its input through unchanged, as nn.Identity does, so grad_fn cannot tell "
+            f"the two apart; leave {type(second).__name__} out of types")
+    return Trace(nodes, names, output, x_leaf)
+
+
+def grad_fn_modules(model: nn.Module, x: torch.Tensor, types=GRAD_FN_TYPES) -> dict:
+    """Map the autograd node (``grad_fn``) of each output of a ``types`` layer to that layer.
+
+    Works with frozen parameters (grad is enabled for the trace and each
+    ``requires_grad`` restored after); raises a RuntimeError under
+    ``torch.no_grad()`` or ``torch.inference_mode()``, where no output has a
+    ``grad_fn``, and a ValueError when two layers share one node (an
+    ``nn.Identity`` in ``types`` returns its input's ``grad_fn``).
+    """
+    return trace_grad_fn(model, x, types).nodes
+
+
+def naive_grad_fn_modules(model: nn.Module, x: torch.Tensor, types=GRAD_FN_TYPES) -> dict:
+    """Pitfall: ``{output.grad_fn: module}`` from a hook, with no checks.
+
+    Under ``torch.no_grad()``, or with frozen parameters and an input that
+    needs no grad, every key is ``None`` and the dict holds one module; an
+    ``nn.Identity`` overwrites the layer before it. Use ``grad_fn_modules``.
+    """
+    nodes = {}
+
+    def record(module, args, output):
+        nodes[output.grad_fn] = module  # None under no_grad; Identity overwrites
+
+    handles = [m.register_forward_hook(record) for m in model.modules() if isinstance(m, types)]
+    try:
+        model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return nodes
+
+
+def node_inputs(node) -> list:
+    """The nodes ``node`` takes its inputs from (``None`` edges, inputs needing no grad, left out)."""
+    return [parent for parent, _ in node.next_functions if parent is not None]
+
+
+def is_leaf_node(node) -> bool:
+    """An ``AccumulateGrad`` node: a leaf tensor (a parameter, or the traced input)."""
+    return hasattr(node, "variable")
+
+
+def nodes_in_order(roots) -> list:
+    """Every node reachable from ``roots``, each one after all of its inputs."""
+    order, seen = [], set()
+    stack = [(root, False) for root in roots]
+    while stack:
+        node, inputs_done = stack.pop()
+        if inputs_done:
+            order.append(node)
+        elif node not in seen:
+            seen.add(node)
+            stack.append((node, True))
+            stack.extend((parent, False) for parent in node_inputs(node) if parent not in seen)
+    return order
+
+
+def output_nodes(output) -> list:
+    """The ``grad_fn`` of each tensor in a model's output."""
+    tensors = output if isinstance(output, (tuple, list)) else [output]
+    return [t.grad_fn for t in tensors if isinstance(t, torch.Tensor) and t.grad_fn is not None]
+
+
+class MermaidDiagram:
+    """Mermaid source that Jupyter, and this site, draw as a diagram."""
+
+    def __init__(self, source: str):
+        self.source = source
+
+    def __repr__(self) -> str:
+        return self.source
+
+    def _repr_mimebundle_(self, include=None, exclude=None) -> dict:
+        return {"text/vnd.mermaid": self.source, "text/plain": self.source}
+
+
+@dataclass
+class ModuleGraph:
+    """Layers and the operations that merge branches, with edges from input to output."""
+
+    nodes: dict[str, str]          # name -> label: the layer's type, or "+" for an add
+    edges: list[tuple[str, str]]   # (from, to)
+
+    def mermaid(self, direction: str = "TD") -> MermaidDiagram:
+        ids = {name: f"n{i}" for i, name in enumerate(self.nodes)}
+        lines = [f"flowchart {direction}"]
+        for name, label in self.nodes.items():
+            if name in ("input", "output"):
+                lines.append(f'    {ids[name]}(["{name}"])')
+            elif label in ("+", "*", "cat"):
+                lines.append(f'    {ids[name]}(("{label}"))')
+            else:
+                lines.append(f'    {ids[name]}["{name}: {label}"]')
+        lines += [f"    {ids[a]} --> {ids[b]}" for a, b in self.edges]
+        return MermaidDiagram("\n".join(lines))
+
+
+MERGE_LABELS = {"AddBackward0": "+", "MulBackward0": "*", "CatBackward0": "cat"}
+
+
+def module_graph(trace: Trace) -> ModuleGraph:
+    """The graph of the traced layers, found by walking ``next_functions`` back from the output.
+
+    Autograd nodes that are no traced layer are walked through, except the
+    ones that merge two branches (add, multiply, concatenate), which stay in
+    the graph as nodes: they are where a residual connection joins.
+    """
+    order = nodes_in_order(output_nodes(trace.output))
+    graph = ModuleGraph({"input": "input"}, [])
+    kept = {}  # node -> the graph names its value comes from
+    merges = 0
+    for node in order:
+        if is_leaf_node(node):
+            kept[node] = ["input"] if node.variable is trace.input else []
+            continue
+        sources = list(dict.fromkeys(s for parent in node_inputs(node) for s in kept[parent]))
+        label = MERGE_LABELS.get(node.name())
+        if node in trace.nodes:
+            module = trace.nodes[node]
+            name = trace.names[module]
+            graph.nodes[name] = type(module).__name__
+        elif label is not None and len(sources) > 1:
+            merges += 1
+            name = f"{label}{merges}"
+            graph.nodes[name] = label
+        else:
+            kept[node] = sources  # walked through
+            continue
+        graph.edges += [(source, name) for source in sources if (source, name) not in graph.edges]
+        kept[node] = [name]
+    graph.nodes["output"] = "output"
+    for node in output_nodes(trace.output):
+        graph.edges += [(source, "output") for source in kept[node]]
+    return graph
+
+
+@dataclass
+class ChannelGroup:
+    """Channels that must be pruned together.
+
+    ``layers`` make or carry these channels (a conv's output channels, the
+    BatchNorm on them, everything a residual add joins to them);
+    ``consumers`` read them as their input channels.
+    """
+
+    layers: list[str]
+    consumers: list[str]
+
+
+def makes_new_channels(module: nn.Module) -> bool:
+    """A conv or linear layer makes new channels; BatchNorm, PReLU, a depthwise conv keep them."""
+    if isinstance(module, nn.Conv2d):
+        return not (module.groups == module.in_channels == module.out_channels)
+    return isinstance(module, nn.Linear)
+
+
+def coupled_channel_groups(trace: Trace) -> list[ChannelGroup]:
+    """Group the traced layers whose output channels are tied, from the autograd graph.
+
+    Walking from the input to the output: a conv or linear layer starts new
+    channels; an element-wise operation (add, activation, pooling, BatchNorm,
+    a depthwise conv) joins the channels of all its inputs into one group; a
+    concatenation starts new channels (it places channel ranges side by side).
+    A simple rule for conv nets: attention's matrix products are not handled.
+    """
+    parent = []  # union-find over channel spaces
+
+    def find(space):
+        while parent[space] != space:
+            parent[space] = parent[parent[space]]
+            space = parent[space]
+        return space
+
+    def new_space():
+        parent.append(len(parent))
+        return len(parent) - 1
+
+    space_of, layers, consumers = {}, [], []  # layers / consumers: (space, name)
+    for node in nodes_in_order(output_nodes(trace.output)):
+        inputs = [space_of[p] for p in node_inputs(node) if not is_leaf_node(p)]
+        module = trace.nodes.get(node)
+        if module is not None and makes_new_channels(module):
+            space = new_space()
+            consumers += [(s, trace.names[module]) for s in inputs]
+        elif not inputs or node.name() == "CatBackward0":
+            space = new_space()
+        else:
+            space = find(inputs[0])
+            for other in inputs[1:]:
+                parent[find(other)] = space
+        if module is not None:
+            layers.append((space, trace.names[module]))
+        space_of[node] = space
+
+    first_space = {}  # a layer called twice writes the same channels both times
+    for space, name in layers:
+        parent[find(space)] = find(first_space.setdefault(name, space))
+
+    groups = {}
+    for space, name in layers:
+        groups.setdefault(find(space), ChannelGroup([], []))
+        if name not in groups[find(space)].layers:
+            groups[find(space)].layers.append(name)
+    for space, name in consumers:
+        if find(space) in groups and name not in groups[find(space)].consumers:
+            groups[find(space)].consumers.append(name)
+    order = {name: i for i, name in enumerate(trace.names.values())}
+    for group in groups.values():
+        group.layers.sort(key=order.get)
+        group.consumers.sort(key=order.get)
+    return sorted(groups.values(), key=lambda group: order[group.layers[0]])
+
+
+def kept_parameter(param: nn.Parameter, dim: int, keep: torch.Tensor) -> nn.Parameter:
+    return nn.Parameter(param.detach().index_select(dim, keep), requires_grad=param.requires_grad)
+
+
+def keep_output_channels(module: nn.Module, keep: torch.Tensor) -> None:
+    """Keep only output channels ``keep`` of a conv, linear, BatchNorm or PReLU layer."""
+    if isinstance(module, nn.PReLU):
+        if module.num_parameters > 1:  # one slope per channel; a single slope stays
+            module.num_parameters = len(keep)
+            module.weight = kept_parameter(module.weight, 0, keep)
+        return
+    if isinstance(module, nn.BatchNorm2d):
+        module.running_mean = module.running_mean[keep]
+        module.running_var = module.running_var[keep]
+        module.num_features = len(keep)
+    elif isinstance(module, nn.Conv2d):
+        if module.groups == module.in_channels == module.out_channels:  # depthwise
+            module.groups = module.in_channels = len(keep)
+        module.out_channels = len(keep)
+    elif isinstance(module, nn.Linear):
+        module.out_features = len(keep)
+    else:
+        raise TypeError(f"cannot prune the output channels of {type(module).__name__}")
+    if module.weight is not None:
+        module.weight = kept_parameter(module.weight, 0, keep)
+    if module.bias is not None:
+        module.bias = kept_parameter(module.bias, 0, keep)
+
+
+def output_channels(module: nn.Module) -> int | None:
+    """How many channels a conv, BatchNorm or linear layer puts out; None for others."""
+    for attribute in ("out_channels", "num_features", "out_features"):
+        if hasattr(module, attribute):
+            return getattr(module, attribute)
+    return None
+
+
+def keep_input_channels(module: nn.Module, keep: torch.Tensor) -> None:
+    """Keep only input channels ``keep`` of a (non-grouped) conv or of a linear layer."""
+    if isinstance(module, nn.Conv2d) and module.groups == 1:
+        module.in_channels = len(keep)
+    elif isinstance(module, nn.Linear):
+        module.in_features = len(keep)
+    else:
+        raise TypeError(f"cannot prune the input channels of {type(module).__name__} "
+                        "(a grouped conv, or not a conv or linear layer)")
+    module.weight = kept_parameter(module.weight, 1, keep)
+
+
+def prune_channel_group(model: nn.Module, group: ChannelGroup, drop: Sequence[int]) -> None:
+    """Remove channels ``drop`` from every layer of ``group`` and from its consumers, in place.
+
+    A linear consumer must read the channels directly (after global pooling):
+    its ``in_features`` must equal the number of channels.
+    """
+    modules = [model.get_submodule(name) for name in group.layers]
+    channels = next((n for n in map(output_channels, modules) if n is not None), None)
+    if channels is None:
+        raise ValueError(f"group {group.layers} has no conv, linear or BatchNorm layer "
+                         "that says how many channels it has")
+    if not drop or not all(0 <= c < channels for c in drop) or len(set(drop)) >= channels:
+        raise ValueError(f"drop must name some but not all of the {channels} channels of "
+                         f"{group.layers[0]!r} (0 to {channels - 1}); got {list(drop)}")
+    device = next(model.parameters()).device
+    keep = torch.tensor([c for c in range(channels) if c not in set(drop)], device=device)
+    for name in group.consumers:
+        module = model.get_submodule(name)
+        if isinstance(module, nn.Linear) and module.in_features != channels:
+            raise ValueError(f"{name!r} reads {module.in_features} features, not the {channels} "
+                             "channels of its group: pool the channels before it")
+    for module in modules:
+        keep_output_channels(module, keep)
+    for name in group.consumers:
+        keep_input_channels(model.get_submodule(name), keep)
+
+
+def tiny_resnet(num_classes: int = 10) -> nn.Sequential:
+    """A small residual net from torchvision's ``BasicBlock``, for drawing and pruning."""
+    downsample = nn.Sequential(nn.Conv2d(8, 16, 1, stride=2, bias=False), nn.BatchNorm2d(16))
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1, bias=False),
+        nn.BatchNorm2d(8),
+        nn.ReLU(inplace=True),
+        BasicBlock(8, 8),
+        BasicBlock(8, 16, stride=2, downsample=downsample),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, num_classes),
+    )
