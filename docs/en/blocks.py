@@ -1,0 +1,469 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Building U-Net and MobileNet from blocks
+#
+# Large networks are written as a few small blocks, each an `nn.Module` of a
+# handful of layers, and a model class that wires the blocks together. This
+# page builds two well-known networks that way: U-Net, whose blocks are joined
+# by skip connections, and MobileNet, whose dozens of layers come from a loop
+# over a config table. Both are checked against outside figures: the
+# parameter counts of a widely used U-Net implementation, the tables of the
+# MobileNet paper, and torchvision's own MobileNet v2.
+#
+# Every output on this page was produced by running the code when the site was
+# built, on the versions printed below.
+
+# %%
+from tutorials_pkg.runtime import default_device, describe_runtime
+
+print(describe_runtime())
+device = default_device()
+
+# %% [markdown]
+# ## U-Net
+#
+# U-Net (Ronneberger et al., 2015) labels every pixel of an image. An encoder
+# halves the height and width four times while it doubles the channels; a
+# decoder doubles the size back four times, and at each size it concatenates
+# the encoder's map of the same size (the *skip connection*), which brings back
+# the detail that the pooling lost. A 1×1 convolution at the end gives one
+# score per class and pixel. Drawn with the channel counts of
+# `UNet(bilinear=False)` and the height of each stage's output (the width
+# follows the same rule):
+#
+# ```mermaid
+# block-beta
+#     columns 4
+#     inc["inc: DoubleConv 3→64, H"] space u4["up4: Up 128→64, H"] outc["outc: OutConv 64→n_classes, H"]
+#     space:4
+#     d1["down1: Down 64→128, H/2"] space u3["up3: Up 256→128, H/2"] space
+#     space:4
+#     d2["down2: Down 128→256, H/4"] space u2["up2: Up 512→256, H/4"] space
+#     space:4
+#     d3["down3: Down 256→512, H/8"] space u1["up1: Up 1024→512, H/8"] space
+#     space:4
+#     space d4["down4: Down 512→1024, H/16"] space:2
+#     inc --> d1
+#     d1 --> d2
+#     d2 --> d3
+#     d3 --> d4
+#     d4 --> u1
+#     u1 --> u2
+#     u2 --> u3
+#     u3 --> u4
+#     u4 --> outc
+#     inc -- "skip (concatenate)" --> u4
+#     d1 -- "skip" --> u3
+#     d2 -- "skip" --> u2
+#     d3 -- "skip" --> u1
+# ```
+#
+# The layout and channel counts are those of
+# [milesial/Pytorch-UNet](https://github.com/milesial/Pytorch-UNet), a widely
+# used PyTorch implementation, so our parameter counts can be checked against
+# its figures below.
+
+# %% [markdown]
+# ### The four blocks
+#
+# `DoubleConv` is two 3×3 convolutions, each followed by batch norm and ReLU;
+# padding 1 keeps the height and width. `Down` is a 2×2 max pooling (which
+# rounds an odd size down) and a `DoubleConv`. `OutConv` is the 1×1 head.
+# `Up` doubles the size, either with bilinear interpolation (no parameters) or
+# with a learned 2×2 transposed convolution, then **pads** the result to the
+# size of the skip connection before concatenating: after an odd size was
+# rounded down on the way in, doubling does not give it back, and `F.pad`
+# adds the missing row or column.
+#
+# ### The assembled model
+#
+# `UNet` creates the blocks with their channel counts and wires them in
+# `forward`: the encoder's outputs `x1` … `x4` are kept and handed to the
+# decoder blocks. With bilinear upsampling the upsampling step cannot halve
+# the channels, so the deepest blocks are built half as wide (`factor`).
+# `forward` first checks the input and raises a `ValueError` that says what
+# size or channel count is needed, before any layer runs. The source below
+# holds the four blocks and the model, with the imports they need:
+
+# %%
+from tutorials_pkg.blocks.unet import UNet
+from tutorials_pkg.source import show_source
+
+show_source(UNet)
+
+# %% [markdown]
+# ### Parameter counts, checked against milesial/Pytorch-UNet
+#
+# For three input channels and two classes, milesial/Pytorch-UNet's model has
+# 31,037,698 parameters with transposed convolutions and 17,263,042 with
+# bilinear upsampling. Ours has the same:
+
+# %%
+from tutorials_pkg.definition import count_parameters
+
+unet = UNet(n_channels=3, n_classes=2, bilinear=False)
+unet_bilinear = UNet(n_channels=3, n_classes=2, bilinear=True)
+print(f"transposed convolution: {count_parameters(unet):,}")
+print(f"bilinear upsampling:    {count_parameters(unet_bilinear):,}")
+assert count_parameters(unet) == 31_037_698
+assert count_parameters(unet_bilinear) == 17_263_042
+
+# %% [markdown]
+# ### Every stage's output shape
+#
+# torchinfo's `summary` runs one input through the model and records what
+# every submodule returns (with forward hooks that it removes afterwards);
+# `depth=1` keeps the model's direct children, the stages. A 65×65 image shows
+# the rounding: the encoder goes 65 → 32 → 16 → 8 → 4, the decoder doubles
+# back to 8, 16, 32 and 64, and `up4` pads 64 to the skip connection's 65.
+# torchinfo's parameter total is a third count that agrees.
+
+# %%
+import torch
+from torchinfo import summary
+
+unet = unet.eval().to(device)
+stats = summary(unet, input_size=(1, 3, 65, 65), depth=1, device=device, mode="eval",
+                col_names=("output_size", "num_params"), row_settings=("var_names",), verbose=0)
+print(stats)
+stages = [row for row in stats.summary_list if row.depth == 1]
+assert [row.output_size[-1] for row in stages] == [65, 32, 16, 8, 4, 8, 16, 32, 65, 65]
+assert stats.total_params == 31_037_698
+
+# %% [markdown]
+# ### Any size from 16 up, odd or even
+#
+# Both kinds of upsampling give an output of the input's height and width:
+
+# %%
+unet_bilinear = unet_bilinear.eval().to(device)
+with torch.no_grad():
+    for size in [(16, 16), (17, 31), (33, 20)]:
+        x = torch.randn(1, 3, *size, device=device)
+        print(size, "->", unet(x).shape, unet_bilinear(x).shape)
+        assert unet(x).shape[2:] == unet_bilinear(x).shape[2:] == size
+
+# %% [markdown]
+# Four halvings need at least 16 pixels on each side. A smaller input gets a
+# `ValueError` that names the size needed, instead of a failure deep inside a
+# pooling layer (an input with the wrong number of channels gets one too):
+
+# %% tags=["raises-exception"] raises="ValueError"
+unet(torch.randn(1, 3, 15, 40, device=device))
+
+# %% [markdown]
+# ## MobileNet
+#
+# MobileNet (Howard et al., 2017, "MobileNets: Efficient Convolutional Neural
+# Networks for Mobile Vision Applications") replaces every 3×3 convolution
+# but the first by a *depthwise separable* one: a 3×3 **depthwise** convolution that filters each
+# channel on its own (`groups=in_channels`, one 3×3 filter per channel), then a
+# 1×1 **pointwise** convolution that mixes the channels. Both are a
+# `BasicConv2d`: convolution, batch norm, activation. `BasicConv2d` is an
+# `nn.Sequential` subclass, like torchvision's `Conv2dNormActivation`, so its
+# layers are named `0`, `1`, `2`; `DepthwiseSeparableConv` names its two
+# halves with an `OrderedDict`, so a layer's weight is called, for example,
+# `features.block2.depthwise.0.weight`. Their source comes with the
+# MobileNet v1 below.
+#
+# ### MobileNet v1, written out by hand
+#
+# Table 1 of the paper lists a 3×3 stride-2 convolution with 32 channels and
+# then 13 depthwise separable layers. Written out one line per layer (the
+# class alone, shown with `inspect.getsource`: it is here to be compared, not
+# copied):
+
+# %%
+import inspect
+
+from tutorials_pkg.blocks.mobilenet import MobileNetV1Flat
+from tutorials_pkg.source import SourceBlock
+
+SourceBlock(inspect.getsource(MobileNetV1Flat))
+
+# %% [markdown]
+# ### MobileNet v1 from a config table
+#
+# The 13 lines differ only in two numbers, the output channels and the stride.
+# Put those in a table and let a loop create the layers, named as before
+# through an `OrderedDict`. The loop also makes a width multiplier (the
+# paper's α) a one-line change. This is the version to copy: its source below
+# comes with the blocks and the imports. Table 1 of the paper prints stride 2
+# for the last depthwise row while its own size column stays 7×7; the config
+# follows the sizes (stride 1), as was pointed out in
+# [tensorflow/models#1997](https://github.com/tensorflow/models/issues/1997),
+# and the multiply-add count below matches the paper's only that way.
+
+# %%
+from tutorials_pkg.blocks.mobilenet import MobileNetV1
+
+show_source(MobileNetV1)
+
+# %% [markdown]
+# ### The two versions are the same network
+#
+# Same printed structure, same `state_dict` keys and shapes (the weights of
+# one load into the other with `strict=True`, which also checks every
+# shape), and then the same output; each `assert` below would stop the page
+# otherwise:
+
+# %%
+loop, flat = MobileNetV1().eval(), MobileNetV1Flat().eval()
+assert repr(loop.features) == repr(flat.features)     # same structure
+flat.load_state_dict(loop.state_dict(), strict=True)  # same names and shapes
+x = torch.randn(1, 3, 224, 224)
+with torch.no_grad():
+    assert torch.equal(loop(x), flat(x))              # same output
+print(f"parameters: loop {count_parameters(loop):,}, flat {count_parameters(flat):,}")
+assert count_parameters(loop) == count_parameters(flat)
+
+# %% [markdown]
+# ### Checked against the MobileNet paper
+#
+# `count_macs` counts the multiply-adds of one forward pass with
+# `torch.utils.flop_counter.FlopCounterMode`, which counts two floating-point
+# operations (a multiply and an add) per multiply-add:
+
+# %%
+from tutorials_pkg.blocks.mobilenet import count_macs
+
+show_source(count_macs)
+
+# %% [markdown]
+# The paper gives 4.2 million parameters and 569 million multiply-adds at
+# 224×224 (Table 1's network; Tables 6 and 7 for the width multipliers and a
+# smaller input):
+
+# %%
+paper = {  # (width_mult, input size): (million mult-adds, million parameters)
+    (1.0, 224): (569, 4.2), (0.75, 224): (325, 2.6), (0.5, 224): (149, 1.3),
+    (0.25, 224): (41, 0.5), (1.0, 192): (418, 4.2),
+}
+for (width_mult, size), figures in paper.items():
+    model = MobileNetV1(width_mult=width_mult).eval()
+    macs = count_macs(model, torch.randn(1, 3, size, size)) / 1e6
+    params = count_parameters(model) / 1e6
+    print(f"alpha {width_mult}, {size}x{size}: {macs:.1f} M mult-adds, {params:.2f} M parameters;"
+          f" paper: {figures[0]} M, {figures[1]} M")
+    assert (round(macs), round(params, 1)) == figures
+assert count_parameters(loop) == 4_231_976
+
+# %% [markdown]
+# ### MobileNet v2 with torchvision's names
+#
+# MobileNet v2 (Sandler et al., 2018) is built from the same `BasicConv2d`,
+# here with ReLU6. Its block, the *inverted residual*, widens the channels
+# with a 1×1 convolution, filters with a depthwise 3×3, and projects back with
+# a 1×1 convolution that has no activation. It adds its input to the output
+# only where the two have the same shape: stride 1 and the same channel count.
+# The modules are named as in `torchvision.models.mobilenet_v2`: a positional
+# `nn.Sequential` called `features`, each block's layers in `conv`, and a
+# `classifier` of dropout and a linear layer.
+
+# %%
+from tutorials_pkg.blocks.mobilenet import MobileNetV2
+
+show_source(MobileNetV2)
+
+# %% [markdown]
+# The `state_dict` keys are torchvision's, so weights move both ways with
+# `strict=True`, and on the same input the two models give the same output:
+
+# %%
+import torchvision
+
+ours = MobileNetV2().eval().to(device)
+theirs = torchvision.models.mobilenet_v2(weights=None).eval().to(device)
+print(list(ours.state_dict())[:5])
+x = torch.randn(2, 3, 224, 224, device=device)
+theirs.load_state_dict(ours.state_dict(), strict=True)  # ours -> torchvision
+with torch.no_grad():
+    assert torch.allclose(ours(x), theirs(x))
+other = torchvision.models.mobilenet_v2(weights=None).eval().to(device)
+ours.load_state_dict(other.state_dict(), strict=True)  # torchvision -> ours
+with torch.no_grad():
+    assert torch.allclose(ours(x), other(x))
+print("same output both ways")
+
+# %% [markdown]
+# The size checks: torchvision records 3,504,872 parameters and 0.301 billion
+# operations for this model in its weights metadata (which needs no download),
+# and the MobileNet v2 paper gives 300 million multiply-adds at 224×224:
+
+# %%
+meta = torchvision.models.MobileNet_V2_Weights.IMAGENET1K_V1.meta
+macs = count_macs(ours, torch.randn(1, 3, 224, 224, device=device))
+print(f"parameters: {count_parameters(ours):,} (torchvision: {meta['num_params']:,})")
+print(f"mult-adds:  {macs / 1e6:.1f} M (torchvision: {meta['_ops']} G, paper: 300 M)")
+assert count_parameters(ours) == count_parameters(theirs) == meta["num_params"] == 3_504_872
+assert round(macs / 1e9, 3) == meta["_ops"] and abs(macs / 300e6 - 1) < 0.01
+
+# %% [markdown]
+# ## What goes wrong in the wild
+#
+# ### A U-Net without size alignment fails on odd sizes
+#
+# A decoder block that concatenates the upsampled map and the skip connection
+# directly works while every size on the way down is even, which is why the
+# mistake survives testing on 64×64 or 256×256 images. `UpWithoutAlignment`
+# is `Up` without the padding, and `UNetWithoutAlignment` a `UNet` built from
+# it:
+
+# %%
+from tutorials_pkg.blocks.unet import UNetWithoutAlignment, UpWithoutAlignment
+
+SourceBlock(inspect.getsource(UpWithoutAlignment))
+
+# %%
+unaligned = UNetWithoutAlignment(bilinear=True).eval()
+with torch.no_grad():
+    print(unaligned(torch.randn(1, 3, 64, 64)).shape)
+
+# %% [markdown]
+# On a 65×65 image the encoder rounds 65 down to 32, the decoder doubles it to
+# 64, and `torch.cat` refuses to join 64 rows to 65 with a `RuntimeError`:
+
+# %% tags=["raises-exception"] raises="RuntimeError"
+with torch.no_grad():
+    unaligned(torch.randn(1, 3, 65, 65))
+
+# %% [markdown]
+# `Up`'s `F.pad` is the fix: `UNet`, with the same weights, handles 65×65:
+
+# %%
+aligned = UNet(bilinear=True).eval()
+aligned.load_state_dict(unaligned.state_dict())
+with torch.no_grad():
+    print(aligned(torch.randn(1, 3, 65, 65)).shape)
+
+# %% [markdown]
+# ### A depthwise convolution without `groups`
+#
+# Leave out `groups=in_channels` and the layer still runs and gives the same
+# output shape, so nothing complains; but every output channel now looks at
+# every input channel, and the layer has `in_channels` times the parameters
+# (and multiply-adds):
+
+# %%
+from torch import nn
+
+depthwise = nn.Conv2d(512, 512, kernel_size=3, padding=1, groups=512, bias=False)
+no_groups = nn.Conv2d(512, 512, kernel_size=3, padding=1, bias=False)
+x512 = torch.randn(1, 512, 14, 14)
+assert depthwise(x512).shape == no_groups(x512).shape  # both run, same output shape
+print(f"with groups=512: {count_parameters(depthwise):,}, without: {count_parameters(no_groups):,}")
+assert count_parameters(no_groups) == 512 * count_parameters(depthwise)
+
+# %% [markdown]
+# Over the whole of MobileNet v1 the mistake costs about seven times the
+# parameters and eight times the multiply-adds, about what the paper reports
+# for a MobileNet made of full convolutions (Table 4: 29.3 M parameters and
+# 4866 M multiply-adds), which defeats the point of the design:
+
+# %%
+dense = MobileNetV1().eval()
+for block in list(dense.features)[1:]:  # every DepthwiseSeparableConv
+    c = block.depthwise[0]
+    block.depthwise[0] = nn.Conv2d(c.in_channels, c.in_channels, 3, c.stride, 1, bias=False)
+x = torch.randn(1, 3, 224, 224)
+params, macs = count_parameters(dense), count_macs(dense, x)
+print(f"{params:,} parameters ({params / count_parameters(loop):.1f} times), "
+      f"{macs / 1e6:.0f} M mult-adds ({macs / count_macs(loop, x):.1f} times)")
+assert params > 6 * count_parameters(loop) and macs > 8 * count_macs(loop, x)
+
+# %% [markdown]
+# ### A residual added where the shapes differ
+#
+# A residual connection adds a block's input to its output, so both must have
+# the same shape. An inverted residual block with stride 2 halves the height
+# and width (and here also changes 16 channels to 24):
+
+# %%
+v2 = MobileNetV2().eval()
+block = v2.features[2]
+x16 = torch.randn(1, 16, 56, 56)
+print("use_res_connect:", block.use_res_connect)
+print(tuple(x16.shape), "->", tuple(block.conv(x16).shape))
+
+# %% [markdown]
+# Adding the input anyway fails with a `RuntimeError`: 56 columns cannot be
+# added to 28.
+
+# %% tags=["raises-exception"] raises="RuntimeError"
+x16 + block.conv(x16)
+
+# %% [markdown]
+# At stride 1 the size is kept, but the first block changes 32 channels to 16,
+# and the add fails with a `RuntimeError` again, now in the channel dimension:
+
+# %% tags=["raises-exception"] raises="RuntimeError"
+x32 = torch.randn(1, 32, 56, 56)
+x32 + v2.features[1].conv(x32)
+
+# %% [markdown]
+# The fix is what `InvertedResidual` does: decide once, in `__init__`, whether
+# the shapes match (`use_res_connect`), and add only then. In MobileNet v2 that
+# is 10 of the 17 blocks, the same ones as in torchvision:
+
+# %%
+flags = [b.use_res_connect for b in v2.features[1:-1]]
+print(sum(flags), "of", len(flags), "blocks add their input")
+assert flags == [b.use_res_connect for b in theirs.features[1:-1]]
+print(block(x16).shape)
+
+# %% [markdown]
+# ### The widely copied MobileNet v1 fails at the classifier
+#
+# Many copies of MobileNet v1 code go back to versions adapted for 32×32 CIFAR images:
+# the first convolution has stride 1 instead of 2 (see
+# [kuangliu/pytorch-cifar#99](https://github.com/kuangliu/pytorch-cifar/issues/99)),
+# and the pooling before the classifier has a fixed kernel. Copied into a
+# model for 224×224 images, the two together break it. Our reconstruction of
+# that mistake, a `MobileNetV1` with those two layers swapped in:
+
+# %%
+from tutorials_pkg.blocks.mobilenet import BrokenMobileNetV1
+
+SourceBlock(inspect.getsource(BrokenMobileNetV1))
+
+# %% [markdown]
+# It builds without complaint, and fails only at the last layer, with a
+# `RuntimeError` from the matrix multiply of the classifier:
+
+# %% tags=["raises-exception"] raises="RuntimeError"
+broken = BrokenMobileNetV1().eval()
+with torch.no_grad():
+    broken(torch.randn(1, 3, 224, 224))
+
+# %% [markdown]
+# With stride 1 in the stem, five stride-2 layers take 224 to 14, not 7;
+# `AvgPool2d(7)` turns 14×14 into 2×2; flattened, that is 4,096 features where
+# the classifier expects 1,024:
+
+# %%
+with torch.no_grad():
+    pooled = broken.avgpool(broken.features(torch.randn(1, 3, 224, 224)))
+print(tuple(pooled.shape), "->", pooled.flatten(1).shape[1], "features")
+print("classifier:", broken.classifier)
+assert pooled.flatten(1).shape[1] == 4 * broken.classifier.in_features
+
+# %% [markdown]
+# The fix, as in `MobileNetV1` above: the stem at stride 2, as in the paper's
+# Table 1, and `nn.AdaptiveAvgPool2d(1)`, which pools any map to 1×1, so the
+# classifier gets its 1,024 features at any input size:
+
+# %%
+fixed = MobileNetV1().eval()
+with torch.no_grad():
+    print(fixed(torch.randn(1, 3, 224, 224)).shape, fixed(torch.randn(1, 3, 320, 320)).shape)

@@ -1,0 +1,365 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 用模型块搭建 U-Net 与 MobileNet
+#
+# 大型网络通常写成几个小模块（block）：每个模块是一个只含几层的 `nn.Module`，再由一个模型类把这些模块连起来。本页用这种方式搭建两个著名的网络：U-Net，它的模块之间由跳跃连接（skip connection）相连；MobileNet，它的几十层由一个遍历配置表的循环生成。两者都与外部数字核对：一个广泛使用的 U-Net 实现的参数量、MobileNet 论文中的表格，以及 torchvision 自带的 MobileNet v2。
+#
+# 本页的每一段输出，都是构建网站时真正运行代码得到的，运行环境就是下面打印的版本。
+
+# %%
+from tutorials_pkg.runtime import default_device, describe_runtime
+
+print(describe_runtime())
+device = default_device()
+
+# %% [markdown]
+# ## U-Net
+#
+# U-Net（Ronneberger 等，2015）为图像的每个像素给出类别。编码器（encoder）把高和宽减半四次，同时把通道数加倍；解码器（decoder）再把尺寸加倍四次，并在每个尺寸上拼接编码器同样尺寸的特征图（即**跳跃连接**），找回池化丢掉的细节。最后一个 1×1 卷积为每个像素给出每个类别的分数。下图标出 `UNet(bilinear=False)` 的通道数和每一级输出的高（宽按同样的规则变化）：
+#
+# ```mermaid
+# block-beta
+#     columns 4
+#     inc["inc: DoubleConv 3→64, H"] space u4["up4: Up 128→64, H"] outc["outc: OutConv 64→n_classes, H"]
+#     space:4
+#     d1["down1: Down 64→128, H/2"] space u3["up3: Up 256→128, H/2"] space
+#     space:4
+#     d2["down2: Down 128→256, H/4"] space u2["up2: Up 512→256, H/4"] space
+#     space:4
+#     d3["down3: Down 256→512, H/8"] space u1["up1: Up 1024→512, H/8"] space
+#     space:4
+#     space d4["down4: Down 512→1024, H/16"] space:2
+#     inc --> d1
+#     d1 --> d2
+#     d2 --> d3
+#     d3 --> d4
+#     d4 --> u1
+#     u1 --> u2
+#     u2 --> u3
+#     u3 --> u4
+#     u4 --> outc
+#     inc -- "跳跃连接（拼接）" --> u4
+#     d1 -- "跳跃连接" --> u3
+#     d2 -- "跳跃连接" --> u2
+#     d3 -- "跳跃连接" --> u1
+# ```
+#
+# 结构和通道数与 [milesial/Pytorch-UNet](https://github.com/milesial/Pytorch-UNet) 相同，这是一个广泛使用的 PyTorch 实现，所以下面可以用它的数字核对我们的参数量。
+
+# %% [markdown]
+# ### 四个模块
+#
+# `DoubleConv` 是两个 3×3 卷积，每个后面跟着 batch norm 和 ReLU；padding 为 1，高和宽保持不变。`Down` 是一个 2×2 最大池化（奇数尺寸向下取整）加一个 `DoubleConv`。`OutConv` 是 1×1 的输出头。`Up` 把尺寸加倍，可以用双线性插值（没有参数），也可以用可学习的 2×2 转置卷积；然后先把结果**填充**（pad）到跳跃连接的尺寸，再拼接：奇数尺寸在编码时被向下取整，加倍后回不到原来的大小，`F.pad` 补上缺的那一行或一列。
+#
+# ### 组装好的模型
+#
+# `UNet` 按通道数创建各个模块，并在 `forward` 里把它们连起来：编码器的输出 `x1` … `x4` 被保留下来，交给解码器的模块。用双线性上采样时，上采样这一步无法把通道数减半，所以最深的几个模块只建一半宽（`factor`）。`forward` 先检查输入：在任何一层运行之前，就抛出说明需要什么尺寸或通道数的 `ValueError`。下面的源代码包含四个模块和模型本身，以及它们需要的 import：
+
+# %%
+from tutorials_pkg.blocks.unet import UNet
+from tutorials_pkg.source import show_source
+
+show_source(UNet)
+
+# %% [markdown]
+# ### 参数量：与 milesial/Pytorch-UNet 核对
+#
+# 输入 3 通道、输出 2 类时，milesial/Pytorch-UNet 的模型用转置卷积有 31,037,698 个参数，用双线性上采样有 17,263,042 个。我们的模型完全相同：
+
+# %%
+from tutorials_pkg.definition import count_parameters
+
+unet = UNet(n_channels=3, n_classes=2, bilinear=False)
+unet_bilinear = UNet(n_channels=3, n_classes=2, bilinear=True)
+print(f"transposed convolution: {count_parameters(unet):,}")
+print(f"bilinear upsampling:    {count_parameters(unet_bilinear):,}")
+assert count_parameters(unet) == 31_037_698
+assert count_parameters(unet_bilinear) == 17_263_042
+
+# %% [markdown]
+# ### 每一级的输出形状
+#
+# torchinfo 的 `summary` 让一个输入流过模型，记录每个子模块的返回值（用前向钩子实现，用完即移除）；`depth=1` 只保留模型的直接子模块，也就是各级。一张 65×65 的图就能看出取整：编码器依次得到 65 → 32 → 16 → 8 → 4，解码器加倍回到 8、16、32、64，`up4` 再把 64 填充到跳跃连接的 65。torchinfo 统计的参数总数是第三个一致的数字。
+
+# %%
+import torch
+from torchinfo import summary
+
+unet = unet.eval().to(device)
+stats = summary(unet, input_size=(1, 3, 65, 65), depth=1, device=device, mode="eval",
+                col_names=("output_size", "num_params"), row_settings=("var_names",), verbose=0)
+print(stats)
+stages = [row for row in stats.summary_list if row.depth == 1]
+assert [row.output_size[-1] for row in stages] == [65, 32, 16, 8, 4, 8, 16, 32, 65, 65]
+assert stats.total_params == 31_037_698
+
+# %% [markdown]
+# ### 16 以上的任意尺寸，奇偶皆可
+#
+# 两种上采样方式的输出都与输入的高和宽相同：
+
+# %%
+unet_bilinear = unet_bilinear.eval().to(device)
+with torch.no_grad():
+    for size in [(16, 16), (17, 31), (33, 20)]:
+        x = torch.randn(1, 3, *size, device=device)
+        print(size, "->", unet(x).shape, unet_bilinear(x).shape)
+        assert unet(x).shape[2:] == unet_bilinear(x).shape[2:] == size
+
+# %% [markdown]
+# 减半四次，每条边至少需要 16 个像素。更小的输入会得到一个说明所需尺寸的 `ValueError`，而不是在某个池化层深处出错（通道数不对的输入也一样）：
+
+# %% tags=["raises-exception"] raises="ValueError"
+unet(torch.randn(1, 3, 15, 40, device=device))
+
+# %% [markdown]
+# ## MobileNet
+#
+# MobileNet（Howard 等，2017，"MobileNets: Efficient Convolutional Neural Networks for Mobile Vision Applications"）把除第一层以外的每个 3×3 卷积换成**深度可分离卷积**（depthwise separable convolution）：先是一个 3×3 的**逐通道**（depthwise）卷积，对每个通道单独滤波（`groups=in_channels`，每个通道一个 3×3 滤波器）；再是一个 1×1 的**逐点**（pointwise）卷积，把通道混合起来。两者都是一个 `BasicConv2d`：卷积、batch norm、激活。`BasicConv2d` 是 `nn.Sequential` 的子类，和 torchvision 的 `Conv2dNormActivation` 一样，所以它的层名为 `0`、`1`、`2`；`DepthwiseSeparableConv` 用 `OrderedDict` 给它的两半命名，所以某一层的权重名形如 `features.block2.depthwise.0.weight`。它们的源代码随下面的 MobileNet v1 一起给出。
+#
+# ### 手写的 MobileNet v1
+#
+# 论文的表 1 列出一个 32 通道、步长（stride）为 2 的 3×3 卷积，之后是 13 个深度可分离层。每层写一行（这里只用 `inspect.getsource` 显示这个类本身：它用来对比，而不是用来复制）：
+
+# %%
+import inspect
+
+from tutorials_pkg.blocks.mobilenet import MobileNetV1Flat
+from tutorials_pkg.source import SourceBlock
+
+SourceBlock(inspect.getsource(MobileNetV1Flat))
+
+# %% [markdown]
+# ### 用配置表生成 MobileNet v1
+#
+# 这 13 行只有两个数不同：输出通道数和步长。把它们放进一张表，由循环生成各层，层名仍通过 `OrderedDict` 给出。有了循环，宽度乘子（论文中的 α）也只需改一行。应该复制的是这个版本：下面的源代码连同模块和 import 一起给出。论文表 1 在最后一个 depthwise 行印的是步长 2，而它自己的尺寸一栏仍是 7×7；配置表按尺寸取步长 1，[tensorflow/models#1997](https://github.com/tensorflow/models/issues/1997) 也指出了这一点，而且只有这样，下面数出的乘加次数才与论文一致。
+
+# %%
+from tutorials_pkg.blocks.mobilenet import MobileNetV1
+
+show_source(MobileNetV1)
+
+# %% [markdown]
+# ### 两个版本是同一个网络
+#
+# 打印出的结构相同，`state_dict` 的键和形状相同（一个的权重可以用 `strict=True` 加载进另一个，这一步也会检查每个形状），加载后输出也相同；否则下面的 `assert` 会让页面停下：
+
+# %%
+loop, flat = MobileNetV1().eval(), MobileNetV1Flat().eval()
+assert repr(loop.features) == repr(flat.features)     # same structure
+flat.load_state_dict(loop.state_dict(), strict=True)  # same names and shapes
+x = torch.randn(1, 3, 224, 224)
+with torch.no_grad():
+    assert torch.equal(loop(x), flat(x))              # same output
+print(f"parameters: loop {count_parameters(loop):,}, flat {count_parameters(flat):,}")
+assert count_parameters(loop) == count_parameters(flat)
+
+# %% [markdown]
+# ### 与 MobileNet 论文核对
+#
+# `count_macs` 用 `torch.utils.flop_counter.FlopCounterMode` 统计一次前向传播的乘加次数（multiply-add，MAC）；它把每次乘加算作两次浮点运算（一次乘、一次加）：
+
+# %%
+from tutorials_pkg.blocks.mobilenet import count_macs
+
+show_source(count_macs)
+
+# %% [markdown]
+# 论文给出 420 万（4.2 M）参数、在 224×224 下 5.69 亿（569 M）次乘加（表 1 的网络；宽度乘子和更小的输入见表 6 和表 7）：
+
+# %%
+paper = {  # (width_mult, input size): (million mult-adds, million parameters)
+    (1.0, 224): (569, 4.2), (0.75, 224): (325, 2.6), (0.5, 224): (149, 1.3),
+    (0.25, 224): (41, 0.5), (1.0, 192): (418, 4.2),
+}
+for (width_mult, size), figures in paper.items():
+    model = MobileNetV1(width_mult=width_mult).eval()
+    macs = count_macs(model, torch.randn(1, 3, size, size)) / 1e6
+    params = count_parameters(model) / 1e6
+    print(f"alpha {width_mult}, {size}x{size}: {macs:.1f} M mult-adds, {params:.2f} M parameters;"
+          f" paper: {figures[0]} M, {figures[1]} M")
+    assert (round(macs), round(params, 1)) == figures
+assert count_parameters(loop) == 4_231_976
+
+# %% [markdown]
+# ### 与 torchvision 同名的 MobileNet v2
+#
+# MobileNet v2（Sandler 等，2018）用的是同样的 `BasicConv2d`，这里的激活是 ReLU6。它的模块叫**倒残差**（inverted residual）：先用 1×1 卷积扩大通道数，再做 3×3 depthwise 滤波，最后用一个不带激活的 1×1 卷积投影回去。只有当输入和输出形状相同（步长为 1 且通道数相同）时，它才把输入加到输出上。模块名与 `torchvision.models.mobilenet_v2` 一致：一个名为 `features` 的按位置命名的 `nn.Sequential`，每个模块的层放在 `conv` 里，`classifier` 由 dropout 和一个线性层组成。
+
+# %%
+from tutorials_pkg.blocks.mobilenet import MobileNetV2
+
+show_source(MobileNetV2)
+
+# %% [markdown]
+# `state_dict` 的键就是 torchvision 的键，所以权重可以用 `strict=True` 双向加载，同一输入下两个模型的输出相同：
+
+# %%
+import torchvision
+
+ours = MobileNetV2().eval().to(device)
+theirs = torchvision.models.mobilenet_v2(weights=None).eval().to(device)
+print(list(ours.state_dict())[:5])
+x = torch.randn(2, 3, 224, 224, device=device)
+theirs.load_state_dict(ours.state_dict(), strict=True)  # ours -> torchvision
+with torch.no_grad():
+    assert torch.allclose(ours(x), theirs(x))
+other = torchvision.models.mobilenet_v2(weights=None).eval().to(device)
+ours.load_state_dict(other.state_dict(), strict=True)  # torchvision -> ours
+with torch.no_grad():
+    assert torch.allclose(ours(x), other(x))
+print("same output both ways")
+
+# %% [markdown]
+# 规模核对：torchvision 在权重的元数据（不需要下载）里记录这个模型有 3,504,872 个参数、0.301 G 次运算；MobileNet v2 论文给出 224×224 下 3 亿（300 M）次乘加：
+
+# %%
+meta = torchvision.models.MobileNet_V2_Weights.IMAGENET1K_V1.meta
+macs = count_macs(ours, torch.randn(1, 3, 224, 224, device=device))
+print(f"parameters: {count_parameters(ours):,} (torchvision: {meta['num_params']:,})")
+print(f"mult-adds:  {macs / 1e6:.1f} M (torchvision: {meta['_ops']} G, paper: 300 M)")
+assert count_parameters(ours) == count_parameters(theirs) == meta["num_params"] == 3_504_872
+assert round(macs / 1e9, 3) == meta["_ops"] and abs(macs / 300e6 - 1) < 0.01
+
+# %% [markdown]
+# ## 实践中常见的错误
+#
+# ### 不对齐尺寸的 U-Net 遇到奇数尺寸就出错
+#
+# 解码模块如果直接拼接上采样结果和跳跃连接，只要编码路上每个尺寸都是偶数就能运行，所以这个错误在 64×64 或 256×256 的图上测试时不会暴露。`UpWithoutAlignment` 就是去掉填充的 `Up`，`UNetWithoutAlignment` 是用它搭建的 `UNet`：
+
+# %%
+from tutorials_pkg.blocks.unet import UNetWithoutAlignment, UpWithoutAlignment
+
+SourceBlock(inspect.getsource(UpWithoutAlignment))
+
+# %%
+unaligned = UNetWithoutAlignment(bilinear=True).eval()
+with torch.no_grad():
+    print(unaligned(torch.randn(1, 3, 64, 64)).shape)
+
+# %% [markdown]
+# 遇到 65×65 的图，编码器把 65 向下取整为 32，解码器加倍得 64，`torch.cat` 拒绝把 64 行和 65 行拼在一起，抛出 `RuntimeError`：
+
+# %% tags=["raises-exception"] raises="RuntimeError"
+with torch.no_grad():
+    unaligned(torch.randn(1, 3, 65, 65))
+
+# %% [markdown]
+# `Up` 里的 `F.pad` 就是修正：用同样权重的 `UNet` 能处理 65×65：
+
+# %%
+aligned = UNet(bilinear=True).eval()
+aligned.load_state_dict(unaligned.state_dict())
+with torch.no_grad():
+    print(aligned(torch.randn(1, 3, 65, 65)).shape)
+
+# %% [markdown]
+# ### 忘了 `groups` 的 depthwise 卷积
+#
+# 漏掉 `groups=in_channels`，这一层照样能运行，输出形状也一样，所以什么都不会报错；但现在每个输出通道都要看所有输入通道，参数量（和乘加次数）变成原来的 `in_channels` 倍：
+
+# %%
+from torch import nn
+
+depthwise = nn.Conv2d(512, 512, kernel_size=3, padding=1, groups=512, bias=False)
+no_groups = nn.Conv2d(512, 512, kernel_size=3, padding=1, bias=False)
+x512 = torch.randn(1, 512, 14, 14)
+assert depthwise(x512).shape == no_groups(x512).shape  # both run, same output shape
+print(f"with groups=512: {count_parameters(depthwise):,}, without: {count_parameters(no_groups):,}")
+assert count_parameters(no_groups) == 512 * count_parameters(depthwise)
+
+# %% [markdown]
+# 放到整个 MobileNet v1 上，这个错误让参数量变成约 7 倍、乘加次数变成约 8 倍，与论文中用普通卷积搭建的 MobileNet 相当（表 4：2930 万参数、48.66 亿次乘加），这个设计的意义也就没有了：
+
+# %%
+dense = MobileNetV1().eval()
+for block in list(dense.features)[1:]:  # every DepthwiseSeparableConv
+    c = block.depthwise[0]
+    block.depthwise[0] = nn.Conv2d(c.in_channels, c.in_channels, 3, c.stride, 1, bias=False)
+x = torch.randn(1, 3, 224, 224)
+params, macs = count_parameters(dense), count_macs(dense, x)
+print(f"{params:,} parameters ({params / count_parameters(loop):.1f} times), "
+      f"{macs / 1e6:.0f} M mult-adds ({macs / count_macs(loop, x):.1f} times)")
+assert params > 6 * count_parameters(loop) and macs > 8 * count_macs(loop, x)
+
+# %% [markdown]
+# ### 形状不同时仍然加上残差
+#
+# 残差连接把模块的输入加到输出上，所以两者形状必须相同。步长为 2 的倒残差模块会把高和宽减半（这里还把 16 个通道变成 24 个）：
+
+# %%
+v2 = MobileNetV2().eval()
+block = v2.features[2]
+x16 = torch.randn(1, 16, 56, 56)
+print("use_res_connect:", block.use_res_connect)
+print(tuple(x16.shape), "->", tuple(block.conv(x16).shape))
+
+# %% [markdown]
+# 硬要把输入加上去，会抛出 `RuntimeError`：56 列无法与 28 列相加。
+
+# %% tags=["raises-exception"] raises="RuntimeError"
+x16 + block.conv(x16)
+
+# %% [markdown]
+# 步长为 1 时尺寸不变，但第一个模块把 32 个通道变成 16 个，相加同样抛出 `RuntimeError`，这次是在通道维度上：
+
+# %% tags=["raises-exception"] raises="RuntimeError"
+x32 = torch.randn(1, 32, 56, 56)
+x32 + v2.features[1].conv(x32)
+
+# %% [markdown]
+# 修正就是 `InvertedResidual` 的做法：在 `__init__` 里一次性判断形状是否相同（`use_res_connect`），只在相同时相加。在 MobileNet v2 的 17 个模块中，这样的模块有 10 个，与 torchvision 中的完全一致：
+
+# %%
+flags = [b.use_res_connect for b in v2.features[1:-1]]
+print(sum(flags), "of", len(flags), "blocks add their input")
+assert flags == [b.use_res_connect for b in theirs.features[1:-1]]
+print(block(x16).shape)
+
+# %% [markdown]
+# ### 广为流传的 MobileNet v1 在分类器处出错
+#
+# 很多 MobileNet v1 代码的副本源自为 32×32 的 CIFAR 图像改写过的版本：第一个卷积的步长是 1 而不是 2（见 [kuangliu/pytorch-cifar#99](https://github.com/kuangliu/pytorch-cifar/issues/99)），分类器前的池化用的是固定大小的核。复制到处理 224×224 图像的模型里，这两处合在一起就会出错。下面是我们对这种错误的重现，即换上了这两层的 `MobileNetV1`：
+
+# %%
+from tutorials_pkg.blocks.mobilenet import BrokenMobileNetV1
+
+SourceBlock(inspect.getsource(BrokenMobileNetV1))
+
+# %% [markdown]
+# 它能顺利构建，直到最后一层才出错：分类器做矩阵乘法时抛出 `RuntimeError`：
+
+# %% tags=["raises-exception"] raises="RuntimeError"
+broken = BrokenMobileNetV1().eval()
+with torch.no_grad():
+    broken(torch.randn(1, 3, 224, 224))
+
+# %% [markdown]
+# 第一层步长为 1，五个步长为 2 的层把 224 变成 14，而不是 7；`AvgPool2d(7)` 把 14×14 变成 2×2；展平后是 4,096 个特征，而分类器需要 1,024 个：
+
+# %%
+with torch.no_grad():
+    pooled = broken.avgpool(broken.features(torch.randn(1, 3, 224, 224)))
+print(tuple(pooled.shape), "->", pooled.flatten(1).shape[1], "features")
+print("classifier:", broken.classifier)
+assert pooled.flatten(1).shape[1] == 4 * broken.classifier.in_features
+
+# %% [markdown]
+# 修正与上面的 `MobileNetV1` 相同：第一层按论文表 1 用步长 2，并用 `nn.AdaptiveAvgPool2d(1)`，它把任意大小的特征图池化成 1×1，于是无论输入多大，分类器都能得到它的 1,024 个特征：
+
+# %%
+fixed = MobileNetV1().eval()
+with torch.no_grad():
+    print(fixed(torch.randn(1, 3, 224, 224)).shape, fixed(torch.randn(1, 3, 320, 320)).shape)

@@ -1,0 +1,204 @@
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from tutorials_pkg.blocks.mobilenet import (
+    BasicConv2d, BrokenMobileNetV1, DepthwiseSeparableConv, InvertedResidual, MobileNetV1,
+    MobileNetV1Flat, MobileNetV2, count_macs,
+)
+from tutorials_pkg.blocks.unet import Up, UNet, UNetWithoutAlignment
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["transposed", "bilinear"])
+def unet(request) -> UNet:
+    return UNet(n_channels=3, n_classes=2, bilinear=request.param).eval()
+
+
+# --- U-Net ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("size", [(16, 16), (17, 17), (32, 32), (33, 20), (16, 31), (25, 18)])
+def test_unet_output_has_the_input_size(unet, size):
+    with torch.no_grad():
+        out = unet(torch.randn(1, 3, *size))
+    assert out.shape == (1, 2, *size)
+
+
+def test_unet_parameter_counts_match_milesial_pytorch_unet():
+    # figures of github.com/milesial/Pytorch-UNet for UNet(n_channels=3, n_classes=2)
+    assert count_parameters(UNet(3, 2, bilinear=False)) == 31_037_698
+    assert count_parameters(UNet(3, 2, bilinear=True)) == 17_263_042
+
+
+def test_up_pads_the_upsampled_map_to_the_skip_size():
+    up = Up(128, 64, bilinear=False).eval()
+    out = up(torch.randn(1, 128, 4, 4), torch.randn(1, 64, 9, 11))
+    assert out.shape == (1, 64, 9, 11)
+
+
+@pytest.mark.parametrize("size", [(15, 16), (16, 15), (8, 8)])
+def test_unet_too_small_input_names_the_size_it_needs(size):
+    model = UNet().eval()
+    with pytest.raises(ValueError, match=rf"H and W of at least 16, got {size[0]}x{size[1]}"):
+        model(torch.randn(1, 3, *size))
+
+
+def test_unet_wrong_channels_or_rank_get_a_clear_error():
+    model = UNet(n_channels=1).eval()
+    with pytest.raises(ValueError, match=r"expects \(N, 1, H, W\), got \(1, 3, 32, 32\)"):
+        model(torch.randn(1, 3, 32, 32))
+    with pytest.raises(ValueError, match=r"expects \(N, 1, H, W\), got \(1, 32, 32\)"):
+        model(torch.randn(1, 32, 32))
+
+
+def test_unet_training_batch_of_one_at_the_smallest_size_is_refused():
+    model = UNet(bilinear=True).train()
+    with pytest.raises(ValueError, match="batch of 1 needs H or W of at least 32"):
+        model(torch.randn(1, 3, 16, 16))
+    assert model(torch.randn(2, 3, 16, 16)).shape == (2, 2, 16, 16)
+    assert model(torch.randn(1, 3, 16, 32)).shape == (1, 2, 16, 32)
+
+
+def test_unet_without_alignment_breaks_on_odd_sizes_only():
+    aligned, broken = UNet(bilinear=True).eval(), UNetWithoutAlignment(bilinear=True).eval()
+    broken.load_state_dict(aligned.state_dict())
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(broken(x), aligned(x))  # no padding needed: the same network
+        with pytest.raises(RuntimeError, match="Sizes of tensors must match"):
+            broken(torch.randn(1, 3, 65, 65))
+        assert aligned(torch.randn(1, 3, 65, 65)).shape == (1, 2, 65, 65)
+
+
+def test_every_stage_follows_the_u():
+    """torchinfo's per-stage output sizes: floor(65 / 2 ** k) down, then back to 65."""
+    from torchinfo import summary
+
+    stats = summary(UNet(bilinear=False).eval(), input_size=(1, 3, 65, 65), depth=1, verbose=0)
+    stages = [row for row in stats.summary_list if row.depth == 1]
+    assert [row.var_name for row in stages] == ["inc", "down1", "down2", "down3", "down4",
+                                                "up1", "up2", "up3", "up4", "outc"]
+    assert [row.output_size[-1] for row in stages] == [65, 32, 16, 8, 4, 8, 16, 32, 65, 65]
+    assert [row.output_size[1] for row in stages] == [64, 128, 256, 512, 1024,
+                                                      512, 256, 128, 64, 2]
+    assert stats.total_params == 31_037_698
+
+
+# --- MobileNet v1 ---------------------------------------------------------------------
+
+def test_depthwise_separable_conv_has_one_filter_per_channel():
+    block = DepthwiseSeparableConv(32, 64, stride=2)
+    assert block.depthwise[0].groups == 32
+    assert block.depthwise[0].weight.shape == (32, 1, 3, 3)
+    # depthwise 3x3 + BN, pointwise 1x1 + BN
+    assert count_parameters(block) == 32 * 9 + 2 * 32 + 32 * 64 + 2 * 64
+    assert block(torch.randn(1, 32, 9, 9)).shape == (1, 64, 5, 5)
+
+
+def test_basic_conv2d_keeps_or_halves_the_size():
+    assert BasicConv2d(3, 8)(torch.randn(1, 3, 7, 7)).shape == (1, 8, 7, 7)
+    assert BasicConv2d(3, 8, stride=2)(torch.randn(1, 3, 7, 7)).shape == (1, 8, 4, 4)
+
+
+# Howard et al. 2017, Table 6 (width multiplier, 224x224) and Table 7 (resolution):
+# (width_mult, size, million mult-adds, million parameters)
+MOBILENET_PAPER = [(1.0, 224, 569, 4.2), (0.75, 224, 325, 2.6), (0.5, 224, 149, 1.3),
+                   (0.25, 224, 41, 0.5), (1.0, 192, 418, 4.2)]
+
+
+@pytest.mark.parametrize("width_mult, size, macs, params", MOBILENET_PAPER)
+def test_mobilenet_v1_matches_the_paper(width_mult, size, macs, params):
+    model = MobileNetV1(width_mult=width_mult).eval()
+    assert round(count_parameters(model) / 1e6, 1) == params
+    assert round(count_macs(model, torch.randn(1, 3, size, size)) / 1e6) == macs
+
+
+def test_mobilenet_v1_exact_parameter_count():
+    assert count_parameters(MobileNetV1()) == 4_231_976
+
+
+def test_config_loop_and_flat_versions_are_the_same_network():
+    loop, flat = MobileNetV1().eval(), MobileNetV1Flat().eval()
+    assert repr(loop.features) == repr(flat.features)
+    assert ({k: v.shape for k, v in loop.state_dict().items()}
+            == {k: v.shape for k, v in flat.state_dict().items()})
+    flat.load_state_dict(loop.state_dict(), strict=True)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(loop(x), flat(x))
+
+
+def test_mobilenet_v1_refuses_a_non_positive_width():
+    with pytest.raises(ValueError, match="width_mult must be > 0"):
+        MobileNetV1(width_mult=0)
+
+
+def test_broken_mobilenet_v1_fails_at_the_classifier_and_the_fix_runs():
+    x = torch.randn(1, 3, 224, 224)
+    broken = BrokenMobileNetV1().eval()
+    with torch.no_grad():
+        assert broken.avgpool(broken.features(x)).shape == (1, 1024, 2, 2)
+        with pytest.raises(RuntimeError, match=r"1x4096 and 1024x1000"):
+            broken(x)
+        fixed = MobileNetV1().eval()
+        assert fixed(x).shape == (1, 1000)
+        assert fixed(torch.randn(1, 3, 320, 320)).shape == (1, 1000)  # adaptive pooling
+
+
+# --- MobileNet v2 ---------------------------------------------------------------------
+
+def test_mobilenet_v2_state_dict_matches_torchvision_both_ways():
+    ours, theirs = MobileNetV2().eval(), torchvision.models.mobilenet_v2(weights=None).eval()
+    assert ({k: v.shape for k, v in ours.state_dict().items()}
+            == {k: v.shape for k, v in theirs.state_dict().items()})
+    theirs.load_state_dict(ours.state_dict(), strict=True)
+    x = torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        assert torch.allclose(ours(x), theirs(x), atol=1e-6)
+    ours = MobileNetV2().eval()
+    ours.load_state_dict(torchvision.models.mobilenet_v2(weights=None).state_dict(), strict=True)
+
+
+def test_mobilenet_v2_parameters_and_macs_match_the_references():
+    ours = MobileNetV2().eval()
+    meta = torchvision.models.MobileNet_V2_Weights.IMAGENET1K_V1.meta
+    assert count_parameters(ours) == meta["num_params"] == 3_504_872
+    x = torch.randn(1, 3, 224, 224)
+    theirs = torchvision.models.mobilenet_v2(weights=None).eval()
+    macs = count_macs(ours, x)
+    assert macs == count_macs(theirs, x)
+    assert round(macs / 1e9, 3) == meta["_ops"]       # torchvision: 0.301 G
+    assert abs(macs / 300e6 - 1) < 0.01               # Sandler et al. 2018: 300 M
+
+
+def test_inverted_residual_adds_the_input_only_where_shapes_match():
+    ours = MobileNetV2()
+    theirs = torchvision.models.mobilenet_v2(weights=None)
+    flags = [block.use_res_connect for block in ours.features[1:-1]]
+    assert flags == [block.use_res_connect for block in theirs.features[1:-1]]
+    assert sum(flags) == 10
+    with pytest.raises(ValueError, match="stride must be 1 or 2, got 3"):
+        InvertedResidual(16, 16, stride=3, expand_ratio=6)
+
+
+# --- devices --------------------------------------------------------------------------
+
+def test_unet_runs_on_device(device):
+    model = UNet(bilinear=True).eval().to(device)
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 33, 17, device=device))
+    assert out.shape == (1, 2, 33, 17) and out.device.type == device.type
+
+
+def test_mobilenets_run_on_device_and_match_torchvision(device):
+    ours = MobileNetV2().eval().to(device)
+    theirs = torchvision.models.mobilenet_v2(weights=None).eval().to(device)
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 3, 64, 64, device=device)
+    with torch.no_grad():
+        assert torch.allclose(ours(x), theirs(x), atol=1e-5)
+        assert MobileNetV1().eval().to(device)(x).device.type == device.type

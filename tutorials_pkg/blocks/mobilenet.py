@@ -1,0 +1,196 @@
+"""MobileNet v1 and v2 from small blocks.
+
+``MobileNetV1`` follows Table 1 of Howard et al. (2017), "MobileNets:
+Efficient Convolutional Neural Networks for Mobile Vision Applications", and
+is built by a loop over a config table. ``MobileNetV2`` follows Sandler et al.
+(2018) with the module names of ``torchvision.models.mobilenet_v2``, so
+the two load each other's ``state_dict``.
+"""
+
+from collections import OrderedDict
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+# MobileNet v1 (Howard et al. 2017, Table 1): (out_channels, stride) of each
+# depthwise separable layer after the 3x3 stride-2 stem with 32 channels.
+MOBILENET_V1_CONFIG = [
+    (64, 1),
+    (128, 2), (128, 1),
+    (256, 2), (256, 1),
+    (512, 2), (512, 1), (512, 1), (512, 1), (512, 1), (512, 1),
+    (1024, 2), (1024, 1),
+]
+
+# MobileNet v2 (Sandler et al. 2018, Table 2): expand ratio t, out channels c,
+# repeats n, stride s of the first repeat.
+MOBILENET_V2_CONFIG = [
+    (1, 16, 1, 1),
+    (6, 24, 2, 2),
+    (6, 32, 3, 2),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+    (6, 160, 3, 2),
+    (6, 320, 1, 1),
+]
+
+
+class BasicConv2d(nn.Sequential):
+    """Convolution (no bias), batch norm, activation: the unit of every MobileNet layer.
+
+    ``groups=in_channels`` makes it a depthwise convolution: one 3x3 filter per channel.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3,
+                 stride: int = 1, groups: int = 1,
+                 activation_layer: type[nn.Module] = nn.ReLU):
+        padding = (kernel_size - 1) // 2  # "same" size at stride 1, half at stride 2
+        super().__init__(
+            nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding,
+                      groups=groups, bias=False),
+            nn.BatchNorm2d(out_channels),
+            activation_layer(inplace=True),
+        )
+
+
+class DepthwiseSeparableConv(nn.Sequential):
+    """A 3x3 depthwise convolution (filters space) then a 1x1 pointwise one (mixes channels)."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1):
+        super().__init__(OrderedDict([
+            ("depthwise", BasicConv2d(in_channels, in_channels, 3, stride, groups=in_channels)),
+            ("pointwise", BasicConv2d(in_channels, out_channels, kernel_size=1)),
+        ]))
+
+
+class MobileNetV1(nn.Module):
+    """MobileNet v1: a stem, then 13 layers built by a loop over ``MOBILENET_V1_CONFIG``.
+
+    ``width_mult`` (the paper's alpha) scales every layer's channels.
+    """
+
+    def __init__(self, num_classes: int = 1000, width_mult: float = 1.0):
+        super().__init__()
+        if width_mult <= 0:
+            raise ValueError(f"width_mult must be > 0 (1.0 is the full network), got {width_mult}")
+        in_channels = max(1, int(32 * width_mult))
+        layers = [("stem", BasicConv2d(3, in_channels, 3, stride=2))]
+        for index, (out_channels, stride) in enumerate(MOBILENET_V1_CONFIG, start=1):
+            out_channels = max(1, int(out_channels * width_mult))
+            block = DepthwiseSeparableConv(in_channels, out_channels, stride)
+            layers.append((f"block{index}", block))
+            in_channels = out_channels
+        self.features = nn.Sequential(OrderedDict(layers))
+        self.avgpool = nn.AdaptiveAvgPool2d(1)  # 1x1 from any input size
+        self.classifier = nn.Linear(in_channels, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.avgpool(self.features(x))
+        return self.classifier(torch.flatten(x, 1))
+
+
+class MobileNetV1Flat(nn.Module):
+    """The same MobileNet v1 written out layer by layer, without a config table."""
+
+    def __init__(self, num_classes: int = 1000):
+        super().__init__()
+        self.features = nn.Sequential(OrderedDict([
+            ("stem", BasicConv2d(3, 32, 3, stride=2)),         # 224 -> 112
+            ("block1", DepthwiseSeparableConv(32, 64, 1)),
+            ("block2", DepthwiseSeparableConv(64, 128, 2)),    # -> 56
+            ("block3", DepthwiseSeparableConv(128, 128, 1)),
+            ("block4", DepthwiseSeparableConv(128, 256, 2)),   # -> 28
+            ("block5", DepthwiseSeparableConv(256, 256, 1)),
+            ("block6", DepthwiseSeparableConv(256, 512, 2)),   # -> 14
+            ("block7", DepthwiseSeparableConv(512, 512, 1)),
+            ("block8", DepthwiseSeparableConv(512, 512, 1)),
+            ("block9", DepthwiseSeparableConv(512, 512, 1)),
+            ("block10", DepthwiseSeparableConv(512, 512, 1)),
+            ("block11", DepthwiseSeparableConv(512, 512, 1)),
+            ("block12", DepthwiseSeparableConv(512, 1024, 2)), # -> 7
+            ("block13", DepthwiseSeparableConv(1024, 1024, 1)),
+        ]))
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(1024, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.avgpool(self.features(x))
+        return self.classifier(torch.flatten(x, 1))
+
+
+class BrokenMobileNetV1(MobileNetV1):
+    """The wrong way, as in much copied MobileNet v1 code: a stride and a pooling error.
+
+    The stem has stride 1 (a change made for 32x32 CIFAR images), so a 224x224
+    input reaches the end as 14x14 instead of 7x7; the fixed ``AvgPool2d(7)``
+    (the paper's "Avg Pool 7x7") turns that into 2x2, and the flattened
+    1024 * 2 * 2 = 4096 features do not fit ``Linear(1024, ...)``.
+    """
+
+    def __init__(self, num_classes: int = 1000):
+        super().__init__(num_classes)
+        self.features.stem = BasicConv2d(3, 32, 3, stride=1)  # Table 1 says stride 2
+        self.avgpool = nn.AvgPool2d(7)  # right only for a 7x7 map
+
+
+class InvertedResidual(nn.Module):
+    """MobileNet v2 block: 1x1 expand, 3x3 depthwise, 1x1 project without activation.
+
+    The input is added back only where it has the output's shape: stride 1 and
+    the same number of channels.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int, expand_ratio: int):
+        super().__init__()
+        if stride not in (1, 2):
+            raise ValueError(f"stride must be 1 or 2, got {stride}")
+        hidden = in_channels * expand_ratio
+        self.use_res_connect = stride == 1 and in_channels == out_channels
+        layers = []
+        if expand_ratio != 1:
+            layers.append(BasicConv2d(in_channels, hidden, 1, activation_layer=nn.ReLU6))
+        layers += [
+            BasicConv2d(hidden, hidden, 3, stride, groups=hidden, activation_layer=nn.ReLU6),
+            nn.Conv2d(hidden, out_channels, kernel_size=1, bias=False),  # linear bottleneck
+            nn.BatchNorm2d(out_channels),
+        ]
+        self.conv = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.use_res_connect:
+            return x + self.conv(x)
+        return self.conv(x)
+
+
+class MobileNetV2(nn.Module):
+    """MobileNet v2 with the module names of ``torchvision.models.mobilenet_v2``.
+
+    The initial weights are PyTorch's defaults (torchvision re-initialises them);
+    load a ``state_dict`` for trained ones.
+    """
+
+    def __init__(self, num_classes: int = 1000):
+        super().__init__()
+        in_channels, last_channels = 32, 1280
+        layers = [BasicConv2d(3, in_channels, 3, stride=2, activation_layer=nn.ReLU6)]
+        for expand_ratio, out_channels, repeats, stride in MOBILENET_V2_CONFIG:
+            for index in range(repeats):
+                layers.append(InvertedResidual(in_channels, out_channels,
+                                               stride if index == 0 else 1, expand_ratio))
+                in_channels = out_channels
+        layers.append(BasicConv2d(in_channels, last_channels, 1, activation_layer=nn.ReLU6))
+        self.features = nn.Sequential(*layers)  # positional names: features.0, features.1, ...
+        self.classifier = nn.Sequential(nn.Dropout(p=0.2), nn.Linear(last_channels, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = nn.functional.adaptive_avg_pool2d(self.features(x), 1)
+        return self.classifier(torch.flatten(x, 1))
+
+
+def count_macs(model: nn.Module, x: torch.Tensor) -> int:
+    """Multiply-adds of one forward pass: ``FlopCounterMode`` counts 2 FLOPs per multiply-add."""
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(x)
+    return counter.get_total_flops() // 2
