@@ -46,6 +46,9 @@ def run_page(path: Path, workdir: Path) -> list[CellRun]:
 
     shell = InteractiveShell.instance()
     shell.reset(new_session=True)
+    # reset() drops __spec__ from the shell's __main__; a kernel has it (None), and
+    # multiprocessing's spawn reads it (tutorials_pkg.distributed starts processes).
+    shell.user_module.__dict__.setdefault("__spec__", None)
     shell.InteractiveTB.set_mode("Minimal")
     runs = []
     here = os.getcwd()
