@@ -1,0 +1,268 @@
+import copy
+
+import pytest
+import torch
+from torch import nn
+from torchvision.models import resnet18
+
+from tutorials_pkg.surgery import (
+    ExtraInputNet, ExtraOutputNet, ForgetfulExtraOutputNet, classifier_head, expand_input_channels,
+    freeze_except, get_module, module_names, replace_module, replace_modules_of_type,
+    softmax_classifier, trainable_parameter_names,
+)
+
+
+@pytest.fixture(scope="module")
+def base():
+    torch.manual_seed(0)
+    return resnet18(weights=None, num_classes=10).eval()
+
+
+@pytest.fixture
+def images():
+    return torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+
+
+def test_replace_module_swaps_a_nested_layer_and_returns_the_old_one(base):
+    model = copy.deepcopy(base)
+    conv = model.layer2[1].conv1
+    new = nn.Conv2d(128, 128, 3, padding=1, bias=False)
+    assert replace_module(model, "layer2.1.conv1", new) is conv
+    assert model.layer2[1].conv1 is new
+    assert module_names(model) == module_names(base)  # nothing added, nothing lost
+
+
+def test_replace_module_reaches_sequential_indices():
+    model = nn.Sequential(nn.Linear(4, 4), nn.Sequential(nn.ReLU(), nn.Linear(4, 2)))
+    old = replace_module(model, "1.0", nn.Tanh())
+    assert isinstance(old, nn.ReLU) and isinstance(model[1][0], nn.Tanh)
+
+
+def test_replace_module_keeps_the_output_when_the_new_module_wraps_the_old(base, images):
+    model = copy.deepcopy(base)
+    conv = replace_module(model, "layer4.1.conv2", nn.Identity())
+    replace_module(model, "layer4.1.conv2", nn.Sequential(nn.Dropout2d(0.5), conv))
+    model.eval()
+    assert torch.equal(model(images), base(images))
+
+
+@pytest.mark.parametrize("name, hint", [
+    ("layer4.1.conv3", r"layer4\.1 has the children \['conv1', 'bn1', 'relu', 'conv2', 'bn2'\]"),
+    ("layer9.0.conv1", r"'layer9\.0' is not a submodule either"),
+    ("fc.weight", r"fc has the children \[\]"),
+])
+def test_unknown_names_get_a_key_error_naming_them(base, name, hint):
+    model = copy.deepcopy(base)
+    with pytest.raises(KeyError, match=hint) as error:
+        replace_module(model, name, nn.Identity())
+    assert repr(name) in str(error.value)
+    assert module_names(model) == module_names(base)  # unchanged
+
+
+def test_unknown_name_lists_close_names(base):
+    with pytest.raises(KeyError, match=r"close names: \[.*'layer4\.1\.conv2'"):
+        get_module(base, "layer4.1.conv3")
+
+
+def test_replace_module_refuses_a_non_module(base):
+    with pytest.raises(TypeError, match="nn.Module, got Tensor"):
+        replace_module(copy.deepcopy(base), "fc", torch.zeros(3))
+
+
+def test_replace_modules_of_type_replaces_every_one_and_only_those():
+    model = resnet18(weights=None)
+    relus = [name for name, m in model.named_modules() if isinstance(m, nn.ReLU)]
+    names = replace_modules_of_type(model, nn.ReLU, lambda old: nn.SiLU())
+    assert names == relus and len(names) == 9
+    assert not any(isinstance(m, nn.ReLU) for m in model.modules())
+    assert sum(isinstance(m, nn.SiLU) for m in model.modules()) == 9
+    assert all("." not in key for key in model._modules)
+
+
+def test_setattr_with_dotted_names_inside_the_loop_fails_and_damages_the_model():
+    """The pitfall the page shows: nn.Module.__setattr__ does not split dotted names."""
+    model = resnet18(weights=None)
+    with pytest.raises(RuntimeError, match="changed size during iteration"):
+        for name, module in model.named_modules():
+            if isinstance(module, nn.ReLU):
+                setattr(model, name, nn.SiLU())
+    assert "layer1.0.relu" in model._modules and isinstance(model.layer1[0].relu, nn.ReLU)
+
+
+def test_classifier_head_has_named_layers_and_the_right_sizes():
+    head = classifier_head(512, 10, hidden=32)
+    assert list(head._modules) == ["fc1", "relu", "dropout", "fc2"]
+    assert head(torch.randn(2, 512)).shape == (2, 10)
+
+
+def test_freeze_except_trains_only_the_head_and_training_leaves_the_backbone(images):
+    model = resnet18(weights=None)
+    replace_module(model, "fc", classifier_head(512, 10, hidden=16))
+    names = freeze_except(model, "fc")
+    assert names == ["fc.fc1.weight", "fc.fc1.bias", "fc.fc2.weight", "fc.fc2.bias"]
+    assert trainable_parameter_names(model) == names
+    before = copy.deepcopy(model.state_dict())
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    model.eval()
+    model.fc.train()
+    for _ in range(2):
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(images), torch.tensor([1, 2, 3])).backward()
+        optimizer.step()
+    after = model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed == set(names)  # the head moved, nothing else, buffers included
+
+
+def test_freeze_except_refuses_an_unknown_submodule_before_freezing():
+    model = resnet18(weights=None)
+    with pytest.raises(AttributeError, match="head"):
+        freeze_except(model, "head")
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_optimizer_built_before_the_swap_does_not_train_the_new_head(images):
+    model = resnet18(weights=None, num_classes=10)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    model.fc = nn.Linear(512, 10)
+    weight = model.fc.weight.clone()
+    nn.functional.cross_entropy(model(images), torch.tensor([0, 1, 2])).backward()
+    optimizer.step()
+    assert model.fc.weight.grad.abs().sum() > 0
+    assert torch.equal(model.fc.weight, weight)
+
+
+def test_expand_input_channels_keeps_rgb_weights_and_outputs(base, images):
+    conv = base.conv1
+    wide = expand_input_channels(conv, 4)
+    assert wide.weight.shape == (64, 4, 7, 7)
+    assert torch.equal(wide.weight[:, :3], conv.weight)
+    assert torch.count_nonzero(wide.weight[:, 3]) == 0
+    assert (wide.stride, wide.padding, wide.kernel_size) == (conv.stride, conv.padding, conv.kernel_size)
+    model = copy.deepcopy(base)
+    replace_module(model, "conv1", wide)
+    four = torch.cat([images, torch.zeros(3, 1, 32, 32)], dim=1)
+    assert torch.equal(model(four), base(images))
+
+
+def test_expanded_conv_matches_on_the_old_channels_whatever_the_new_weights():
+    """Independent of the zero init: with the extra channel at zero, any new weights give the same output."""
+    conv = nn.Conv2d(3, 8, 3, padding=1, bias=True)
+    wide = expand_input_channels(conv, 5)
+    with torch.no_grad():
+        wide.weight[:, 3:].normal_()
+    x = torch.randn(2, 3, 9, 9)
+    padded = torch.cat([x, torch.zeros(2, 2, 9, 9)], dim=1)
+    assert torch.allclose(wide(padded), conv(x), atol=1e-6)
+    assert torch.equal(wide.bias, conv.bias)
+    assert not torch.allclose(wide(torch.cat([x, torch.ones(2, 2, 9, 9)], dim=1)), conv(x), atol=1e-3)
+
+
+def test_expand_input_channels_refuses_bad_input():
+    with pytest.raises(TypeError, match="nn.Conv2d, got Linear"):
+        expand_input_channels(nn.Linear(3, 3), 4)
+    with pytest.raises(ValueError, match="more than the 3 channels.*got 3"):
+        expand_input_channels(nn.Conv2d(3, 8, 3), 3)
+    with pytest.raises(ValueError, match="groups=3"):
+        expand_input_channels(nn.Conv2d(3, 6, 3, groups=3), 4)
+
+
+def test_extra_input_net_starts_as_the_base_model(base, images):
+    net = ExtraInputNet(copy.deepcopy(base), extra_features=2).eval()
+    for extra in (torch.zeros(3, 2), torch.randn(3, 2)):
+        assert torch.allclose(net(images, extra), base(images), atol=1e-5)
+    assert net.fc.weight.shape == (10, 514)
+    assert torch.equal(net.fc.weight[:, :512], base.fc.weight)
+
+
+def test_extra_input_net_uses_the_extra_input_once_trained(base, images):
+    net = ExtraInputNet(copy.deepcopy(base), extra_features=1).eval()
+    with torch.no_grad():
+        net.fc.weight[:, 512] = 1.0
+    scalar = torch.tensor([0.0, 1.0, 2.0])  # one scalar per sample, shape (N,)
+    difference = net(images, scalar) - base(images)
+    assert torch.allclose(difference, scalar.unsqueeze(1).expand(3, 10), atol=1e-5)
+
+
+def test_extra_input_net_checks_the_extra_shape_and_the_head(base, images):
+    net = ExtraInputNet(copy.deepcopy(base), extra_features=2)
+    with pytest.raises(ValueError, match=r"\(batch, 2\) = \(3, 2\), got \(3, 5\)"):
+        net(images, torch.zeros(3, 5))
+    with pytest.raises(TypeError, match="'avgpool' must be an nn.Linear"):
+        ExtraInputNet(copy.deepcopy(base), 1, head="avgpool")
+    with pytest.raises(ValueError, match="at least 1"):
+        ExtraInputNet(copy.deepcopy(base), 0)
+    with pytest.raises(AttributeError, match="classifier"):
+        ExtraOutputNet(copy.deepcopy(base), head="classifier")
+
+
+def test_extra_output_net_returns_the_base_logits_and_the_penultimate_features(base, images):
+    captured = {}
+
+    def keep_input(module, args, output):  # returns None, so the output is unchanged
+        captured["x"] = args[0]
+
+    handle = base.fc.register_forward_hook(keep_input)
+    try:
+        expected = base(images)
+    finally:
+        handle.remove()
+    logits, features = ExtraOutputNet(copy.deepcopy(base)).eval()(images)
+    assert torch.equal(logits, expected)
+    assert torch.equal(features, captured["x"]) and features.shape == (3, 512)
+
+
+def test_extra_output_net_keeps_the_classifier_in_its_state_dict(base):
+    keys = ExtraOutputNet(copy.deepcopy(base)).state_dict()
+    assert torch.equal(keys["head.weight"], base.fc.weight)
+
+
+def test_forgetful_wrapper_returns_features_as_logits_and_loses_the_classifier(base, images):
+    wrong = ForgetfulExtraOutputNet(copy.deepcopy(base)).eval()
+    logits, features = wrong(images)
+    assert logits.shape == (3, 512) and torch.equal(logits, features)
+    nn.functional.cross_entropy(logits, torch.tensor([1, 2, 3]))  # no error: a silent bug
+    assert not any("fc" in key for key in wrong.state_dict())
+
+
+def test_the_wrappers_take_the_model_over(base, images):
+    alias = copy.deepcopy(base)
+    ExtraOutputNet(alias)
+    assert alias(images).shape == (3, 512)
+
+
+def test_double_softmax_loss_cannot_reach_its_floor_and_shrinks_gradients():
+    import math
+
+    model = softmax_classifier(4, 10)
+    assert isinstance(model[-1], nn.Softmax)
+    logits = torch.full((1, 10), 0.0)
+    logits[0, 3] = 30.0
+    target = torch.tensor([3])
+    assert nn.functional.cross_entropy(logits, target) < 1e-6
+    twice = nn.functional.cross_entropy(torch.softmax(logits, dim=1), target)
+    assert twice == pytest.approx(math.log(1 + 9 / math.e), rel=1e-5)
+
+    wrong = torch.zeros(1, 10, requires_grad=True)
+    nn.functional.cross_entropy(torch.softmax(wrong * 1 + torch.eye(10)[5] * 5, 1), target).backward()
+    double_grad = wrong.grad[0, 5].item()
+    wrong.grad = None
+    nn.functional.cross_entropy(wrong + torch.eye(10)[5] * 5, target).backward()
+    assert wrong.grad[0, 5].item() == pytest.approx(math.exp(5) / (math.exp(5) + 9))
+    assert abs(double_grad) < wrong.grad[0, 5].item() / 5
+
+
+def test_surgery_works_on_the_device(device, images):
+    model = resnet18(weights=None, num_classes=10).eval().to(device)
+    x = images.to(device)
+    reference = model(x)
+    logits, _ = ExtraOutputNet(copy.deepcopy(model)).eval()(x)
+    assert torch.equal(logits, reference)
+    wide = expand_input_channels(model.conv1, 4)
+    assert wide.weight.device.type == device.type
+    replace_module(model, "conv1", wide)
+    out = model(torch.cat([x, torch.zeros(3, 1, 32, 32, device=device)], dim=1))
+    assert torch.allclose(out, reference, atol=1e-5)
+    net = ExtraInputNet(copy.deepcopy(model), 1).eval()
+    assert net.fc.weight.device.type == device.type
+    assert net(torch.cat([x, x[:, :1]], dim=1), torch.ones(3, device=device)).shape == (3, 10)
