@@ -13,7 +13,6 @@ Also here: the pitfalls the page demonstrates, small models for its examples,
 and the helpers that measure time and peak memory for the page and the benchmark.
 """
 
-import difflib
 import gc
 import json
 import os
@@ -24,88 +23,55 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
 
 
-def check_names(names: Iterable[str], valid: Sequence[str], method: str) -> list[str]:
-    """The requested names as a list; a clear error for a string, an empty list or an unknown name."""
-    if isinstance(names, str):
-        raise TypeError(f"{method}: names must be a list of names such as [{names!r}], "
-                        f"not the string {names!r}")
-    names = list(names)
-    if not names:
-        raise ValueError(f"{method}: ask for at least one name; it can reach: {', '.join(valid)}")
-    for name in names:
-        if name not in valid:
-            close = difflib.get_close_matches(name, valid, n=3)
-            hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
-            raise ValueError(f"{method}: unknown name {name!r}{hint}; "
-                             f"it can reach: {', '.join(valid)}")
-    return names
-
-
-def starts_with_linear(module: nn.Module) -> bool:
-    """True when the first layer with weights in ``module`` is an ``nn.Linear`` (a classifier)."""
-    for layer in module.modules():
-        if isinstance(layer, nn.Linear):
-            return True
-        if any(True for _ in layer.parameters(recurse=False)):
-            return False
-    return False
-
-
-def by_children(model: nn.Module, x: torch.Tensor, names: Iterable[str]) -> dict[str, torch.Tensor]:
+def by_children(model: nn.Module, x: Tensor, names: Iterable[str]) -> dict[str, Tensor]:
     """Run the model's top-level children in order, keeping the outputs of ``names``.
 
-    Flattens before a child that starts with ``nn.Linear``, as the ``forward`` of
-    torchvision's CNNs does (resnet, vgg, alexnet). Anything else the model's own
-    ``forward`` does (a residual add, a functional pooling) is skipped, and
-    nested names (``layer1.0.conv2``) are out of reach. Stops after the last
-    requested child.
+    Flattens before an ``nn.Linear`` child, as resnet's ``forward`` does before
+    ``fc``; anything else the model's ``forward`` does (a residual add, a
+    functional pooling) is skipped, and nested names (``layer1.0.conv2``) are
+    out of reach. Stops after the last requested child.
     """
     children = dict(model.named_children())
-    names = check_names(names, list(children), "by_children")
-    wanted = set(names)
-    last = max(list(children).index(name) for name in names)
+    names = [names] if isinstance(names, str) else list(names)
+    unknown = [name for name in names if name not in children]
+    if unknown:
+        raise ValueError(f"by_children: unknown names {unknown}; it can reach: {', '.join(children)}")
+    last = max((list(children).index(name) for name in names), default=-1)
     outputs = {}
-    for index, (name, child) in enumerate(children.items()):
-        if x.dim() > 2 and starts_with_linear(child):
+    for index, (name, child) in enumerate(list(children.items())[:last + 1]):
+        if isinstance(child, nn.Linear) and x.dim() > 2:
             x = torch.flatten(x, 1)
         x = child(x)
-        if name in wanted:
+        if name in names:
             # a later child may change x in place (resnet's ReLU after bn1): keep a copy
             outputs[name] = x if index == last else x.clone()
-        if index == last:
-            break
     return {name: outputs[name] for name in names}
 
 
-def by_layer_getter(model: nn.Module, x: torch.Tensor, names: Iterable[str]) -> dict[str, torch.Tensor]:
+def by_layer_getter(model: nn.Module, x: Tensor, names: Iterable[str]) -> dict[str, Tensor]:
     """torchvision's ``IntermediateLayerGetter``: top-level children in order, up to the last name.
 
     It ignores the model's ``forward`` entirely (no flatten before ``fc``), and
     returns the tensors as they are when it finishes: one that a later child
     changed in place (resnet's ``bn1``, then ``relu(inplace=True)``) comes back changed.
     """
-    names = check_names(names, [name for name, _ in model.named_children()], "by_layer_getter")
+    children = [name for name, _ in model.named_children()]
+    names = [names] if isinstance(names, str) else list(names)
+    unknown = [name for name in names if name not in children]
+    if unknown:
+        raise ValueError(f"by_layer_getter: unknown names {unknown}; it can reach: {', '.join(children)}")
     getter = IntermediateLayerGetter(model, return_layers={name: name for name in names})
     outputs = getter(x)
     return {name: outputs[name] for name in names}
 
 
-def fx_nodes_matching(name: str, nodes: Sequence[str]) -> bool:
-    """``create_feature_extractor``'s rule: a name is a node, or a prefix of nodes up to a dot."""
-    return any(node == name or node.startswith(name + ".") for node in nodes)
-
-
 def clone_graph_outputs(extractor: torch.fx.GraphModule) -> torch.fx.GraphModule:
-    """Return a copy of each output that a later op also reads, taken right where it is made.
-
-    A later in-place op (``relu(inplace=True)`` after ``bn1``) would otherwise
-    change the tensor the extractor returns.
-    """
+    """Copy each output that a later op also reads, where it is made: an in-place op could change it."""
     graph = extractor.graph
     output = next(node for node in graph.nodes if node.op == "output")
     returned = dict(output.args[0])
@@ -127,52 +93,42 @@ def build_fx_extractor(model: nn.Module, names: Iterable[str], *, leaf_modules: 
     (their ``forward`` may branch on data); ``concrete_args`` fixes arguments of
     ``forward`` that steer control flow (``{"flag": False}``).
     """
-    if isinstance(names, str):
-        check_names(names, [], "by_fx")  # raises the TypeError for a string
-    names = list(names)
-    if not names:
-        raise ValueError("by_fx: ask for at least one name; get_graph_node_names lists them")
+    names = [names] if isinstance(names, str) else list(names)
     training = model.training
     try:
         extractor = create_feature_extractor(
             model, return_nodes=names, tracer_kwargs={"leaf_modules": list(leaf_modules)},
             suppress_diff_warning=True, concrete_args=concrete_args)
     except ValueError:
-        # torchvision says a node is missing: say which, and list the valid ones
-        model.train(training)
+        # a name is not a node: list the nodes of the caller's mode
         train_nodes, eval_nodes = get_graph_node_names(
             model, tracer_kwargs={"leaf_modules": list(leaf_modules)},
             suppress_diff_warning=True, concrete_args=concrete_args)
-        mode, nodes, other = (("train", train_nodes, eval_nodes) if training
-                              else ("eval", eval_nodes, train_nodes))
-        unknown = [name for name in names if not fx_nodes_matching(name, nodes)]
+        nodes = train_nodes if training else eval_nodes
+        # a prefix of nodes is a name too ("layer1": the last node in layer1)
+        prefixes = {".".join(n.split(".")[:i]) for n in nodes for i in range(1, n.count(".") + 1)}
+        unknown = [name for name in names if name not in nodes and name not in prefixes]
         if unknown:
-            check_names(unknown, nodes, "by_fx")  # raises, listing the nodes of this mode's graph
-        only_here = [name for name in names if not fx_nodes_matching(name, other)]
-        raise ValueError(f"by_fx: {only_here} exist in the {mode} graph only; by_fx needs names "
-                         "present in both the train and the eval graph (get_graph_node_names "
-                         "lists both)") from None
+            raise ValueError(f"by_fx: unknown names {unknown}; it can reach: {', '.join(nodes)}") from None
+        raise  # in this mode's graph, not in the other: torchvision's message says so
     finally:
-        # create_feature_extractor switches to train, then eval, and leaves the model
-        # in whichever mode it failed in: put back the mode the caller had
-        model.train(training)
+        model.train(training)  # create_feature_extractor leaves the mode it failed in
     return clone_graph_outputs(extractor)
 
 
-def by_fx(model: nn.Module, x: torch.Tensor, names: Iterable[str], *, leaf_modules: Sequence[type] = (),
-          concrete_args: dict[str, Any] | None = None) -> dict[str, torch.Tensor]:
+def by_fx(model: nn.Module, x: Tensor, names: Iterable[str], *, leaf_modules: Sequence[type] = (),
+          concrete_args: dict[str, Any] | None = None) -> dict[str, Tensor]:
     """Trace the model with torch.fx and return the nodes ``names`` (see ``get_graph_node_names``).
 
     Reaches every module and every op (``layer1.0.add``, ``flatten``), runs
     only what they need, and fails on control flow that depends on the data.
     """
-    names = list(names) if not isinstance(names, str) else names
-    extractor = build_fx_extractor(model, names, leaf_modules=leaf_modules, concrete_args=concrete_args)
-    outputs = extractor(x)  # in the order of the graph
-    return {name: outputs[name] for name in names}
+    names = [names] if isinstance(names, str) else list(names)
+    outputs = build_fx_extractor(model, names, leaf_modules=leaf_modules, concrete_args=concrete_args)(x)
+    return {name: outputs[name] for name in names}  # the graph returns them in its own order
 
 
-def by_hooks(model: nn.Module, x: torch.Tensor, names: Iterable[str]) -> dict[str, torch.Tensor]:
+def by_hooks(model: nn.Module, x: Tensor, names: Iterable[str]) -> dict[str, Tensor]:
     """Run the whole model and record the outputs of the modules ``names`` with forward hooks.
 
     Reaches every module (not functional ops such as ``torch.flatten`` or ``+``).
@@ -181,12 +137,15 @@ def by_hooks(model: nn.Module, x: torch.Tensor, names: Iterable[str]) -> dict[st
     it, and the hooks are removed even when ``forward`` raises.
     """
     modules = {name: module for name, module in model.named_modules() if name}
-    names = check_names(names, list(modules), "by_hooks")
+    names = [names] if isinstance(names, str) else list(names)
+    unknown = [name for name in names if name not in modules]
+    if unknown:
+        raise ValueError(f"by_hooks: unknown names {unknown}; it can reach: {', '.join(modules)}")
     outputs = {}
 
     def keep_output(name: str) -> Callable:
-        def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
-            outputs[name] = output.clone() if isinstance(output, torch.Tensor) else output
+        def hook(module: nn.Module, args: tuple, output: Tensor) -> None:
+            outputs[name] = output.clone() if isinstance(output, Tensor) else output
         return hook
 
     handles = [modules[name].register_forward_hook(keep_output(name)) for name in dict.fromkeys(names)]
@@ -206,7 +165,7 @@ EXTRACTORS = {
 }
 
 
-def by_hooks_naive(model: nn.Module, x: torch.Tensor, names: Iterable[str]) -> dict[str, torch.Tensor]:
+def by_hooks_naive(model: nn.Module, x: Tensor, names: Iterable[str]) -> dict[str, Tensor]:
     """The wrong way, for the page's pitfalls: use ``by_hooks``.
 
     It stores each output without ``clone()`` (a later in-place op changes what
@@ -225,7 +184,7 @@ def by_hooks_naive(model: nn.Module, x: torch.Tensor, names: Iterable[str]) -> d
 class SignGate(nn.Module):
     """Flips the sign when the mean is negative: control flow that depends on the data."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: Tensor) -> Tensor:
         if x.mean() < 0:  # FX cannot trace this: the answer is only known at run time
             return -x
         return x
@@ -241,7 +200,7 @@ class NoisyGatedNet(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(8, num_classes)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: Tensor) -> Tensor:
         x = self.gate(self.conv(x))
         if self.training:  # a Python bool: FX follows it, so train and eval graphs differ
             x = x + 0.1 * torch.randn_like(x)
@@ -261,13 +220,13 @@ class DigitsCNN(nn.Module):
         self.pool2 = nn.MaxPool2d(2)  # 4×4 -> 2×2
         self.fc = nn.Linear(16 * 2 * 2, num_classes)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: Tensor) -> Tensor:
         x = self.pool1(self.relu1(self.conv1(x)))
         x = self.pool2(self.relu2(self.conv2(x)))
         return self.fc(torch.flatten(x, 1))
 
 
-def load_digit_images(test_fraction: float = 0.25, seed: int = 0) -> tuple[torch.Tensor, ...]:
+def load_digit_images(test_fraction: float = 0.25, seed: int = 0) -> tuple[Tensor, ...]:
     """scikit-learn's 1,797 8×8 digits as ``(x_train, y_train, x_test, y_test)``, pixels in [0, 1]."""
     from sklearn.datasets import load_digits
 
@@ -282,7 +241,7 @@ def load_digit_images(test_fraction: float = 0.25, seed: int = 0) -> tuple[torch
     return images[train], labels[train], images[test], labels[test]
 
 
-def train_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int = 15,
+def train_classifier(model: nn.Module, x: Tensor, y: Tensor, epochs: int = 15,
                      batch_size: int = 64, lr: float = 1e-2, seed: int = 0) -> list[float]:
     """Train with Adam and cross-entropy; returns the mean loss of each epoch."""
     generator = torch.Generator().manual_seed(seed)
@@ -303,72 +262,76 @@ def train_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs:
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+def accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
     """Fraction of ``x`` that ``model`` classifies as ``y``."""
     return (model(x).argmax(dim=1) == y).float().mean().item()
 
 
-def plot_feature_maps(image: torch.Tensor, maps: dict[str, torch.Tensor], columns: int = 8,
-                      dpi: int = 70):
-    """One figure: the input image, then each layer's channels as small grey images.
+def plot_feature_maps(image: Tensor, maps: dict[str, Tensor], columns: int = 8,
+                      dpi: int = 50):
+    """One figure: the input image, then each layer's channels as small images, a layer per row.
 
     ``image`` is one ``(1, H, W)`` input; each map is ``(C, H, W)`` for that image.
     """
     import matplotlib.pyplot as plt
 
     rows = 1 + sum(-(-len(m) // columns) for m in maps.values())
-    figure, axes = plt.subplots(rows, columns, figsize=(columns * 0.8, rows * 0.9), dpi=dpi,
+    figure, axes = plt.subplots(rows, columns, figsize=(columns * 0.6, rows * 0.7), dpi=dpi,
                                 squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    axes[0, 0].imshow(image[0].detach().cpu().numpy(), cmap="gray_r")
+    axes[0, 0].imshow(image[0].detach().cpu().numpy(), cmap="gray_r", interpolation="nearest")
     axes[0, 0].set_title("input", fontsize=8)
     row = 1
     for name, channels in maps.items():
         for index, channel in enumerate(channels.detach().cpu()):
             ax = axes[row + index // columns, index % columns]
-            ax.imshow(channel.numpy(), cmap="viridis")
-            ax.set_title(f"{name}[{index}]", fontsize=6)
+            ax.imshow(channel.numpy(), cmap="viridis", interpolation="nearest")
+        axes[row, 0].set_title(f"{name}: {len(channels)} channels", fontsize=8, loc="left")
         row += -(-len(channels) // columns)
     figure.tight_layout()
     return figure
 
 
-def median_seconds(fn: Callable[[], Any], repeats: int = 5, device: torch.device | str = "cpu") -> float:
-    """Median wall-clock time of ``fn()`` over ``repeats`` runs, after one warm-up run."""
+def median_seconds_each(fns: Sequence[Callable[[], Any]], repeats: int = 5,
+                        device: torch.device | str = "cpu") -> list[float]:
+    """Median wall-clock time of each ``fn()`` over ``repeats`` runs, after one warm-up run each.
+
+    The functions take turns (one run of each per round), so a change in the
+    machine's load during the measurement affects all of them alike.
+    """
     if repeats < 1:
         raise ValueError(f"repeats must be at least 1, got {repeats}")
     cuda = torch.device(device).type == "cuda"
-    fn()
-    times = []
+    for fn in fns:
+        fn()
+    times = [[] for _ in fns]
     for _ in range(repeats):
-        if cuda:
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        fn()
-        if cuda:
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for fn, runs in zip(fns, times):
+            if cuda:
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            fn()
+            if cuda:
+                torch.cuda.synchronize(device)
+            runs.append(time.perf_counter() - start)
+    return [statistics.median(runs) for runs in times]
 
 
-def peak_memory_bytes(fn: Callable[[], Any], device: torch.device | str = "cpu") -> int:
-    """Most memory that tensors allocated while ``fn()`` ran held at one time, in bytes.
+def median_seconds(fn: Callable[[], Any], repeats: int = 5, device: torch.device | str = "cpu") -> float:
+    """Median wall-clock time of ``fn()`` over ``repeats`` runs, after one warm-up run."""
+    return median_seconds_each([fn], repeats, device)[0]
 
-    Counted from what was allocated when ``fn`` started. On CUDA the allocator
-    keeps the peak (``torch.cuda.max_memory_allocated``). On CPU the profiler
-    (``profile_memory=True``) records every allocation and free with its size;
-    summing them in time order gives the running total, whose maximum is the peak.
+
+def cpu_peak_memory_bytes(fn: Callable[[], Any]) -> int:
+    """Most host memory that tensors allocated while ``fn()`` ran held at one time, in bytes.
+
+    The profiler (``profile_memory=True``) records every allocation and free
+    with its size; summed in time order they give the running total, whose
+    maximum is the peak, counted from what was allocated when ``fn`` started.
     """
-    device = torch.device(device)
+    os.environ.setdefault("KINETO_LOG_LEVEL", "6")  # keep the profiler's log lines off stderr
     gc.collect()  # free earlier garbage now, not while we count
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        before = torch.cuda.memory_allocated(device)
-        fn()
-        torch.cuda.synchronize(device)
-        return torch.cuda.max_memory_allocated(device) - before
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
                                 profile_memory=True) as profiler:
         fn()
@@ -377,7 +340,7 @@ def peak_memory_bytes(fn: Callable[[], Any], device: torch.device | str = "cpu")
         profiler.export_chrome_trace(path)
         with open(path) as file:
             events = json.load(file)["traceEvents"]
-    host = {0, 2, 5}  # the profiler's device types CPU, MKLDNN and IDEEP: host memory
+    host = {0, 2, 5}  # the profiler's device types CPU, MKLDNN and IDEEP
     changes = sorted((e["ts"], e["args"]["Bytes"]) for e in events
                      if e.get("name") == "[memory]" and e["args"].get("Device Type") in host)
     total = peak = 0
@@ -387,26 +350,42 @@ def peak_memory_bytes(fn: Callable[[], Any], device: torch.device | str = "cpu")
     return peak
 
 
-def extraction_costs(model: nn.Module, x: torch.Tensor, requests: Sequence[str] = ("layer2", "layer4"),
+def peak_memory_bytes(fn: Callable[[], Any], device: torch.device | str = "cpu") -> int:
+    """Peak memory of ``fn()`` above what was allocated before, in bytes.
+
+    On CUDA the allocator keeps the peak (``torch.cuda.max_memory_allocated``);
+    elsewhere ``cpu_peak_memory_bytes`` asks the profiler.
+    """
+    device = torch.device(device)
+    if device.type != "cuda":
+        return cpu_peak_memory_bytes(fn)
+    gc.collect()
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    fn()
+    torch.cuda.synchronize(device)
+    return torch.cuda.max_memory_allocated(device) - before
+
+
+def extraction_costs(model: nn.Module, x: Tensor, requests: Sequence[str] = ("layer2", "layer4"),
                      methods: dict[str, Callable] | None = None, repeats: int = 3) -> list[dict]:
     """Time and peak memory of each method for each request, and of a plain forward pass.
 
     Runs under ``torch.no_grad()`` (inference: no activations kept for backward).
     Each row: ``method``, ``request`` (``"-"`` for the forward pass), ``seconds``
-    (median of ``repeats``) and ``peak_bytes``.
+    (median of ``repeats``, all jobs timed in turns) and ``peak_bytes``.
     """
     methods = EXTRACTORS if methods is None else methods
     jobs = [("forward", "-", lambda: model(x))]
     for request in requests:
         for method, fn in methods.items():
             jobs.append((method, request, lambda fn=fn, request=request: fn(model, x, [request])))
-    rows = []
     with torch.no_grad():
-        for method, request, job in jobs:
-            rows.append({"method": method, "request": request,
-                         "seconds": median_seconds(job, repeats, x.device),
-                         "peak_bytes": peak_memory_bytes(job, x.device)})
-    return rows
+        seconds = median_seconds_each([job for _, _, job in jobs], repeats, x.device)
+        return [{"method": method, "request": request, "seconds": time_taken,
+                 "peak_bytes": peak_memory_bytes(job, x.device)}
+                for (method, request, job), time_taken in zip(jobs, seconds)]
 
 
 def format_cost_table(rows: list[dict], baseline: str = "forward") -> str:
@@ -416,11 +395,12 @@ def format_cost_table(rows: list[dict], baseline: str = "forward") -> str:
     the plain forward pass.
     """
     by_key = {(row["method"], row["request"]): row for row in rows}
-    lines = [f"{'method':<16} {'request':<8} {'time ms':>9} {'x ' + baseline:>10} "
-             f"{'peak MB':>9} {'x ' + baseline:>10}"]
+    width = max(len("method"), *(len(row["method"]) for row in rows))
+    lines = [f"{'method':<{width}} {'request':<8} {'time ms':>9} {'x ' + baseline:>10} "
+             f"{'peak MiB':>9} {'x ' + baseline:>10}"]
     for row in rows:
         base = by_key.get((baseline, row["request"])) or by_key[("forward", "-")]
-        lines.append(f"{row['method']:<16} {row['request']:<8} {row['seconds'] * 1e3:>9.1f} "
+        lines.append(f"{row['method']:<{width}} {row['request']:<8} {row['seconds'] * 1e3:>9.1f} "
                      f"{row['seconds'] / base['seconds']:>10.2f} {row['peak_bytes'] / 2**20:>9.1f} "
                      f"{row['peak_bytes'] / max(base['peak_bytes'], 1):>10.2f}")
     return "\n".join(lines)

@@ -1,0 +1,492 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Four ways to get intermediate outputs
+#
+# A model's `forward` returns its last layer. Often you want what a layer
+# inside it computed: features for another model, a backbone for a detector,
+# feature maps to look at. Four common ways to get them:
+#
+# 1. run the model's top-level children yourself, in order;
+# 2. let torchvision's `IntermediateLayerGetter` do exactly that;
+# 3. trace the model into a graph with `torch.fx` and return any node of it
+#    (torchvision's `create_feature_extractor`);
+# 4. run the model as it is and record outputs with forward hooks.
+#
+# `tutorials_pkg.features` has all four with one signature,
+# `fn(model, x, names) -> dict[str, Tensor]`, so this page runs them side by
+# side: what each can reach, where each breaks, what each costs.
+#
+# Every output on this page was produced by running the code when the site was
+# built, on the versions printed below.
+
+# %%
+from tutorials_pkg.runtime import describe_runtime
+
+print(describe_runtime())
+
+# %% [markdown]
+# The running example: torchvision's `resnet18` with random weights, in eval
+# mode (BatchNorm uses its running statistics), on two random 224×224 images.
+# A layer's name is its path of attributes: `named_children()` gives the top
+# level, `named_modules()` every nested module. resnet's own `forward` calls
+# the children in order and also `torch.flatten(x, 1)` before `fc`.
+
+# %%
+import torch
+from torchvision.models import resnet18
+
+torch.manual_seed(0)
+model = resnet18(weights=None).eval()
+x = torch.randn(2, 3, 224, 224)
+LAYERS = ["layer1", "layer2", "layer3", "layer4"]
+print([name for name, _ in model.named_children()])
+print(len(list(model.named_modules())), "modules, e.g.", [n for n, _ in model.named_modules()][5:8])
+
+# %% [markdown]
+# ## 1. Run the children yourself: `by_children`
+#
+# Call the top-level children one after another and keep the outputs asked
+# for. Like resnet's `forward`, it flattens before an `nn.Linear` child, and it
+# stops after the last child it needs. An unknown name gets a `ValueError`
+# listing the names it can reach, as in all four.
+
+# %%
+from tutorials_pkg.features import by_children
+from tutorials_pkg.source import show_source
+
+show_source(by_children)
+
+# %% [markdown]
+# ## 2. torchvision's `IntermediateLayerGetter`: `by_layer_getter`
+#
+# torchvision builds the backbones of its segmentation models with
+# `IntermediateLayerGetter` (in the private module `torchvision.models._utils`,
+# so the import may move). It is an `nn.ModuleDict` of the children up to the
+# last one asked for, and its `forward` chains them: `by_children` without the
+# flatten, returning the tensors as they are when it finishes.
+
+# %%
+from tutorials_pkg.features import by_layer_getter
+
+show_source(by_layer_getter)
+
+# %% [markdown]
+# ## 3. Trace the graph with `torch.fx`: `by_fx`
+#
+# `torch.fx` runs `forward` once with placeholder values and records every
+# module call and every operation as a node of a graph. torchvision's
+# `get_graph_node_names` lists the nodes; it traces twice, in train and in eval
+# mode, because the graphs can differ (see below):
+
+# %%
+from torchvision.models.feature_extraction import get_graph_node_names
+
+train_nodes, eval_nodes = get_graph_node_names(model)
+print(len(eval_nodes), "nodes, the same in train and eval mode:", train_nodes == eval_nodes)
+print(eval_nodes[:12], eval_nodes[-3:])
+
+# %% [markdown]
+# Nodes are modules (`layer1.0.conv1`), operations in `forward` (`layer1.0.add`
+# is the residual `+`, `flatten` is `torch.flatten`), and a module called twice
+# gets two nodes (`layer1.0.relu`, `layer1.0.relu_1`). A prefix such as
+# `layer1` names the last node under it.
+#
+# `create_feature_extractor` turns the graph into a module that returns the
+# requested nodes and drops what they do not need. `build_fx_extractor` adds
+# two things: a copy of an output that a later operation also reads (an
+# in-place op could change it, see below), and a list of the valid nodes when
+# a name is wrong. Tracing takes time: to call it many times, build once.
+
+# %%
+from tutorials_pkg.features import build_fx_extractor, by_fx
+
+show_source(by_fx)
+
+# %%
+features = by_fx(model, x, [*LAYERS, "layer1.0.add", "flatten"])
+print({name: tuple(tensor.shape) for name, tensor in features.items()})
+print(build_fx_extractor(model, ["layer2"]).code.strip().splitlines()[-1])  # ends at layer2
+
+# %% [markdown]
+# ## 4. Forward hooks: `by_hooks`
+#
+# `register_forward_hook` asks a module to call a function with its output
+# each time it runs. The model runs unchanged, its own `forward` included, and
+# any module at any depth can be hooked. Two details make it correct: the hook
+# stores `output.clone()`, and the hooks are removed in `finally`, even when
+# `forward` raises.
+
+# %%
+from tutorials_pkg.features import by_hooks
+
+show_source(by_hooks)
+
+# %% [markdown]
+# ## What each can reach
+#
+# On the names all four can reach they return the same tensors, bit for bit,
+# and FX's `fc` node is the model's output:
+
+# %%
+from tutorials_pkg.features import EXTRACTORS
+
+results = {method: fn(model, x, LAYERS) for method, fn in EXTRACTORS.items()}
+for method, outputs in results.items():
+    assert all(torch.equal(outputs[n], results["by_fx"][n]) for n in LAYERS), method
+logits = model(x)
+assert torch.equal(by_fx(model, x, ["fc"])["fc"], logits)
+print({name: tuple(tensor.shape) for name, tensor in results["by_children"].items()})
+print(list(results), "agree; by_fx's 'fc' equals model(x)")
+
+# %% [markdown]
+# ### Nested modules, operations, modules called twice
+#
+# The children-based methods see the top level only, and say so; FX and hooks
+# reach `layer1.0.conv2` and agree with the layer computed by hand:
+
+# %%
+for fn in (by_children, by_layer_getter):
+    try:
+        fn(model, x, ["layer1.0.conv2"])
+    except ValueError as error:
+        print(error)
+block = model.layer1[0]
+stem = model.maxpool(model.relu(model.bn1(model.conv1(x))))
+expected = block.conv2(block.relu(block.bn1(block.conv1(stem))))
+for fn in (by_fx, by_hooks):
+    assert torch.equal(fn(model, x, ["layer1.0.conv2"])["layer1.0.conv2"], expected)
+print("by_fx and by_hooks: layer1.0.conv2 equals the hand-computed layer")
+
+# %% [markdown]
+# The residual `+` is an operation in `forward`, not a module: nothing to
+# hook. FX has a node for it (`layer1.0.add` above); hooks answer with a
+# `ValueError` that lists the modules there are:
+
+# %% tags=["raises-exception"] raises="ValueError"
+by_hooks(model, x, ["layer1.0.add"])
+
+# %% [markdown]
+# A resnet block uses one `relu` module twice, after `bn1` and after the
+# residual add. Its hook fires twice and `by_hooks` keeps the last output, the
+# block's output; FX has a node for each call (`relu`, `relu_1`).
+
+# %%
+hooked = by_hooks(model, x, ["layer1.0.relu", "layer1.0"])
+assert torch.equal(hooked["layer1.0.relu"], hooked["layer1.0"])
+print("hooked layer1.0.relu equals the output of layer1.0")
+
+# %% [markdown]
+# ### The model's own `forward`
+#
+# `IntermediateLayerGetter` runs the children and nothing else. Without
+# resnet's flatten, `fc` gets a 4-D tensor and fails with a `RuntimeError`:
+
+# %% tags=["raises-exception"] raises="RuntimeError"
+by_layer_getter(model, x, ["fc"])
+
+# %% [markdown]
+# `by_children` flattens before `fc`, which is right for resnet. But it knows
+# only that rule: `mobilenet_v2`'s `forward` also average-pools (a function
+# call) between `features` and `classifier`, so the classifier gets 2×2 times
+# too many numbers, a `RuntimeError`:
+
+# %% tags=["raises-exception"] raises="RuntimeError"
+from torchvision.models import mobilenet_v2
+
+assert torch.equal(by_children(model, x, ["fc"])["fc"], logits)
+mobilenet = mobilenet_v2(weights=None).eval()
+small = torch.randn(2, 3, 64, 64)
+by_children(mobilenet, small, ["classifier"])
+
+# %% [markdown]
+# FX traced the real `forward`, pooling included:
+
+# %%
+assert torch.equal(by_fx(mobilenet, small, ["classifier"])["classifier"], mobilenet(small))
+print("by_fx's 'classifier' equals mobilenet(small)")
+
+# %% [markdown]
+# ### In-place operations
+#
+# resnet's ReLUs are `nn.ReLU(inplace=True)`: the ReLU after `bn1` overwrites
+# `bn1`'s output tensor. A reference kept to that tensor now holds ReLU's
+# result. `by_hooks` copies in the hook, `by_fx` in the graph, `by_children`
+# before the next child runs; `IntermediateLayerGetter` returns the tensor as
+# it is at the end, so `bn1` asked for together with a later layer comes back
+# ReLU'd:
+
+# %%
+bn1 = model.bn1(model.conv1(x))  # what bn1 produced, by hand
+for method, fn in EXTRACTORS.items():
+    got = fn(model, x, ["bn1", "layer1"])["bn1"]
+    print(f"{method:16} equals bn1's output: {torch.equal(got, bn1)!s:5}  min {got.min():.3f}")
+assert torch.equal(by_layer_getter(model, x, ["bn1", "layer1"])["bn1"], torch.relu(bn1))
+
+# %% [markdown]
+# ### FX: control flow on data, and two graphs
+#
+# Tracing runs `forward` with placeholders, not numbers, so an `if` on a value
+# computed from the input cannot be decided. This small net has such a gate,
+# and adds noise in training only:
+
+# %%
+from tutorials_pkg.features import NoisyGatedNet, SignGate
+
+show_source(NoisyGatedNet)
+
+# %% [markdown]
+# Tracing stops at the gate's `if` with a `TraceError` ("symbolically traced
+# variables cannot be used as inputs to control flow"):
+
+# %% tags=["raises-exception"] raises="TraceError"
+gated = NoisyGatedNet().eval()
+digits_like = torch.randn(4, 1, 8, 8)
+by_fx(gated, digits_like, ["fc"])
+
+# %% [markdown]
+# The fix is `leaf_modules`: FX records the gate as one call without looking
+# inside (so nothing inside it can be asked for). When the `if` is on an
+# argument of `forward` instead, such as `features_only: bool`, fix the
+# argument with `concrete_args={"features_only": False}`. `by_fx` passes both
+# on to torchvision.
+
+# %%
+outputs = by_fx(gated, digits_like, ["gate", "fc"], leaf_modules=[SignGate])
+assert torch.equal(outputs["fc"], gated(digits_like))
+print({name: tuple(t.shape) for name, t in outputs.items()})
+
+# %% [markdown]
+# `if self.training:`, on the other hand, is a plain Python bool while tracing, so FX follows one
+# branch and the two modes give different graphs. `get_graph_node_names`
+# returns both:
+
+# %%
+train_nodes, eval_nodes = get_graph_node_names(
+    gated, tracer_kwargs={"leaf_modules": [SignGate]}, suppress_diff_warning=True)
+print("train:", train_nodes)
+print("eval: ", eval_nodes)
+assert set(train_nodes) - set(eval_nodes) == {"randn_like", "mul", "add"}
+
+# %% [markdown]
+# `create_feature_extractor` traces both and switches graphs with `.train()`
+# / `.eval()`. A node of one mode only (`add` here) must be requested with
+# `train_return_nodes` and `eval_return_nodes`. `by_fx` asks for the same names
+# in both modes, so for such a node it passes on torchvision's own
+# `ValueError`, which suggests exactly that.
+#
+# ## What each costs, measured
+#
+# `extraction_costs` times each method on one request (median of 3 runs after
+# a warm-up, all taking turns) and measures its peak memory, beside a plain
+# forward pass, under `torch.no_grad()`. On a CPU the process's memory (RSS)
+# also holds blocks the allocator keeps after a free, so `peak_memory_bytes`
+# asks the profiler instead; on CUDA the allocator keeps the peak itself
+# (`torch.cuda.max_memory_allocated`).
+
+# %%
+from tutorials_pkg.features import cpu_peak_memory_bytes, extraction_costs, format_cost_table
+
+show_source(cpu_peak_memory_bytes)
+
+# %% [markdown]
+# `layer2` and `layer4` of resnet18 and resnet50 on one 224×224 image (batch 1
+# keeps the page quick; `benchmarks/features_extraction.py` runs batch 8).
+# Times are wall-clock on the machine that built this page, noisy on a shared
+# one; `x forward` divides by the plain forward pass. The `assert` checks the
+# memory count against a known answer: two 4 MiB tensors and their sum.
+
+# %%
+from torchvision.models import resnet50
+from tutorials_pkg.features import median_seconds, peak_memory_bytes
+from tutorials_pkg.runtime import default_device
+
+assert peak_memory_bytes(lambda: torch.ones(2**20) + torch.ones(2**20)) == 3 * 4 * 2**20  # 12 MiB
+device = default_device()
+one_image = torch.randn(1, 3, 224, 224, device=device)
+for build in (resnet18, resnet50):
+    torch.manual_seed(0)
+    net = build(weights=None).eval().to(device)
+    rows = extraction_costs(net, one_image, requests=["layer2", "layer4"], repeats=3)
+    print(f"{build.__name__} on {device}\n{format_cost_table(rows)}\n")
+trace_s = median_seconds(lambda: build_fx_extractor(net, ["layer4"]), repeats=3)
+conv = net.layer4[1].conv2  # 512 -> 512 channels, 3x3, on 7x7
+peak = peak_memory_bytes(lambda: conv(torch.randn(1, 512, 7, 7, device=device)), device)
+print(f"resnet50: tracing takes {trace_s * 1e3:.0f} ms; one layer4 3x3 convolution peaks at "
+      f"{peak / 2**20:.1f} MiB, its weights are {conv.weight.numel() * 4 / 2**20:.1f} MiB")
+
+# %% [markdown]
+# Reading the numbers:
+#
+# - Time: the three methods that stop after the requested layer pay less for
+#   `layer2` than a forward pass; hooks always pay for the whole model.
+#   `by_fx`'s rows include tracing (the line below the tables), which it does
+#   on every call: build the extractor once and reuse it.
+# - Memory: without gradients an output is freed once the next layer has used
+#   it, so the peak is the few largest tensors alive at one moment, not the sum
+#   of all activations. On a CPU one of them is oneDNN's copy of a
+#   convolution's weights in its own layout: for one of layer4's 3×3
+#   convolutions that is about as big as the weights (last line), more than
+#   any activation of one image. Stopping early saves memory only when the peak
+#   comes after the requested layer; with gradients, every activation up to it
+#   is kept.
+#
+# | method | reaches | runs the whole model | cost |
+# |---|---|---|---|
+# | `by_children` | top-level children; flattens before a `Linear` | no | a forward pass up to the last name |
+# | `by_layer_getter` | top-level children; nothing else of `forward` | no | the same; no copy, in-place ops can change results |
+# | `by_fx` | every module and operation, nested; the real `forward` | no, only what the names need | tracing on each call, then the truncated pass |
+# | `by_hooks` | every module, nested; not operations; a reused module's last call | yes | a full forward pass, one copy per name |
+#
+# ## Feature maps of a small CNN trained on digits
+#
+# Intermediate outputs are also something to look at. A tiny CNN, trained for
+# a few seconds on scikit-learn's bundled 8×8 handwritten digits (real data:
+# 1,797 images, a quarter kept for testing):
+
+# %%
+from tutorials_pkg.features import DigitsCNN, accuracy, load_digit_images, train_classifier
+
+show_source(DigitsCNN)
+
+# %%
+x_train, y_train, x_test, y_test = load_digit_images(test_fraction=0.25, seed=0)
+torch.manual_seed(0)
+cnn = DigitsCNN()
+losses = train_classifier(cnn, x_train, y_train, epochs=15)
+test_accuracy = accuracy(cnn, x_test, y_test)
+print(f"{len(x_train)} training, {len(x_test)} test images; loss {losses[0]:.3f} -> "
+      f"{losses[-1]:.3f}; test accuracy {test_accuracy:.1%}")
+assert test_accuracy > 0.9
+
+# %% [markdown]
+# `relu1` (8 channels at 8×8) and `relu2` (16 channels at 4×4) for one test
+# image, taken with hooks and drawn by `plot_feature_maps`: the first layer
+# responds to strokes and edges, the second combines them at a lower
+# resolution (some of its channels stay at zero for this digit).
+
+# %%
+import matplotlib.pyplot as plt
+from tutorials_pkg.features import plot_feature_maps
+
+maps = by_hooks(cnn, x_test[:1], ["relu1", "relu2"])
+print("label", y_test[0].item(), "predicted", cnn(x_test[:1]).argmax().item())
+plot_feature_maps(x_test[0], {name: m[0] for name, m in maps.items()})
+plt.show()
+
+# %% [markdown]
+# ## What goes wrong in the wild
+#
+# ### A hook without `clone()`
+#
+# The hook most people write first stores `output` as it is. Under resnet's
+# in-place ReLU it keeps a tensor that ReLU overwrites a moment later:
+
+# %%
+from tutorials_pkg.features import by_hooks_naive
+
+show_source(by_hooks_naive)
+
+# %%
+torch.manual_seed(0)
+fresh = resnet18(weights=None).eval()
+produced = fresh.bn1(fresh.conv1(x))  # bn1's real output, about half negative
+kept = by_hooks_naive(fresh, x, ["bn1"])["bn1"]
+print("negative values kept:", (kept < 0).sum().item(), "of", kept.numel())
+assert torch.equal(kept, torch.relu(produced))  # ReLU's result, not bn1's
+
+# %% [markdown]
+# The fix is `output.clone()` in the hook, as in `by_hooks`:
+
+# %%
+assert torch.equal(by_hooks(fresh, x, ["bn1"])["bn1"], produced)
+print("by_hooks returns bn1's output")
+
+# %% [markdown]
+# ### Hooks that are never removed
+#
+# `by_hooks_naive` never removes its hooks either: each call adds one more, and
+# each hook keeps the last tensor it saw alive.
+
+# %%
+for _ in range(2):
+    by_hooks_naive(fresh, x, ["bn1"])
+print("hooks on bn1:", len(fresh.bn1._forward_hooks))
+assert len(fresh.bn1._forward_hooks) == 3  # one from each call
+
+# %% [markdown]
+# `register_forward_hook` returns a handle, and `handle.remove()` takes the
+# hook off. `by_hooks` removes its hooks in `finally`, so they go even when
+# `forward` fails, here with a `RuntimeError` (a one-channel image):
+
+# %% tags=["raises-exception"] raises="RuntimeError"
+by_hooks(model, torch.randn(1, 1, 224, 224), ["layer2"])
+
+# %%
+assert not any(module._forward_hooks for module in model.modules())
+print("no hooks left on the model")
+
+# %% [markdown]
+# ### `nn.Sequential(*model.children())` is not the model
+#
+# Rebuilding a model from its children, to cut it or to loop over it, drops
+# what `forward` does between them. On resnet the missing flatten fails with a
+# `RuntimeError`:
+
+# %% tags=["raises-exception"] raises="RuntimeError"
+from torch import nn
+
+nn.Sequential(*model.children())(x)
+
+# %% [markdown]
+# Inside a residual block it is worse: no error, another result. The block's
+# children are `conv1, bn1, relu, conv2, bn2`; the add and the last ReLU are
+# not among them.
+
+# %%
+chained = nn.Sequential(*block.children())(stem)
+print("max difference from the block:", (chained - block(stem)).abs().max().item())
+assert not torch.allclose(chained, block(stem))
+
+# %% [markdown]
+# Cut only where the model is a chain (resnet's children up to `layer4` are:
+# the usual backbone), or ask FX or hooks:
+
+# %%
+backbone = nn.Sequential(*list(model.children())[:-2])  # drop avgpool and fc
+assert torch.equal(backbone(x), by_fx(model, x, ["layer4"])["layer4"])
+assert torch.equal(by_hooks(model, x, ["layer1.0"])["layer1.0"], block(stem))
+print("backbone equals layer4; hooks give the block's real output")
+
+# %% [markdown]
+# ### A failed `create_feature_extractor` leaves train mode on
+#
+# `create_feature_extractor` switches the model to train mode, traces it, then
+# to eval mode, and puts the caller's mode back at the end. A wrong name stops
+# it half-way: the eval model comes back in train mode, and from then on
+# BatchNorm normalises with batch statistics and updates its running ones,
+# without a word. `by_fx` restores the mode in `finally`:
+
+# %%
+from torchvision.models.feature_extraction import create_feature_extractor
+
+modes = []
+for extract in (create_feature_extractor, lambda m, names: by_fx(m, x, names)):
+    model.eval()
+    try:
+        extract(model, ["layer5"])
+    except ValueError as error:
+        print(str(error)[:70], "...")
+    modes.append(model.training)
+print("model.training afterwards (create_feature_extractor, by_fx):", modes)
+assert modes == [True, False]

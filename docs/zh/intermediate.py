@@ -1,0 +1,396 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 获取中间层输出的四种方法
+#
+# 模型的 `forward` 只返回最后一层。很多时候我们要的是中间某层的结果：给另一个模型用的特征、检测模型的主干网络（backbone）、想看一看的特征图。常用的办法有四种：
+#
+# 1. 自己按顺序运行模型的顶层子模块；
+# 2. 让 torchvision 的 `IntermediateLayerGetter` 做同样的事；
+# 3. 用 `torch.fx` 把模型追踪（trace）成计算图，返回任意节点（torchvision 的 `create_feature_extractor`）；
+# 4. 模型照常运行，用前向钩子（forward hook）记录输出。
+#
+# `tutorials_pkg.features` 里的四种方法签名相同：`fn(model, x, names) -> dict[str, Tensor]`，本页把它们放在一起比较：能取到什么、在哪里出错、代价多大。
+#
+# 本页的每一段输出，都是构建网站时真正运行代码得到的，运行环境就是下面打印的版本。
+
+# %%
+from tutorials_pkg.runtime import describe_runtime
+
+print(describe_runtime())
+
+# %% [markdown]
+# 示例模型：torchvision 的 `resnet18`，随机权重，eval 模式（BatchNorm 使用滑动统计量），输入两张随机的 224×224 图像。层的名字是属性名组成的路径：`named_children()` 给出顶层，`named_modules()` 给出所有嵌套模块。resnet 自己的 `forward` 按顺序调用子模块，并在 `fc` 之前调用 `torch.flatten(x, 1)`。
+
+# %%
+import torch
+from torchvision.models import resnet18
+
+torch.manual_seed(0)
+model = resnet18(weights=None).eval()
+x = torch.randn(2, 3, 224, 224)
+LAYERS = ["layer1", "layer2", "layer3", "layer4"]
+print([name for name, _ in model.named_children()])
+print(len(list(model.named_modules())), "modules, e.g.", [n for n, _ in model.named_modules()][5:8])
+
+# %% [markdown]
+# ## 1. 自己运行子模块：`by_children`
+#
+# 依次调用顶层子模块，保留所要的输出。它像 resnet 的 `forward` 一样在 `nn.Linear` 子模块前展平（flatten），并在用到的最后一个子模块之后停下。名字不认识时抛出 `ValueError`，列出能取到的名字，四种方法都是如此。
+
+# %%
+from tutorials_pkg.features import by_children
+from tutorials_pkg.source import show_source
+
+show_source(by_children)
+
+# %% [markdown]
+# ## 2. torchvision 的 `IntermediateLayerGetter`：`by_layer_getter`
+#
+# torchvision 的分割模型用 `IntermediateLayerGetter` 构建主干网络（它在私有模块 `torchvision.models._utils` 里，导入路径可能会变）。它是装着所需子模块的 `nn.ModuleDict`，`forward` 把它们串起来：相当于不展平的 `by_children`，返回的是运行结束时张量的样子。
+
+# %%
+from tutorials_pkg.features import by_layer_getter
+
+show_source(by_layer_getter)
+
+# %% [markdown]
+# ## 3. 用 `torch.fx` 追踪计算图：`by_fx`
+#
+# `torch.fx` 用占位值运行一遍 `forward`，把每次模块调用和每个运算记成图中的节点。torchvision 的 `get_graph_node_names` 列出节点；它在 train 和 eval 模式下各追踪一次，因为两张图可能不同（见下文）：
+
+# %%
+from torchvision.models.feature_extraction import get_graph_node_names
+
+train_nodes, eval_nodes = get_graph_node_names(model)
+print(len(eval_nodes), "nodes, the same in train and eval mode:", train_nodes == eval_nodes)
+print(eval_nodes[:12], eval_nodes[-3:])
+
+# %% [markdown]
+# 节点包括模块（`layer1.0.conv1`）、`forward` 里的运算（`layer1.0.add` 是残差的 `+`，`flatten` 是 `torch.flatten`），调用两次的模块有两个节点（`layer1.0.relu`、`layer1.0.relu_1`）。`layer1` 这样的前缀表示其下最后一个节点。
+#
+# `create_feature_extractor` 把计算图变成返回所要节点的模块，并删掉用不到的部分。`build_fx_extractor` 另做两件事：之后还会被别的运算读取的输出先复制一份（否则原地运算可能改掉它，见下文）；名字写错时列出有效节点。追踪要花时间，多次调用时构建一次即可。
+
+# %%
+from tutorials_pkg.features import build_fx_extractor, by_fx
+
+show_source(by_fx)
+
+# %%
+features = by_fx(model, x, [*LAYERS, "layer1.0.add", "flatten"])
+print({name: tuple(tensor.shape) for name, tensor in features.items()})
+print(build_fx_extractor(model, ["layer2"]).code.strip().splitlines()[-1])  # ends at layer2
+
+# %% [markdown]
+# ## 4. 前向钩子：`by_hooks`
+#
+# `register_forward_hook` 让模块每次运行时把输出交给一个函数。模型原样运行，包括它自己的 `forward`，任何深度的模块都能挂钩子。两个细节保证正确：钩子保存 `output.clone()`；钩子在 `finally` 里移除，`forward` 抛出异常时也一样。
+
+# %%
+from tutorials_pkg.features import by_hooks
+
+show_source(by_hooks)
+
+# %% [markdown]
+# ## 各自能取到什么
+#
+# 在四种方法都能取到的名字上，结果逐位相同；FX 的 `fc` 节点就是模型输出：
+
+# %%
+from tutorials_pkg.features import EXTRACTORS
+
+results = {method: fn(model, x, LAYERS) for method, fn in EXTRACTORS.items()}
+for method, outputs in results.items():
+    assert all(torch.equal(outputs[n], results["by_fx"][n]) for n in LAYERS), method
+logits = model(x)
+assert torch.equal(by_fx(model, x, ["fc"])["fc"], logits)
+print({name: tuple(tensor.shape) for name, tensor in results["by_children"].items()})
+print(list(results), "agree; by_fx's 'fc' equals model(x)")
+
+# %% [markdown]
+# ### 嵌套模块、运算、调用两次的模块
+#
+# 基于子模块的两种方法只看得到顶层，并明确说出来；FX 和钩子能取到 `layer1.0.conv2`，与手工计算的结果一致：
+
+# %%
+for fn in (by_children, by_layer_getter):
+    try:
+        fn(model, x, ["layer1.0.conv2"])
+    except ValueError as error:
+        print(error)
+block = model.layer1[0]
+stem = model.maxpool(model.relu(model.bn1(model.conv1(x))))
+expected = block.conv2(block.relu(block.bn1(block.conv1(stem))))
+for fn in (by_fx, by_hooks):
+    assert torch.equal(fn(model, x, ["layer1.0.conv2"])["layer1.0.conv2"], expected)
+print("by_fx and by_hooks: layer1.0.conv2 equals the hand-computed layer")
+
+# %% [markdown]
+# 残差的 `+` 是 `forward` 里的运算，不是模块，没有东西可挂钩子。FX 有它的节点（上面的 `layer1.0.add`）；钩子抛出 `ValueError`，列出现有的模块：
+
+# %% tags=["raises-exception"] raises="ValueError"
+by_hooks(model, x, ["layer1.0.add"])
+
+# %% [markdown]
+# resnet 的残差块把同一个 `relu` 模块用了两次：`bn1` 之后和残差相加之后。钩子触发两次，`by_hooks` 保留最后一次，也就是残差块的输出；FX 为每次调用各建一个节点（`relu`、`relu_1`）。
+
+# %%
+hooked = by_hooks(model, x, ["layer1.0.relu", "layer1.0"])
+assert torch.equal(hooked["layer1.0.relu"], hooked["layer1.0"])
+print("hooked layer1.0.relu equals the output of layer1.0")
+
+# %% [markdown]
+# ### 模型自己的 `forward`
+#
+# `IntermediateLayerGetter` 只运行子模块。少了 resnet 的展平，`fc` 收到 4 维张量，抛出 `RuntimeError`：
+
+# %% tags=["raises-exception"] raises="RuntimeError"
+by_layer_getter(model, x, ["fc"])
+
+# %% [markdown]
+# `by_children` 在 `fc` 前展平，对 resnet 是对的。但它只懂这一条：`mobilenet_v2` 的 `forward` 在 `features` 和 `classifier` 之间还用函数做了平均池化，分类器收到的数多了 2×2 倍，抛出 `RuntimeError`：
+
+# %% tags=["raises-exception"] raises="RuntimeError"
+from torchvision.models import mobilenet_v2
+
+assert torch.equal(by_children(model, x, ["fc"])["fc"], logits)
+mobilenet = mobilenet_v2(weights=None).eval()
+small = torch.randn(2, 3, 64, 64)
+by_children(mobilenet, small, ["classifier"])
+
+# %% [markdown]
+# FX 追踪的是真正的 `forward`，池化也在内：
+
+# %%
+assert torch.equal(by_fx(mobilenet, small, ["classifier"])["classifier"], mobilenet(small))
+print("by_fx's 'classifier' equals mobilenet(small)")
+
+# %% [markdown]
+# ### 原地运算
+#
+# resnet 的 ReLU 是 `nn.ReLU(inplace=True)`：`bn1` 之后的 ReLU 直接覆盖 `bn1` 的输出张量，留着这个张量引用的人拿到的就变成了 ReLU 的结果。`by_hooks` 在钩子里复制，`by_fx` 在图里复制，`by_children` 在下一个子模块运行前复制；`IntermediateLayerGetter` 返回结束时的张量，所以和后面的层一起请求的 `bn1` 已经过了 ReLU：
+
+# %%
+bn1 = model.bn1(model.conv1(x))  # what bn1 produced, by hand
+for method, fn in EXTRACTORS.items():
+    got = fn(model, x, ["bn1", "layer1"])["bn1"]
+    print(f"{method:16} equals bn1's output: {torch.equal(got, bn1)!s:5}  min {got.min():.3f}")
+assert torch.equal(by_layer_getter(model, x, ["bn1", "layer1"])["bn1"], torch.relu(bn1))
+
+# %% [markdown]
+# ### FX：依赖数据的控制流，以及两张图
+#
+# 追踪时 `forward` 拿到的是占位值，不是数字，所以对输入算出的值做 `if` 判断无法确定分支。下面的小网络有这样一个门控，还只在训练时加噪声：
+
+# %%
+from tutorials_pkg.features import NoisyGatedNet, SignGate
+
+show_source(NoisyGatedNet)
+
+# %% [markdown]
+# 追踪停在门控的 `if` 上，抛出 `TraceError`（"symbolically traced variables cannot be used as inputs to control flow"）：
+
+# %% tags=["raises-exception"] raises="TraceError"
+gated = NoisyGatedNet().eval()
+digits_like = torch.randn(4, 1, 8, 8)
+by_fx(gated, digits_like, ["fc"])
+
+# %% [markdown]
+# 解决办法是 `leaf_modules`：FX 把门控记成一次调用，不看内部（内部的东西也就取不到）。如果 `if` 判断的是 `forward` 的参数，比如 `features_only: bool`，就用 `concrete_args={"features_only": False}` 固定它。`by_fx` 把两者原样传给 torchvision。
+
+# %%
+outputs = by_fx(gated, digits_like, ["gate", "fc"], leaf_modules=[SignGate])
+assert torch.equal(outputs["fc"], gated(digits_like))
+print({name: tuple(t.shape) for name, t in outputs.items()})
+
+# %% [markdown]
+# 而 `if self.training:` 在追踪时是普通的 Python 布尔值，FX 只走一个分支，两种模式得到不同的图。`get_graph_node_names` 两个都返回：
+
+# %%
+train_nodes, eval_nodes = get_graph_node_names(
+    gated, tracer_kwargs={"leaf_modules": [SignGate]}, suppress_diff_warning=True)
+print("train:", train_nodes)
+print("eval: ", eval_nodes)
+assert set(train_nodes) - set(eval_nodes) == {"randn_like", "mul", "add"}
+
+# %% [markdown]
+# `create_feature_extractor` 两种模式都追踪，随 `.train()` / `.eval()` 切换。只在一种模式中存在的节点（这里的 `add`）要用 `train_return_nodes` 和 `eval_return_nodes` 请求。`by_fx` 在两种模式下请求同样的名字，遇到这种节点时原样抛出 torchvision 的 `ValueError`，其中给的正是这个建议。
+#
+# ## 实测代价
+#
+# `extraction_costs` 在 `torch.no_grad()` 下给每种方法的每个请求计时（预热后 3 次取中位数，各项轮流运行）并测峰值内存，旁边是一次普通前向传播。CPU 上进程内存（RSS）还包括分配器释放后留着的块，所以 `peak_memory_bytes` 改用 profiler；CUDA 上分配器自己记录峰值（`torch.cuda.max_memory_allocated`）。
+
+# %%
+from tutorials_pkg.features import cpu_peak_memory_bytes, extraction_costs, format_cost_table
+
+show_source(cpu_peak_memory_bytes)
+
+# %% [markdown]
+# resnet18 和 resnet50 的 `layer2` 与 `layer4`，输入一张 224×224 的图（批大小 1，让页面快些；`benchmarks/features_extraction.py` 用批大小 8）。时间是构建本页的机器上的耗时，共享机器上有噪声；`x forward` 是相对普通前向传播的倍数。其中的 `assert` 用已知答案检验内存统计：两个 4 MiB 张量加上它们的和。
+
+# %%
+from torchvision.models import resnet50
+from tutorials_pkg.features import median_seconds, peak_memory_bytes
+from tutorials_pkg.runtime import default_device
+
+assert peak_memory_bytes(lambda: torch.ones(2**20) + torch.ones(2**20)) == 3 * 4 * 2**20  # 12 MiB
+device = default_device()
+one_image = torch.randn(1, 3, 224, 224, device=device)
+for build in (resnet18, resnet50):
+    torch.manual_seed(0)
+    net = build(weights=None).eval().to(device)
+    rows = extraction_costs(net, one_image, requests=["layer2", "layer4"], repeats=3)
+    print(f"{build.__name__} on {device}\n{format_cost_table(rows)}\n")
+trace_s = median_seconds(lambda: build_fx_extractor(net, ["layer4"]), repeats=3)
+conv = net.layer4[1].conv2  # 512 -> 512 channels, 3x3, on 7x7
+peak = peak_memory_bytes(lambda: conv(torch.randn(1, 512, 7, 7, device=device)), device)
+print(f"resnet50: tracing takes {trace_s * 1e3:.0f} ms; one layer4 3x3 convolution peaks at "
+      f"{peak / 2**20:.1f} MiB, its weights are {conv.weight.numel() * 4 / 2**20:.1f} MiB")
+
+# %% [markdown]
+# 怎样读这些数字：
+#
+# - 时间：在所请求层之后停下的三种方法，取 `layer2` 比前向传播便宜；钩子总要跑完整个模型。`by_fx` 的数字包含追踪（表格下面那一行），它每次调用都追踪：构建一次，反复使用。
+# - 内存：不需要梯度时，一层的输出在下一层用过后就释放，峰值是某一时刻同时存在的几个最大张量，而不是所有激活值之和。CPU 上其中之一是 oneDNN 按自己的布局复制的卷积权重：layer4 的一个 3×3 卷积，这一项约等于权重大小（最后一行），比一张图的任何激活值都大。只有峰值出现在所请求层之后时，提前停下才省内存；需要梯度时，到该层为止的激活值都要保留。
+#
+# | 方法 | 能取到 | 运行整个模型 | 代价 |
+# |---|---|---|---|
+# | `by_children` | 顶层子模块；在 `Linear` 前展平 | 否 | 到最后一个名字为止的前向传播 |
+# | `by_layer_getter` | 顶层子模块；不含 `forward` 的其他操作 | 否 | 同上；不复制，原地运算会改掉结果 |
+# | `by_fx` | 所有模块和运算，含嵌套；真正的 `forward` | 否，只跑所需部分 | 每次调用都追踪，再跑截断的前向传播 |
+# | `by_hooks` | 所有模块，含嵌套；不含运算；复用的模块取最后一次 | 是 | 完整前向传播，每个名字复制一次 |
+#
+# ## 在手写数字上训练的小 CNN 的特征图
+#
+# 中间层输出也值得看一看。一个很小的 CNN，用 scikit-learn 自带的 8×8 手写数字训练几秒（真实数据：1,797 张图，四分之一留作测试）：
+
+# %%
+from tutorials_pkg.features import DigitsCNN, accuracy, load_digit_images, train_classifier
+
+show_source(DigitsCNN)
+
+# %%
+x_train, y_train, x_test, y_test = load_digit_images(test_fraction=0.25, seed=0)
+torch.manual_seed(0)
+cnn = DigitsCNN()
+losses = train_classifier(cnn, x_train, y_train, epochs=15)
+test_accuracy = accuracy(cnn, x_test, y_test)
+print(f"{len(x_train)} training, {len(x_test)} test images; loss {losses[0]:.3f} -> "
+      f"{losses[-1]:.3f}; test accuracy {test_accuracy:.1%}")
+assert test_accuracy > 0.9
+
+# %% [markdown]
+# 一张测试图在 `relu1`（8 个通道，8×8）和 `relu2`（16 个通道，4×4）的输出，用钩子取得，由 `plot_feature_maps` 画出：第一层对笔画和边缘有响应，第二层在更低分辨率上组合它们（对这个数字，有些通道一直是零）。
+
+# %%
+import matplotlib.pyplot as plt
+from tutorials_pkg.features import plot_feature_maps
+
+maps = by_hooks(cnn, x_test[:1], ["relu1", "relu2"])
+print("label", y_test[0].item(), "predicted", cnn(x_test[:1]).argmax().item())
+plot_feature_maps(x_test[0], {name: m[0] for name, m in maps.items()})
+plt.show()
+
+# %% [markdown]
+# ## 实践中常见的错误
+#
+# ### 钩子没有 `clone()`
+#
+# 大多数人写的第一个钩子把 `output` 原样存下。在 resnet 的原地 ReLU 之下，存下的张量转眼就被 ReLU 覆盖：
+
+# %%
+from tutorials_pkg.features import by_hooks_naive
+
+show_source(by_hooks_naive)
+
+# %%
+torch.manual_seed(0)
+fresh = resnet18(weights=None).eval()
+produced = fresh.bn1(fresh.conv1(x))  # bn1's real output, about half negative
+kept = by_hooks_naive(fresh, x, ["bn1"])["bn1"]
+print("negative values kept:", (kept < 0).sum().item(), "of", kept.numel())
+assert torch.equal(kept, torch.relu(produced))  # ReLU's result, not bn1's
+
+# %% [markdown]
+# 解决办法是在钩子里 `output.clone()`，就像 `by_hooks`：
+
+# %%
+assert torch.equal(by_hooks(fresh, x, ["bn1"])["bn1"], produced)
+print("by_hooks returns bn1's output")
+
+# %% [markdown]
+# ### 钩子从不移除
+#
+# `by_hooks_naive` 也不移除钩子：每调用一次多一个，每个钩子都让它见到的最后一个张量留在内存里。
+
+# %%
+for _ in range(2):
+    by_hooks_naive(fresh, x, ["bn1"])
+print("hooks on bn1:", len(fresh.bn1._forward_hooks))
+assert len(fresh.bn1._forward_hooks) == 3  # one from each call
+
+# %% [markdown]
+# `register_forward_hook` 返回句柄（handle），`handle.remove()` 移除钩子。`by_hooks` 在 `finally` 里移除，`forward` 失败时也一样；这里它抛出 `RuntimeError`（输入是单通道图）：
+
+# %% tags=["raises-exception"] raises="RuntimeError"
+by_hooks(model, torch.randn(1, 1, 224, 224), ["layer2"])
+
+# %%
+assert not any(module._forward_hooks for module in model.modules())
+print("no hooks left on the model")
+
+# %% [markdown]
+# ### `nn.Sequential(*model.children())` 不等于原模型
+#
+# 用子模块重新拼模型（为了截断或遍历），会丢掉 `forward` 在子模块之间做的事。在 resnet 上缺少展平，抛出 `RuntimeError`：
+
+# %% tags=["raises-exception"] raises="RuntimeError"
+from torch import nn
+
+nn.Sequential(*model.children())(x)
+
+# %% [markdown]
+# 在残差块内部更糟：不报错，结果却不同。残差块的子模块是 `conv1, bn1, relu, conv2, bn2`，残差相加和最后的 ReLU 不在其中。
+
+# %%
+chained = nn.Sequential(*block.children())(stem)
+print("max difference from the block:", (chained - block(stem)).abs().max().item())
+assert not torch.allclose(chained, block(stem))
+
+# %% [markdown]
+# 只在模型本来就是链条的地方截断（resnet 到 `layer4` 为止的子模块就是：常用的主干网络），或者用 FX 或钩子：
+
+# %%
+backbone = nn.Sequential(*list(model.children())[:-2])  # drop avgpool and fc
+assert torch.equal(backbone(x), by_fx(model, x, ["layer4"])["layer4"])
+assert torch.equal(by_hooks(model, x, ["layer1.0"])["layer1.0"], block(stem))
+print("backbone equals layer4; hooks give the block's real output")
+
+# %% [markdown]
+# ### `create_feature_extractor` 失败后模型停在 train 模式
+#
+# `create_feature_extractor` 先切到 train 模式追踪，再切到 eval 模式，最后恢复调用者的模式。名字写错时它半途停下：eval 模型回来时处于 train 模式，此后 BatchNorm 用当前批次的统计量归一化并更新滑动统计量，毫无提示。`by_fx` 在 `finally` 里恢复模式：
+
+# %%
+from torchvision.models.feature_extraction import create_feature_extractor
+
+modes = []
+for extract in (create_feature_extractor, lambda m, names: by_fx(m, x, names)):
+    model.eval()
+    try:
+        extract(model, ["layer5"])
+    except ValueError as error:
+        print(str(error)[:70], "...")
+    modes.append(model.training)
+print("model.training afterwards (create_feature_extractor, by_fx):", modes)
+assert modes == [True, False]
