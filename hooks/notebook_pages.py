@@ -50,8 +50,9 @@ from mkdocs.plugins import event_priority
 from mkdocs.structure.toc import get_toc
 from mkdocs_jupyter.config import settings
 from mkdocs_jupyter.plugin import NotebookFile
-from pygments.formatters import HtmlFormatter
 from pymdownx.slugs import slugify
+
+from tutorials_pkg.source import highlight_html
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -198,14 +199,10 @@ def nb2html_in_temp_dir(nb_path, *args, **kwargs):
 # --- 6. code cells in Material's markup -------------------------------------------------
 
 def material_highlight_code(extra_css_classes: str = ""):
-    """Stands in for mkdocs-jupyter's highlighter: ``div.highlight > pre > code``."""
+    """Stands in for mkdocs-jupyter's highlighter: Material's markup, as for shown source."""
 
     def highlight_code(source, language=None, metadata=None):
-        from nbconvert.filters.highlight import _pygments_highlight
-
-        language = language or "python"
-        formatter = HtmlFormatter(cssclass=f"language-{language} highlight", wrapcode=True)
-        return _pygments_highlight(source, formatter, language, metadata)
+        return highlight_html(source, language or "python")
 
     return highlight_code
 

@@ -89,3 +89,15 @@ def test_source_block_renders_material_code_markup():
     html = block._repr_html_()
     assert html.startswith('<div class="language-python highlight"><pre><span></span><code>')
     assert repr(block) == block.code and "def module_key" in block.code
+
+
+def test_highlighting_keeps_the_text_and_drops_spans_that_colour_nothing():
+    import html as html_module
+    import re
+
+    code = source_with_imports(definition.ResidualMLP)
+    highlighted = show_source(definition.ResidualMLP)._repr_html_()
+    text = html_module.unescape(re.sub(r"<[^>]+>", "", highlighted))
+    assert text.rstrip("\n") == code.rstrip("\n")
+    assert 'class="n"' not in highlighted and 'class="w"' not in highlighted
+    assert '<span class="k">def</span>' in highlighted  # keywords keep their colour
