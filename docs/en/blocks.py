@@ -367,7 +367,7 @@ assert count_parameters(no_groups) == 512 * count_parameters(depthwise)
 
 # %% [markdown]
 # Over the whole of MobileNet v1 the mistake costs about seven times the
-# parameters and eight times the multiply-adds, about what the paper reports
+# parameters and eight and a half times the multiply-adds, about what the paper reports
 # for a MobileNet made of full convolutions (Table 4: 29.3 M parameters and
 # 4866 M multiply-adds), which defeats the point of the design:
 
@@ -447,7 +447,7 @@ with torch.no_grad():
     broken(torch.randn(1, 3, 224, 224))
 
 # %% [markdown]
-# With stride 1 in the stem, five stride-2 layers take 224 to 14, not 7;
+# With stride 1 in the stem, the four stride-2 layers left take 224 to 14, not 7;
 # `AvgPool2d(7)` turns 14×14 into 2×2; flattened, that is 4,096 features where
 # the classifier expects 1,024:
 

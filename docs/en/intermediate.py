@@ -198,8 +198,8 @@ by_layer_getter(model, x, ["fc"])
 # %% [markdown]
 # `by_children` flattens before `fc`, which is right for resnet. But it knows
 # only that rule: `mobilenet_v2`'s `forward` also average-pools (a function
-# call) between `features` and `classifier`, so the classifier gets 2×2 times
-# too many numbers, a `RuntimeError`:
+# call) between `features` and `classifier`, so on this 64×64 input the
+# classifier gets four times (2×2) the numbers it expects, a `RuntimeError`:
 
 # %% tags=["raises-exception"] raises="RuntimeError"
 from torchvision.models import mobilenet_v2
@@ -282,8 +282,9 @@ assert set(train_nodes) - set(eval_nodes) == {"randn_like", "mul", "add"}
 # `create_feature_extractor` traces both and switches graphs with `.train()`
 # / `.eval()`. A node of one mode only (`add` here) must be requested with
 # `train_return_nodes` and `eval_return_nodes`. `by_fx` asks for the same names
-# in both modes, so for such a node it passes on torchvision's own
-# `ValueError`, which suggests exactly that.
+# in both modes, so it cannot return such a node: in train mode it passes on
+# torchvision's own `ValueError`, which suggests exactly that; in eval mode,
+# where the node does not exist, its own `ValueError` lists the nodes there are.
 #
 # ## What each costs, measured
 #
@@ -328,10 +329,12 @@ print(f"resnet50: tracing takes {trace_s * 1e3:.0f} ms; one layer4 3x3 convoluti
 # %% [markdown]
 # Reading the numbers:
 #
-# - Time: the three methods that stop after the requested layer pay less for
-#   `layer2` than a forward pass; hooks always pay for the whole model.
-#   `by_fx`'s rows include tracing (the line below the tables), which it does
-#   on every call: build the extractor once and reuse it.
+# - Time: `by_children` and `by_layer_getter` stop after the requested layer,
+#   so `layer2` costs them less than a forward pass; hooks always pay for the
+#   whole model. `by_fx` stops there too, but its rows include tracing (the
+#   line below the tables), which it repeats on every call and which can cost
+#   more than the forward pass itself: build the extractor once with
+#   `build_fx_extractor` and reuse it.
 # - Memory: without gradients an output is freed once the next layer has used
 #   it, so the peak is the few largest tensors alive at one moment, not the sum
 #   of all activations. On a CPU one of them is oneDNN's copy of a

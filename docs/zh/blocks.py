@@ -281,7 +281,7 @@ print(f"with groups=512: {count_parameters(depthwise):,}, without: {count_parame
 assert count_parameters(no_groups) == 512 * count_parameters(depthwise)
 
 # %% [markdown]
-# 放到整个 MobileNet v1 上，这个错误让参数量变成约 7 倍、乘加次数变成约 8 倍，与论文中用普通卷积搭建的 MobileNet 相当（表 4：2930 万参数、48.66 亿次乘加），这个设计的意义也就没有了：
+# 放到整个 MobileNet v1 上，这个错误让参数量变成约 7 倍、乘加次数变成约 8.5 倍，与论文中用普通卷积搭建的 MobileNet 相当（表 4：2930 万参数、48.66 亿次乘加），这个设计的意义也就没有了：
 
 # %%
 dense = MobileNetV1().eval()
@@ -347,7 +347,7 @@ with torch.no_grad():
     broken(torch.randn(1, 3, 224, 224))
 
 # %% [markdown]
-# 第一层步长为 1，五个步长为 2 的层把 224 变成 14，而不是 7；`AvgPool2d(7)` 把 14×14 变成 2×2；展平后是 4,096 个特征，而分类器需要 1,024 个：
+# 第一层步长为 1，剩下的四个步长为 2 的层把 224 变成 14，而不是 7；`AvgPool2d(7)` 把 14×14 变成 2×2；展平后是 4,096 个特征，而分类器需要 1,024 个：
 
 # %%
 with torch.no_grad():

@@ -158,7 +158,7 @@ print("hooked layer1.0.relu equals the output of layer1.0")
 by_layer_getter(model, x, ["fc"])
 
 # %% [markdown]
-# `by_children` 在 `fc` 前展平，对 resnet 是对的。但它只懂这一条：`mobilenet_v2` 的 `forward` 在 `features` 和 `classifier` 之间还用函数做了平均池化，分类器收到的数多了 2×2 倍，抛出 `RuntimeError`：
+# `by_children` 在 `fc` 前展平，对 resnet 是对的。但它只懂这一条：`mobilenet_v2` 的 `forward` 在 `features` 和 `classifier` 之间还用函数做了平均池化，对这张 64×64 的输入，分类器收到的数是它所需的 4（2×2）倍，抛出 `RuntimeError`：
 
 # %% tags=["raises-exception"] raises="RuntimeError"
 from torchvision.models import mobilenet_v2
@@ -178,7 +178,7 @@ print("by_fx's 'classifier' equals mobilenet(small)")
 # %% [markdown]
 # ### 原地运算
 #
-# resnet 的 ReLU 是 `nn.ReLU(inplace=True)`：`bn1` 之后的 ReLU 直接覆盖 `bn1` 的输出张量，留着这个张量引用的人拿到的就变成了 ReLU 的结果。`by_hooks` 在钩子里复制，`by_fx` 在图里复制，`by_children` 在下一个子模块运行前复制；`IntermediateLayerGetter` 返回结束时的张量，所以和后面的层一起请求的 `bn1` 已经过了 ReLU：
+# resnet 的 ReLU 是 `nn.ReLU(inplace=True)`：`bn1` 之后的 ReLU 直接覆盖 `bn1` 的输出张量，之前保存的对这个张量的引用，看到的就变成了 ReLU 的结果。`by_hooks` 在钩子里复制，`by_fx` 在图里复制，`by_children` 在下一个子模块运行前复制；`IntermediateLayerGetter` 返回结束时的张量，所以和后面的层一起请求的 `bn1` 已经过了 ReLU：
 
 # %%
 bn1 = model.bn1(model.conv1(x))  # what bn1 produced, by hand
@@ -224,7 +224,7 @@ print("eval: ", eval_nodes)
 assert set(train_nodes) - set(eval_nodes) == {"randn_like", "mul", "add"}
 
 # %% [markdown]
-# `create_feature_extractor` 两种模式都追踪，随 `.train()` / `.eval()` 切换。只在一种模式中存在的节点（这里的 `add`）要用 `train_return_nodes` 和 `eval_return_nodes` 请求。`by_fx` 在两种模式下请求同样的名字，遇到这种节点时原样抛出 torchvision 的 `ValueError`，其中给的正是这个建议。
+# `create_feature_extractor` 两种模式都追踪，随 `.train()` / `.eval()` 切换。只在一种模式中存在的节点（这里的 `add`）要用 `train_return_nodes` 和 `eval_return_nodes` 请求。`by_fx` 在两种模式下请求同样的名字，所以取不到这种节点：在 train 模式下，它原样抛出 torchvision 的 `ValueError`，其中给的正是这个建议；在 eval 模式下这个节点根本不存在，它抛出自己的 `ValueError`，列出现有的节点。
 #
 # ## 实测代价
 #
@@ -260,7 +260,7 @@ print(f"resnet50: tracing takes {trace_s * 1e3:.0f} ms; one layer4 3x3 convoluti
 # %% [markdown]
 # 怎样读这些数字：
 #
-# - 时间：在所请求层之后停下的三种方法，取 `layer2` 比前向传播便宜；钩子总要跑完整个模型。`by_fx` 的数字包含追踪（表格下面那一行），它每次调用都追踪：构建一次，反复使用。
+# - 时间：`by_children` 和 `by_layer_getter` 在所请求的层之后停下，所以取 `layer2` 比一次前向传播便宜；钩子总要跑完整个模型。`by_fx` 也在那里停下，但它的数字包含追踪（表格下面那一行）：每次调用都要重新追踪，花的时间可能比前向传播本身还多。用 `build_fx_extractor` 构建一次，反复使用。
 # - 内存：不需要梯度时，一层的输出在下一层用过后就释放，峰值是某一时刻同时存在的几个最大张量，而不是所有激活值之和。CPU 上其中之一是 oneDNN 按自己的布局复制的卷积权重：layer4 的一个 3×3 卷积，这一项约等于权重大小（最后一行），比一张图的任何激活值都大。只有峰值出现在所请求层之后时，提前停下才省内存；需要梯度时，到该层为止的激活值都要保留。
 #
 # | 方法 | 能取到 | 运行整个模型 | 代价 |

@@ -189,7 +189,11 @@ class MobileNetV2(nn.Module):
 
 
 def count_macs(model: nn.Module, x: torch.Tensor) -> int:
-    """Multiply-adds of one forward pass: ``FlopCounterMode`` counts 2 FLOPs per multiply-add."""
+    """Multiply-adds of one forward pass: ``FlopCounterMode`` counts 2 FLOPs per multiply-add.
+
+    Pass a model in eval mode: in training mode the pass would also update
+    BatchNorm's running statistics.
+    """
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
         model(x)
