@@ -1,5 +1,6 @@
 """Checkpoints with DDP and DCP: real 2-process gloo runs, and each rank's code in this process."""
 
+import atexit
 import multiprocessing
 import os
 import signal
@@ -61,6 +62,33 @@ def ignore_sigterm_and_wait(ready) -> None:
 def exit_without_result(rank: int, world_size: int) -> None:
     """A rank that dies without a word (as one killed by the OOM killer would)."""
     os._exit(3)
+
+
+def exit_badly_after_the_result(rank: int, world_size: int) -> int:
+    """Rank 0 returns at once, then its process exits with code 3 (as a crash at exit
+    would); rank 1 is still working then."""
+    if rank == 0:
+        atexit.register(os._exit, 3)
+    else:
+        time.sleep(3)
+    return rank
+
+
+class FreedByTheCollector:
+    """An object in a reference cycle: only the garbage collector frees it."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.cycle = self
+
+    def __del__(self):
+        with open(self.path, "w") as file:
+            file.write(f"group up: {dist.is_initialized()}")
+
+
+def leave_a_reference_cycle(rank: int, world_size: int, folder: str) -> int:
+    FreedByTheCollector(os.path.join(folder, f"freed{rank}.txt"))
+    return rank
 
 
 # --- two processes ---------------------------------------------------------------------------
@@ -200,6 +228,19 @@ def test_a_rank_that_dies_without_a_result_is_reported():
     with pytest.raises(RankFailedError, match="rank 0 of 1 failed with exit code 3 and no result"):
         run_on_ranks(exit_without_result, world_size=1)
     assert multiprocessing.active_children() == []
+
+
+def test_a_rank_that_exits_badly_after_its_result_does_not_stop_the_others():
+    assert run_on_ranks(exit_badly_after_the_result) == [0, 1]
+    assert multiprocessing.active_children() == []
+
+
+def test_what_fn_leaves_in_reference_cycles_is_freed_while_the_group_is_up(tmp_path):
+    """FSDP models sit in reference cycles; freed only at exit, after the group is gone,
+    they can abort the process ("terminate called without an active exception")."""
+    assert run_on_ranks(leave_a_reference_cycle, str(tmp_path)) == [0, 1]
+    for rank in range(2):
+        assert (tmp_path / f"freed{rank}.txt").read_text() == "group up: True"
 
 
 def test_functions_the_ranks_could_not_import_are_refused(monkeypatch):

@@ -155,8 +155,10 @@ mean_loss.backward()
 with torch.no_grad():
     for parameter in reference.parameters():
         parameter -= 0.1 * parameter.grad  # SGD, lr=0.1
-print(all(torch.allclose(a, b, atol=1e-6)
-          for a, b in zip(reference.state_dict().values(), results[0]["state_dict"].values())))
+close = all(torch.allclose(a, b, atol=1e-6)
+            for a, b in zip(reference.state_dict().values(), results[0]["state_dict"].values()))
+print("same as one process on the mean loss:", close)
+assert close
 
 # %% [markdown]
 # The file holds the model's own keys: `get_model_state_dict` removed the
@@ -183,6 +185,7 @@ loaded = run_on_ranks(load_on_every_rank, weights_path)
 for rank, result in enumerate(loaded):
     equal = all(torch.equal(result["state_dict"][name], saved[name]) for name in saved)
     print(f"rank {rank}: on {result['device']}, keys {result['keys']}, equal to the file: {equal}")
+    assert equal
 
 # %% [markdown]
 # Under DDP, loading on rank 0 alone would do (the wrapper copies rank 0's
@@ -246,6 +249,7 @@ for rank, result in enumerate(loaded_shards):
     same = all(torch.equal(result["state_dict"][name], full[name]) for name in full)
     momentum = [round(v, 4) for v in result["optimizer"]["state"]["2.bias"]["momentum_buffer"].tolist()]
     print(f"rank {rank}: weights as saved: {same}; momentum of 2.bias: {momentum}")
+    assert same
 assert list(saved) == list(full) == list(tiny_model().state_dict())  # the plain model's keys
 
 # %% [markdown]
@@ -293,6 +297,7 @@ for folder in (sharded_dir, back_dir):
     model = load_sharded_into_plain_model(folder, tiny_model(seed=4))
     same = all(torch.equal(model.state_dict()[name], full[name]) for name in full)
     print(f"{os.path.basename(folder)}: weights as saved: {same}")
+    assert same
 
 # %% [markdown]
 # ## What goes wrong in the wild

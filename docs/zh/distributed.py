@@ -124,8 +124,10 @@ mean_loss.backward()
 with torch.no_grad():
     for parameter in reference.parameters():
         parameter -= 0.1 * parameter.grad  # SGD, lr=0.1
-print(all(torch.allclose(a, b, atol=1e-6)
-          for a, b in zip(reference.state_dict().values(), results[0]["state_dict"].values())))
+close = all(torch.allclose(a, b, atol=1e-6)
+            for a, b in zip(reference.state_dict().values(), results[0]["state_dict"].values()))
+print("same as one process on the mean loss:", close)
+assert close
 
 # %% [markdown]
 # 文件里是模型自己的键名：`get_model_state_dict` 去掉了 DDP 包装器加在每个名字前面的 `module.`。
@@ -149,6 +151,7 @@ loaded = run_on_ranks(load_on_every_rank, weights_path)
 for rank, result in enumerate(loaded):
     equal = all(torch.equal(result["state_dict"][name], saved[name]) for name in saved)
     print(f"rank {rank}: on {result['device']}, keys {result['keys']}, equal to the file: {equal}")
+    assert equal
 
 # %% [markdown]
 # 在 DDP 下，其实只在 rank 0 上读取也行（包装器构造时会把 rank 0 的权重复制给其他 rank），但每个 rank 都读的代价很小，而分片的模型必须这样做。
@@ -194,6 +197,7 @@ for rank, result in enumerate(loaded_shards):
     same = all(torch.equal(result["state_dict"][name], full[name]) for name in full)
     momentum = [round(v, 4) for v in result["optimizer"]["state"]["2.bias"]["momentum_buffer"].tolist()]
     print(f"rank {rank}: weights as saved: {same}; momentum of 2.bias: {momentum}")
+    assert same
 assert list(saved) == list(full) == list(tiny_model().state_dict())  # the plain model's keys
 
 # %% [markdown]
@@ -234,6 +238,7 @@ for folder in (sharded_dir, back_dir):
     model = load_sharded_into_plain_model(folder, tiny_model(seed=4))
     same = all(torch.equal(model.state_dict()[name], full[name]) for name in full)
     print(f"{os.path.basename(folder)}: weights as saved: {same}")
+    assert same
 
 # %% [markdown]
 # ## 实践中常见的错误
