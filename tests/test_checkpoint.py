@@ -283,8 +283,11 @@ def test_missing_optimizer_state_and_non_dict_files_get_clear_errors(tmp_path):
     model, optimizer = trained_model()
     path = tmp_path / "ckpt.pt"
     save_checkpoint(path, model, epoch=1)
+    fresh = digits_classifier()
+    before = copy_state_dict(fresh)
     with pytest.raises(KeyError, match=r"no optimizer state; it holds \['epoch', 'model'\]"):
-        load_checkpoint(path, digits_classifier(), optimizer)
+        load_checkpoint(path, fresh, optimizer)
+    assert all(torch.equal(before[k], v) for k, v in fresh.state_dict().items())  # nothing loaded
     torch.save(torch.zeros(3), tmp_path / "tensor.pt")
     with pytest.raises(TypeError, match="holds a Tensor"):
         load_checkpoint(tmp_path / "tensor.pt", digits_classifier())

@@ -75,14 +75,14 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module,
     checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     if not isinstance(checkpoint, Mapping):
         raise TypeError(f"{path} holds a {type(checkpoint).__name__}, not a checkpoint dictionary")
+    if optimizer is not None and "optimizer" not in checkpoint:
+        raise KeyError(f"{path} has no optimizer state; it holds {sorted(checkpoint)}")
     state_dict = checkpoint["model"] if "model" in checkpoint else checkpoint
     target = unwrap_model(model)
     state_dict = strip_wrapper_prefixes(state_dict, target)
-    check_state_dict(target, state_dict, strict=strict, source=str(path))
+    check_state_dict(target, state_dict, strict=strict, source=str(path))  # before any change
     target.load_state_dict(state_dict, strict=strict)
     if optimizer is not None:
-        if "optimizer" not in checkpoint:
-            raise KeyError(f"{path} has no optimizer state; it holds {sorted(checkpoint)}")
         optimizer.load_state_dict(checkpoint["optimizer"])
     if "model" not in checkpoint:
         return {}

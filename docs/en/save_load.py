@@ -96,7 +96,9 @@ torch.load(whole)
 needed = torch.serialization.get_unsafe_globals_in_checkpoint(whole)
 print(needed)
 
-with torch.serialization.safe_globals([nn.Sequential, nn.Linear, nn.ReLU, nn.Dropout]):
+expected = [nn.Sequential, nn.Linear, nn.ReLU, nn.Dropout]
+assert sorted(needed) == sorted(f"{cls.__module__}.{cls.__qualname__}" for cls in expected)
+with torch.serialization.safe_globals(expected):
     loaded = torch.load(whole)
 assert torch.equal(loaded(x[:4]), model(x[:4]))
 print(type(loaded).__name__, "loaded from a file we trust")
