@@ -15,9 +15,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-DOCS = ROOT / "docs"
-LANGUAGES = ("zh", "en")
+from conftest import DOCS, LANGUAGES, ROOT, mkdocs_build
+
 NAV_PAGE = re.compile(r"^\s+- [^:]+: (\S+)\.py\s*$")
 
 
@@ -51,8 +50,6 @@ def copy_pages(where: Path, stems) -> None:
 
 
 def main(stems: list[str]) -> int:
-    from conftest import mkdocs_build
-
     where = Path(tempfile.mkdtemp(prefix="site-copy-"))
     copy_machinery(where, stems)
     copy_pages(where, stems)
@@ -63,5 +60,4 @@ def main(stems: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).parent))
     sys.exit(main(sys.argv[1:]))
