@@ -1,7 +1,7 @@
 """Forward latency and peak memory of the blocks chapter's models on CPU.
 
-    python benchmarks/blocks_latency.py            # about a minute on 2 cores
-    python benchmarks/blocks_latency.py --repeats 3  # quicker, noisier
+    python -m benchmarks.blocks_latency            # about a minute on 2 cores
+    python -m benchmarks.blocks_latency --repeats 3  # quicker, noisier
 
 Prints, for batch 1 and 8, in one run: the median forward time (eval mode,
 ``torch.inference_mode``, after warm-up) and the peak memory of
@@ -12,7 +12,8 @@ compute the same thing), measured interleaved so that both see the same load.
 
 Peak memory: the most bytes of tensors alive at once during one forward pass,
 beyond what existed before it (weights, input), from the allocation and free
-events that ``torch.profiler`` records with ``profile_memory=True``. It counts
+events that ``torch.profiler`` records with ``profile_memory=True``
+(``tutorials_pkg.measure.peak_memory_bytes``, as on the intermediate page). It counts
 PyTorch's tensors only (not the interpreter, the libraries or oneDNN scratch).
 
 Sizes: U-Net at 128x128 (its paper used 572x572, which takes about 20 times
@@ -22,44 +23,21 @@ their ImageNet size, 224x224.
 
 import argparse
 import statistics
-import sys
-import time
-from pathlib import Path
 
 import torch
 import torchvision
-from torch.profiler import ProfilerActivity, profile
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from tutorials_pkg.blocks.mobilenet import MobileNetV1, MobileNetV2  # noqa: E402
-from tutorials_pkg.blocks.unet import UNet  # noqa: E402
+from tutorials_pkg.blocks.mobilenet import MobileNetV1, MobileNetV2
+from tutorials_pkg.blocks.unet import UNet
+from tutorials_pkg.measure import peak_memory_bytes, seconds_each
 
 BATCHES = (1, 8)
 
 
-def forward_seconds(model: torch.nn.Module, x: torch.Tensor) -> float:
-    start = time.perf_counter()
-    model(x)
-    return time.perf_counter() - start
-
-
-def peak_forward_bytes(model: torch.nn.Module, x: torch.Tensor) -> int:
-    """Most tensor bytes alive at once during one forward pass (profiler memory events)."""
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        model(x)
-    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
-    live = peak = 0
-    for event in sorted(events, key=lambda e: e.start_ns()):
-        live += event.nbytes()  # negative for a free
-        peak = max(peak, live)
-    return peak
-
-
 def measure(model: torch.nn.Module, x: torch.Tensor, repeats: int) -> tuple[list[float], int]:
-    model(x)  # warm-up: oneDNN primitives, allocator caches
-    times = [forward_seconds(model, x) for _ in range(repeats)]
-    return times, peak_forward_bytes(model, x)
+    """The times of ``repeats`` forward passes after a warm-up, and one pass's peak memory."""
+    [times] = seconds_each([lambda: model(x)], repeats)
+    return times, peak_memory_bytes(lambda: model(x))
 
 
 def row(name: str, size: int, batch: int, times: list[float], peak: int) -> str:
@@ -103,9 +81,8 @@ def main() -> None:
         ours.load_state_dict(theirs.state_dict())
         for batch in BATCHES:
             x = torch.randn(batch, 3, 224, 224)
-            ours(x), theirs(x)  # warm-up
-            pairs = [(forward_seconds(ours, x), forward_seconds(theirs, x))
-                     for _ in range(args.repeats or 30)]
+            pairs = list(zip(*seconds_each([lambda: ours(x), lambda: theirs(x)],
+                                           args.repeats or 30)))
             ratio = statistics.median(a for a, _ in pairs) / statistics.median(b for _, b in pairs)
             per_pair = statistics.median(a / b for a, b in pairs)
             print(f"  batch {batch}: ratio of medians {ratio:.3f}, median of per-pair ratios "

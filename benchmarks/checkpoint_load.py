@@ -21,7 +21,7 @@ fsync, ``os.replace``). It reports how much of the file was in the page cache
 after asking the kernel to drop the file from the cache
 (``posix_fadvise(DONTNEED)``). The temporary files are removed at the end.
 
-    python benchmarks/checkpoint_load.py [--size-mb 256] [--repeats 5] [--cold]
+    python -m benchmarks.checkpoint_load [--size-mb 256] [--repeats 5] [--cold]
 """
 
 import argparse
@@ -29,36 +29,22 @@ import ctypes
 import mmap
 import os
 import shutil
-import statistics
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from tutorials_pkg.checkpoint import load_on_meta, save_checkpoint
+from tutorials_pkg.measure import median_seconds
+from tutorials_pkg.save_load import load_on_meta, save_checkpoint
 
 WIDTH = 4096  # one Linear(4096, 4096) holds 64 MiB of float32 weights
 
 
 def build(layers: int) -> nn.Sequential:
     return nn.Sequential(*[nn.Linear(WIDTH, WIDTH) for _ in range(layers)])
-
-
-def median_seconds(run: Callable[[], object], repeats: int,
-                   before: Callable[[], None] = lambda: None) -> float:
-    times = []
-    for _ in range(repeats):
-        before()
-        start = time.perf_counter()
-        result = run()
-        times.append(time.perf_counter() - start)
-        del result
-    return statistics.median(times)
 
 
 def read_floor(path: Path, buffer: bytearray) -> int:
@@ -156,7 +142,7 @@ def load_recipes(checkpoint: Path, tensors: Path, layers: int, buffer: bytearray
 
 
 def report_loads(title: str, recipes, repeats: int, before=lambda path: None) -> None:
-    times = {name: median_seconds(run, repeats, lambda p=path: before(p)) for name, path, run in recipes}
+    times = {name: median_seconds(run, repeats, before=lambda p=path: before(p)) for name, path, run in recipes}
     floor = times["read the bytes (floor)"]
     print(f"\n{title}")
     print(f"  {'recipe':44} {'median s':>9} {'x floor':>8}")
@@ -227,8 +213,6 @@ def main() -> None:
             "save_checkpoint (tmp + fsync + os.replace)": lambda: save_checkpoint(atomic, model),
         }
         save_repeats = args.repeats
-        for run in saves.values():  # warm-up: the first writes of a new file are slower
-            run()
         times = {name: median_seconds(run, save_repeats) for name, run in saves.items()}
         print(f"\nsave, {size / 1e6:.0f} MB (median of {save_repeats})")
         base = times["torch.save (no fsync)"]

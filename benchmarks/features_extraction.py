@@ -7,12 +7,12 @@ right after the requested layer (``nn.Sequential`` of the children up to it,
 built before timing). Also ``by_fx (built once)``: the FX extractor built
 before timing, so its rows leave out tracing. Times are the median of
 ``--repeats`` runs after one warm-up; peak memory comes from
-``tutorials_pkg.features.peak_memory_bytes`` (the profiler's allocation
+``tutorials_pkg.measure.peak_memory_bytes`` (the profiler's allocation
 events on CPU, ``torch.cuda.max_memory_allocated`` on CUDA).
 
 Target: the best method for each request within 1.1x of the floor in time.
 
-    python benchmarks/features_extraction.py [--batch 8] [--size 224] [--repeats 5]
+    python -m benchmarks.features_extraction [--batch 8] [--size 224] [--repeats 5]
 """
 
 import argparse
@@ -21,7 +21,12 @@ import torch
 from torch import nn
 from torchvision.models import resnet50
 
-from tutorials_pkg.features import EXTRACTORS, build_fx_extractor, extraction_costs, format_cost_table
+from tutorials_pkg.intermediate import (
+    EXTRACTORS,
+    build_fx_extractor,
+    extraction_costs,
+    format_cost_table,
+)
 from tutorials_pkg.runtime import default_device, describe_runtime
 
 REQUESTS = ("layer2", "layer4")

@@ -5,7 +5,7 @@ rebuild seconds (nothing changed), seconds to execute every page once in one
 process, the ratio cold / one-process, and the largest and median HTML size of
 a tutorial page. Targets: warm rebuild <= 10 s; every tutorial page <= 200 KB.
 
-    python benchmarks/site_build.py
+    python -m benchmarks.site_build
 
 It empties the execution cache (.cache/mkdocs-jupyter) for the cold build.
 """
@@ -19,10 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-
-from pages import run_page, tutorial_pages  # noqa: E402  (the tests' page runner)
+from handbook_tools import ROOT, run_page, tutorial_pages  # the tests' page runner
 
 
 def build(site: Path) -> float:

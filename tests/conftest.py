@@ -1,16 +1,11 @@
-import os
-import re
-import subprocess
-import sys
+"""Fixtures: the device of the device tests, and the built site."""
+
 from pathlib import Path
-from urllib.parse import urlparse
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-DOCS = ROOT / "docs"
-LANGUAGES = ("zh", "en")
+from handbook_tools import ROOT, mkdocs_build, site_path
 
 # cpu always; cuda where present, marked so that `pytest -m gpu` selects it.
 DEVICES = [
@@ -25,26 +20,6 @@ DEVICES = [
 @pytest.fixture(params=DEVICES)
 def device(request) -> torch.device:
     return torch.device(request.param)
-
-
-def build_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["MKDOCS_JUPYTER_CACHE"] = "false"   # every build executes every page
-    env["NO_MKDOCS_2_WARNING"] = "1"
-    return env
-
-
-def mkdocs_build(config_dir: Path, site_dir: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "mkdocs", "build", "--strict", "--clean", "-d", str(site_dir)],
-        cwd=config_dir, env=build_env(), capture_output=True, text=True, timeout=3600,
-    )
-
-
-def site_path() -> str:
-    """The path part of site_url ("pytorch-model-handbook" for a GitHub project site)."""
-    match = re.search(r"^site_url:\s*(\S+)", (ROOT / "mkdocs.yml").read_text(), re.M)
-    return urlparse(match.group(1)).path.strip("/") if match else ""
 
 
 @pytest.fixture(scope="session")

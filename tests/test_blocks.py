@@ -1,17 +1,19 @@
 import pytest
 import torch
 import torchvision
-from torch import nn
 
 from tutorials_pkg.blocks.mobilenet import (
-    BasicConv2d, BrokenMobileNetV1, DepthwiseSeparableConv, InvertedResidual, MobileNetV1,
-    MobileNetV1Flat, MobileNetV2, count_macs,
+    BasicConv2d,
+    DepthwiseSeparableConv,
+    InvertedResidual,
+    MobileNetV1,
+    MobileNetV1Flat,
+    MobileNetV1WithCifarStem,
+    MobileNetV2,
+    count_macs,
 )
-from tutorials_pkg.blocks.unet import Up, UNet, UNetWithoutAlignment
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+from tutorials_pkg.blocks.unet import UNet, UNetWithoutAlignment, Up
+from tutorials_pkg.definition import count_parameters
 
 
 @pytest.fixture(scope="module", params=[False, True], ids=["transposed", "bilinear"])
@@ -139,7 +141,7 @@ def test_mobilenet_v1_refuses_a_non_positive_width():
 
 def test_broken_mobilenet_v1_fails_at_the_classifier_and_the_fix_runs():
     x = torch.randn(1, 3, 224, 224)
-    broken = BrokenMobileNetV1().eval()
+    broken = MobileNetV1WithCifarStem().eval()
     with torch.no_grad():
         assert broken.avgpool(broken.features(x)).shape == (1, 1024, 2, 2)
         with pytest.raises(RuntimeError, match=r"1x4096 and 1024x1000"):

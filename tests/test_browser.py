@@ -11,7 +11,7 @@ from urllib.parse import urlparse
 
 import pytest
 
-from conftest import site_path
+from handbook_tools import site_path
 
 pytestmark = [pytest.mark.site, pytest.mark.browser]
 

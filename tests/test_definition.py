@@ -5,8 +5,14 @@ import torch
 from torch import nn
 
 from tutorials_pkg.definition import (
-    MultiHeadNet, MySequential, PlainListMLP, ResidualMLP, count_parameters, mlp_named,
-    mlp_sequential, module_key,
+    MultiHeadNet,
+    MySequential,
+    ResidualMLP,
+    UnregisteredListMLP,
+    count_parameters,
+    mlp_named,
+    mlp_sequential,
+    module_key,
 )
 
 
@@ -51,7 +57,7 @@ def test_multi_head_net_picks_heads_by_name_and_names_the_choices():
 
 
 def test_plain_list_layers_are_invisible_to_pytorch():
-    model = PlainListMLP(features=4)
+    model = UnregisteredListMLP(features=4)
     assert count_parameters(model) == 0
     assert model.state_dict() == OrderedDict()
     model = model.to(torch.float64)

@@ -17,10 +17,28 @@ from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from tutorials_pkg.distributed import (
-    RankFailedError, RemoteTraceback, fail_on_rank, free_port, load_on_every_rank, load_sharded,
-    load_sharded_into_plain_model, load_without_barrier, rank_batch, rank_device, read_outcome,
-    run_on_ranks, run_rank, save_on_rank0, save_sharded, save_with_barrier_inside_if,
-    stop_processes, storage_locations, tiny_model, train_and_save_on_rank0,
+    fail_on_rank,
+    load_on_every_rank,
+    load_sharded,
+    load_sharded_into_plain_model,
+    load_without_barrier,
+    rank_batch,
+    rank_device,
+    save_on_rank0,
+    save_sharded,
+    save_with_barrier_inside_if,
+    storage_locations,
+    tiny_model,
+    train_and_save_on_rank0,
+)
+from tutorials_pkg.launcher import (
+    RankFailedError,
+    RemoteTraceback,
+    free_port,
+    read_outcome,
+    run_on_ranks,
+    run_rank,
+    stop_processes,
 )
 
 KEYS = ["0.weight", "0.bias", "2.weight", "2.bias"]

@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from conftest import ROOT
+from handbook_tools import ROOT
 
 
 @pytest.fixture(scope="module")

@@ -2,8 +2,7 @@
 
 import pytest
 
-from conftest import DOCS, LANGUAGES
-from pages import RAISES_TAG, page_ids, read_cells, run_page
+from handbook_tools import DOCS, LANGUAGES, RAISES_TAG, page_ids, read_cells, run_page
 
 
 @pytest.mark.parametrize("page", page_ids())

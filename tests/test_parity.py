@@ -4,8 +4,7 @@ import re
 
 import pytest
 
-from conftest import DOCS
-from pages import page_ids, read_cells
+from handbook_tools import DOCS, page_ids, read_cells
 
 
 def relative_files(language):

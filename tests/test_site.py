@@ -13,9 +13,7 @@ import nbformat
 import pytest
 import torch
 
-from conftest import DOCS, LANGUAGES, mkdocs_build
-from pages import page_ids, read_cells
-from site_copy import copy_machinery
+from handbook_tools import DOCS, LANGUAGES, copy_machinery, mkdocs_build, page_ids, read_cells
 from tutorials_pkg.definition import ResidualMLP, count_parameters
 
 pytestmark = pytest.mark.site

@@ -6,9 +6,18 @@ from torch import nn
 from torchvision.models import resnet18
 
 from tutorials_pkg.surgery import (
-    ExtraInputNet, ExtraOutputNet, ForgetfulExtraOutputNet, classifier_head, expand_input_channels,
-    freeze_except, get_module, module_names, replace_module, replace_modules_of_type,
-    softmax_classifier, trainable_parameter_names,
+    ExtraInputNet,
+    ExtraOutputNet,
+    ExtraOutputNetThatDropsHead,
+    classifier_ending_in_softmax,
+    classifier_head,
+    expand_input_channels,
+    freeze_except,
+    get_module,
+    module_names,
+    replace_module,
+    replace_modules_of_type,
+    trainable_parameter_names,
 )
 
 
@@ -218,7 +227,7 @@ def test_extra_output_net_keeps_the_classifier_in_its_state_dict(base):
 
 
 def test_forgetful_wrapper_returns_features_as_logits_and_loses_the_classifier(base, images):
-    wrong = ForgetfulExtraOutputNet(copy.deepcopy(base)).eval()
+    wrong = ExtraOutputNetThatDropsHead(copy.deepcopy(base)).eval()
     logits, features = wrong(images)
     assert logits.shape == (3, 512) and torch.equal(logits, features)
     nn.functional.cross_entropy(logits, torch.tensor([1, 2, 3]))  # no error: a silent bug
@@ -234,7 +243,7 @@ def test_the_wrappers_take_the_model_over(base, images):
 def test_double_softmax_loss_cannot_reach_its_floor_and_shrinks_gradients():
     import math
 
-    model = softmax_classifier(4, 10)
+    model = classifier_ending_in_softmax(4, 10)
     assert isinstance(model[-1], nn.Softmax)
     logits = torch.full((1, 10), 0.0)
     logits[0, 3] = 30.0

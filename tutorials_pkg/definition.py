@@ -10,6 +10,9 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
+__all__ = ["MultiHeadNet", "MySequential", "ResidualMLP", "UnregisteredListMLP",
+           "count_parameters", "mlp_named", "mlp_sequential", "module_key"]
+
 
 def mlp_sequential(in_features: int = 64, hidden: int = 32, out_features: int = 10) -> nn.Sequential:
     """A straight chain; the layers are named ``0``, ``1``, ``2`` by position."""
@@ -88,12 +91,17 @@ def module_key(name: str) -> str:
 
 
 def count_parameters(model: nn.Module) -> int:
-    """Number of parameters PyTorch knows about (the ones it trains, saves and moves)."""
+    """Number of parameters PyTorch knows about (the ones it trains, saves and moves).
+
+    Used by: definition, blocks, and the tests.
+    """
     return sum(p.numel() for p in model.parameters())
 
 
-class PlainListMLP(nn.Module):
-    """Pitfall: layers kept in a plain Python list are not registered.
+# --- Wrong: what the page shows failing --------------------------------------------------
+
+class UnregisteredListMLP(nn.Module):
+    """Wrong: layers kept in a plain Python list are not registered.
 
     They have no parameters as far as PyTorch knows: an optimizer built from
     ``model.parameters()`` never trains them, ``state_dict`` does not save them

@@ -4,10 +4,13 @@
 with the module's imports it uses and the module-level definitions it depends
 on, so the block a reader copies runs on its own in a fresh interpreter.
 ``show_source`` wraps that text for display in a notebook or on the site.
+Helpers imported from another module of the package are cut out the same way.
 """
 
 import ast
+import functools
 import html
+import importlib
 import inspect
 
 
@@ -38,47 +41,67 @@ def _filtered_import(node: ast.Import | ast.ImportFrom, used: set[str]) -> str |
     return ast.unparse(ast.ImportFrom(module=node.module, names=keep, level=node.level))
 
 
+PACKAGE = __name__.partition(".")[0]  # "tutorials_pkg"
+
+
+@functools.cache
+def _module_parts(module_name: str):
+    """A module's source lines, syntax tree, top-level definitions, and the names it imports
+    from other modules of this package (``name -> (module, name)``)."""
+    source = inspect.getsource(importlib.import_module(module_name))
+    tree = ast.parse(source)
+    definitions = {name: node for node in tree.body for name in _definition_names(node)}
+    from_package = {alias.asname or alias.name: (node.module, alias.name)
+                    for node in tree.body if isinstance(node, ast.ImportFrom)
+                    and (node.module or "").split(".")[0] == PACKAGE for alias in node.names}
+    return source.splitlines(), tree, definitions, from_package
+
+
 def source_with_imports(*objects) -> str:
-    """Source of ``objects`` (all from one module) plus the imports and helpers they use."""
+    """Source of module-level ``objects`` plus the imports and helpers they use.
+
+    Helpers imported from another module of this package come along as source,
+    before the code that uses them, so the block needs no ``tutorials_pkg``.
+    """
     if not objects:
         raise ValueError("source_with_imports() needs at least one class or function")
-    modules = {inspect.getmodule(obj) for obj in objects}
-    if len(modules) != 1 or None in modules:
-        names = ", ".join(getattr(obj, "__qualname__", repr(obj)) for obj in objects)
-        raise ValueError(f"objects must come from one module, got {names} from "
-                         f"{sorted(getattr(m, '__name__', '?') for m in modules)}")
-    module_source = inspect.getsource(modules.pop())
-    lines = module_source.splitlines()
-    tree = ast.parse(module_source)
-
-    definitions = {name: node for node in tree.body for name in _definition_names(node)}
-    wanted = []
+    wanted = []  # (module, name), in the order found
     for obj in objects:
-        name = getattr(obj, "__name__", None)
-        if name not in definitions:
+        module, name = getattr(inspect.getmodule(obj), "__name__", None), getattr(obj, "__name__", None)
+        if module is None or name not in _module_parts(module)[2]:
             raise ValueError(f"{obj!r} is not defined at the top level of its module; "
                              "pass a module-level class or function")
-        wanted.append(name)
+        wanted.append((module, name))
+    requested = list(dict.fromkeys(module for module, _ in wanted))
 
-    # Close over module-level helpers the wanted definitions use.
+    # Close over the module-level helpers they use, in this module or imported from another.
     todo = list(wanted)
     while todo:
-        for used in _names_used(definitions[todo.pop()]):
-            if used in definitions and used not in wanted:
-                wanted.append(used)
-                todo.append(used)
+        module, name = todo.pop()
+        _, _, definitions, from_package = _module_parts(module)
+        for used in _names_used(definitions[name]):
+            helper = (module, used) if used in definitions else from_package.get(used)
+            if helper and helper not in wanted:
+                wanted.append(helper)
+                todo.append(helper)
 
-    nodes = sorted({id(definitions[n]): definitions[n] for n in wanted}.values(),
-                   key=lambda node: node.lineno)
-    used = set().union(*(_names_used(node) for node in nodes))
-    imports = [text for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom))
-               if (text := _filtered_import(node, used))]
-
-    blocks = []
-    for node in nodes:
-        first = min([node.lineno] + [d.lineno for d in getattr(node, "decorator_list", [])])
-        blocks.append("\n".join(lines[first - 1:node.end_lineno]))
-    head = "\n".join(imports)
+    # Modules that only lend helpers first (in the reverse of the order they were found),
+    # then the modules asked for; each module's definitions in source order.
+    found = list(dict.fromkeys(module for module, _ in wanted))
+    imports, blocks = [], []
+    for module in [*reversed([m for m in found if m not in requested]), *requested]:
+        lines, tree, definitions, _ = _module_parts(module)
+        nodes = sorted({id(definitions[n]): definitions[n] for m, n in wanted if m == module}.values(),
+                       key=lambda node: node.lineno)
+        used = set().union(*(_names_used(node) for node in nodes))
+        imports += [text for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom))
+                    and not (isinstance(node, ast.ImportFrom)
+                             and (node.module or "").split(".")[0] == PACKAGE)
+                    if (text := _filtered_import(node, used))]
+        for node in nodes:
+            first = min([node.lineno] + [d.lineno for d in getattr(node, "decorator_list", [])])
+            blocks.append("\n".join(lines[first - 1:node.end_lineno]))
+    head = "\n".join(dict.fromkeys(imports))
     return (head + "\n\n\n" if head else "") + "\n\n\n".join(blocks) + "\n"
 
 

@@ -13,6 +13,12 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+__all__ = [
+    "ExtraInputNet", "ExtraOutputNet", "ExtraOutputNetThatDropsHead", "classifier_ending_in_softmax",
+    "classifier_head", "expand_input_channels", "freeze_except", "get_module", "module_names",
+    "replace_module", "replace_modules_of_type", "trainable_parameter_names",
+]
+
 
 def module_names(model: nn.Module) -> list[str]:
     """Every dotted submodule name of ``model`` (a shared module under each of its names)."""
@@ -173,8 +179,10 @@ class ExtraOutputNet(nn.Module):
         return self.head(features), features
 
 
-class ForgetfulExtraOutputNet(nn.Module):
-    """The wrong way: removes the classifier to reach the features, and never keeps it.
+# --- Wrong: what the page shows failing --------------------------------------------------
+
+class ExtraOutputNetThatDropsHead(nn.Module):
+    """Wrong: removes the classifier to reach the features, and never keeps it.
 
     Its "logits" are the features themselves (512 numbers for a ResNet-18, not
     one per class), and the trained classifier is gone from its ``state_dict``.
@@ -191,8 +199,8 @@ class ForgetfulExtraOutputNet(nn.Module):
         return features, features
 
 
-def softmax_classifier(in_features: int, num_classes: int) -> nn.Sequential:
-    """The wrong way for training with ``CrossEntropyLoss``: the model ends in a softmax.
+def classifier_ending_in_softmax(in_features: int, num_classes: int) -> nn.Sequential:
+    """Wrong for training with ``CrossEntropyLoss``: the model ends in a softmax.
 
     ``CrossEntropyLoss`` applies ``log_softmax`` itself, so the softmax is
     applied twice. Return logits; apply ``torch.softmax`` outside the model

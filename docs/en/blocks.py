@@ -433,16 +433,16 @@ print(block(x16).shape)
 # that mistake, a `MobileNetV1` with those two layers swapped in:
 
 # %%
-from tutorials_pkg.blocks.mobilenet import BrokenMobileNetV1
+from tutorials_pkg.blocks.mobilenet import MobileNetV1WithCifarStem
 
-SourceBlock(inspect.getsource(BrokenMobileNetV1))
+SourceBlock(inspect.getsource(MobileNetV1WithCifarStem))
 
 # %% [markdown]
 # It builds without complaint, and fails only at the last layer, with a
 # `RuntimeError` from the matrix multiply of the classifier:
 
 # %% tags=["raises-exception"] raises="RuntimeError"
-broken = BrokenMobileNetV1().eval()
+broken = MobileNetV1WithCifarStem().eval()
 with torch.no_grad():
     broken(torch.randn(1, 3, 224, 224))
 

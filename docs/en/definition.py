@@ -34,11 +34,11 @@ print(describe_runtime())
 
 # %%
 import torch
-from sklearn.datasets import load_digits
 
-digits = load_digits()
-x = torch.tensor(digits.data[:8], dtype=torch.float32) / 16.0  # 8 images, scaled to [0, 1]
-y = torch.tensor(digits.target[:8])
+from tutorials_pkg.digits import load_digits_tensors
+
+images, labels = load_digits_tensors(flatten=True)  # pixels scaled to [0, 1]
+x, y = images[:8], labels[:8]  # 8 images
 print(x.shape, y.tolist())
 
 # %% [markdown]
@@ -186,9 +186,9 @@ print(torch.equal(ours(x), theirs(x)))
 # This looks like a model with two layers:
 
 # %%
-from tutorials_pkg.definition import PlainListMLP, count_parameters
+from tutorials_pkg.definition import UnregisteredListMLP, count_parameters
 
-show_source(PlainListMLP)
+show_source(UnregisteredListMLP)
 
 # %% [markdown]
 # It runs, but PyTorch does not know its layers: no parameters (an optimizer
@@ -196,7 +196,7 @@ show_source(PlainListMLP)
 # (nothing is saved):
 
 # %%
-plain = PlainListMLP(features=64)
+plain = UnregisteredListMLP(features=64)
 print(plain(x).shape)
 print("parameters:", count_parameters(plain))
 print("state_dict:", plain.state_dict())

@@ -84,7 +84,7 @@ import tempfile
 
 import torch
 
-from tutorials_pkg.distributed import run_on_ranks
+from tutorials_pkg.launcher import run_on_ranks
 from tutorials_pkg.source import show_source
 
 workdir = tempfile.mkdtemp()  # every checkpoint of this page goes here

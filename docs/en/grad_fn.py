@@ -73,7 +73,7 @@ print(y.grad_fn.next_functions[0][0].next_functions[0][0].next_functions)
 # (no BatchNorm statistic moves), and raise when two layers share one node.
 
 # %%
-from tutorials_pkg.introspect import grad_fn_modules
+from tutorials_pkg.grad_fn import grad_fn_modules
 from tutorials_pkg.source import show_source
 
 show_source(grad_fn_modules)
@@ -83,7 +83,7 @@ show_source(grad_fn_modules)
 # with a strided 1×1 convolution on its shortcut, as in ResNet's `layer2`.
 
 # %%
-from tutorials_pkg.introspect import tiny_resnet
+from tutorials_pkg.demo_models import tiny_resnet
 
 show_source(tiny_resnet)
 
@@ -111,7 +111,7 @@ assert len(nodes) == len(layers) == 13
 # walked through. The result draws itself as a mermaid diagram:
 
 # %%
-from tutorials_pkg.introspect import module_graph, trace_grad_fn
+from tutorials_pkg.grad_fn import module_graph, trace_grad_fn
 
 show_source(module_graph)
 
@@ -144,7 +144,7 @@ assert residual_edges <= set(graph.edges)
 # inputs into one group.
 
 # %%
-from tutorials_pkg.introspect import coupled_channel_groups
+from tutorials_pkg.grad_fn import coupled_channel_groups
 
 show_source(coupled_channel_groups)
 
@@ -177,7 +177,7 @@ assert stream.layers == ["conv1", "bn1", "layer1.0.conv2", "layer1.0.bn2",
 # fails with a `RuntimeError`:
 
 # %% tags=["raises-exception"] raises="RuntimeError"
-from tutorials_pkg.introspect import ChannelGroup, prune_channel_group
+from tutorials_pkg.grad_fn import ChannelGroup, prune_channel_group
 
 alone = ChannelGroup(["layer1.0.conv2", "layer1.0.bn2"], [])
 prune_channel_group(resnet, alone, drop=[0])
@@ -246,9 +246,9 @@ print(nn.Dropout().eval()(conv_out).grad_fn is conv_out.grad_fn)
 # `{output.grad_fn: module}`.
 
 # %%
-from tutorials_pkg.introspect import naive_grad_fn_modules
+from tutorials_pkg.grad_fn import grad_fn_modules_without_checks
 
-show_source(naive_grad_fn_modules)
+show_source(grad_fn_modules_without_checks)
 
 # %% [markdown]
 # Called where gradients are off, as in an evaluation loop, every `grad_fn` is
@@ -257,7 +257,7 @@ show_source(naive_grad_fn_modules)
 
 # %%
 with torch.no_grad():
-    naive = naive_grad_fn_modules(model, x)
+    naive = grad_fn_modules_without_checks(model, x)
 print(naive)
 assert list(naive) == [None] and naive[None] is model[7]
 
@@ -296,7 +296,7 @@ assert None not in traced and len(traced) == 13
 # `grad_fn`. Only the last layer, left trainable, gets a real key:
 
 # %%
-naive = naive_grad_fn_modules(frozen, x)
+naive = grad_fn_modules_without_checks(frozen, x)
 print({node and node.name(): type(module).__name__ for node, module in naive.items()})
 assert None in naive and len(naive) == 2  # twelve frozen layers on one None key
 
@@ -312,7 +312,7 @@ assert None in naive and len(naive) == 2  # twelve frozen layers on one None key
 
 # %%
 with_identity = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Identity(), nn.ReLU()).to(device)
-naive = naive_grad_fn_modules(with_identity, x, types=(nn.Conv2d, nn.Identity))
+naive = grad_fn_modules_without_checks(with_identity, x, types=(nn.Conv2d, nn.Identity))
 print({node.name(): module for node, module in naive.items()})
 assert list(naive.values()) == [with_identity[1]]  # the Conv2d is gone
 

@@ -23,7 +23,7 @@
 #    (torchvision's `create_feature_extractor`);
 # 4. run the model as it is and record outputs with forward hooks.
 #
-# `tutorials_pkg.features` has all four with one signature,
+# `tutorials_pkg.intermediate` has all four with one signature,
 # `fn(model, x, names) -> dict[str, Tensor]`, so this page runs them side by
 # side: what each can reach, where each breaks, what each costs.
 #
@@ -62,7 +62,7 @@ print(len(list(model.named_modules())), "modules, e.g.", [n for n, _ in model.na
 # listing the names it can reach, as in all four.
 
 # %%
-from tutorials_pkg.features import by_children
+from tutorials_pkg.intermediate import by_children
 from tutorials_pkg.source import show_source
 
 show_source(by_children)
@@ -77,7 +77,7 @@ show_source(by_children)
 # flatten, returning the tensors as they are when it finishes.
 
 # %%
-from tutorials_pkg.features import by_layer_getter
+from tutorials_pkg.intermediate import by_layer_getter
 
 show_source(by_layer_getter)
 
@@ -109,7 +109,7 @@ print(eval_nodes[:12], eval_nodes[-3:])
 # a name is wrong. Tracing takes time: to call it many times, build once.
 
 # %%
-from tutorials_pkg.features import build_fx_extractor, by_fx
+from tutorials_pkg.intermediate import build_fx_extractor, by_fx
 
 show_source(by_fx)
 
@@ -128,7 +128,7 @@ print(build_fx_extractor(model, ["layer2"]).code.strip().splitlines()[-1])  # en
 # `forward` raises.
 
 # %%
-from tutorials_pkg.features import by_hooks
+from tutorials_pkg.intermediate import by_hooks
 
 show_source(by_hooks)
 
@@ -139,7 +139,7 @@ show_source(by_hooks)
 # and FX's `fc` node is the model's output:
 
 # %%
-from tutorials_pkg.features import EXTRACTORS
+from tutorials_pkg.intermediate import EXTRACTORS
 
 results = {method: fn(model, x, LAYERS) for method, fn in EXTRACTORS.items()}
 for method, outputs in results.items():
@@ -241,7 +241,7 @@ assert torch.equal(by_layer_getter(model, x, ["bn1", "layer1"])["bn1"], torch.re
 # and adds noise in training only:
 
 # %%
-from tutorials_pkg.features import NoisyGatedNet, SignGate
+from tutorials_pkg.intermediate import NoisyGatedNet, SignGate
 
 show_source(NoisyGatedNet)
 
@@ -296,7 +296,8 @@ assert set(train_nodes) - set(eval_nodes) == {"randn_like", "mul", "add"}
 # (`torch.cuda.max_memory_allocated`).
 
 # %%
-from tutorials_pkg.features import cpu_peak_memory_bytes, extraction_costs, format_cost_table
+from tutorials_pkg.intermediate import extraction_costs, format_cost_table
+from tutorials_pkg.measure import cpu_peak_memory_bytes
 
 show_source(cpu_peak_memory_bytes)
 
@@ -309,7 +310,7 @@ show_source(cpu_peak_memory_bytes)
 
 # %%
 from torchvision.models import resnet50
-from tutorials_pkg.features import median_seconds, peak_memory_bytes
+from tutorials_pkg.measure import median_seconds, peak_memory_bytes
 from tutorials_pkg.runtime import default_device
 
 assert peak_memory_bytes(lambda: torch.ones(2**20) + torch.ones(2**20)) == 3 * 4 * 2**20  # 12 MiB
@@ -358,15 +359,20 @@ print(f"resnet50: tracing takes {trace_s * 1e3:.0f} ms; one layer4 3x3 convoluti
 # 1,797 images, a quarter kept for testing):
 
 # %%
-from tutorials_pkg.features import DigitsCNN, accuracy, load_digit_images, train_classifier
+from tutorials_pkg.digits import DigitsCNN, accuracy
 
 show_source(DigitsCNN)
 
 # %%
-x_train, y_train, x_test, y_test = load_digit_images(test_fraction=0.25, seed=0)
+from tutorials_pkg.digits import load_digits_tensors, split_train_test, train_epoch
+
+x_train, y_train, x_test, y_test = split_train_test(*load_digits_tensors(), test_fraction=0.25)
 torch.manual_seed(0)
 cnn = DigitsCNN()
-losses = train_classifier(cnn, x_train, y_train, epochs=15)
+optimizer = torch.optim.Adam(cnn.parameters(), lr=1e-2)
+order = torch.Generator().manual_seed(0)  # the order of the batches
+losses = [train_epoch(cnn, optimizer, x_train, y_train, order) for _ in range(15)]
+cnn.eval()
 test_accuracy = accuracy(cnn, x_test, y_test)
 print(f"{len(x_train)} training, {len(x_test)} test images; loss {losses[0]:.3f} -> "
       f"{losses[-1]:.3f}; test accuracy {test_accuracy:.1%}")
@@ -380,7 +386,7 @@ assert test_accuracy > 0.9
 
 # %%
 import matplotlib.pyplot as plt
-from tutorials_pkg.features import plot_feature_maps
+from tutorials_pkg.intermediate import plot_feature_maps
 
 maps = by_hooks(cnn, x_test[:1], ["relu1", "relu2"])
 print("label", y_test[0].item(), "predicted", cnn(x_test[:1]).argmax().item())
@@ -396,15 +402,15 @@ plt.show()
 # in-place ReLU it keeps a tensor that ReLU overwrites a moment later:
 
 # %%
-from tutorials_pkg.features import by_hooks_naive
+from tutorials_pkg.intermediate import by_hooks_without_clone_or_removal
 
-show_source(by_hooks_naive)
+show_source(by_hooks_without_clone_or_removal)
 
 # %%
 torch.manual_seed(0)
 fresh = resnet18(weights=None).eval()
 produced = fresh.bn1(fresh.conv1(x))  # bn1's real output, about half negative
-kept = by_hooks_naive(fresh, x, ["bn1"])["bn1"]
+kept = by_hooks_without_clone_or_removal(fresh, x, ["bn1"])["bn1"]
 print("negative values kept:", (kept < 0).sum().item(), "of", kept.numel())
 assert torch.equal(kept, torch.relu(produced))  # ReLU's result, not bn1's
 
@@ -418,12 +424,12 @@ print("by_hooks returns bn1's output")
 # %% [markdown]
 # ### Hooks that are never removed
 #
-# `by_hooks_naive` never removes its hooks either: each call adds one more, and
+# `by_hooks_without_clone_or_removal` never removes its hooks either: each call adds one more, and
 # each hook keeps the last tensor it saw alive.
 
 # %%
 for _ in range(2):
-    by_hooks_naive(fresh, x, ["bn1"])
+    by_hooks_without_clone_or_removal(fresh, x, ["bn1"])
 print("hooks on bn1:", len(fresh.bn1._forward_hooks))
 assert len(fresh.bn1._forward_hooks) == 3  # one from each call
 

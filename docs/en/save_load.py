@@ -37,15 +37,12 @@ import os
 import tempfile
 
 import torch
-from sklearn.datasets import load_digits
 from torch import nn
 
-from tutorials_pkg.checkpoint import digits_classifier
+from tutorials_pkg.digits import digits_classifier, load_digits_tensors
 from tutorials_pkg.source import show_source
 
-digits = load_digits()
-x = torch.tensor(digits.data, dtype=torch.float32) / 16.0
-y = torch.tensor(digits.target)
+x, y = load_digits_tensors(flatten=True)
 workdir = tempfile.mkdtemp()
 
 show_source(digits_classifier)
@@ -175,7 +172,7 @@ torch.load(truncated)
 # ```
 
 # %%
-from tutorials_pkg.checkpoint import save_checkpoint
+from tutorials_pkg.save_load import save_checkpoint
 
 show_source(save_checkpoint)
 
@@ -231,7 +228,7 @@ assert not [name for name in os.listdir(workdir) if name.endswith(".tmp")]
 # gets one error listing every missing, unexpected and wrongly shaped key.
 
 # %%
-from tutorials_pkg.checkpoint import load_checkpoint
+from tutorials_pkg.save_load import load_checkpoint
 
 show_source(load_checkpoint)
 
@@ -309,7 +306,8 @@ load_checkpoint(checkpoint, digits_classifier(hidden=8))
 # data order and the dropout masks.
 
 # %%
-from tutorials_pkg.checkpoint import restore_rng_states, rng_states, train_epoch
+from tutorials_pkg.digits import train_epoch
+from tutorials_pkg.save_load import restore_rng_states, rng_states
 
 show_source(train_epoch, rng_states, restore_rng_states)
 
@@ -418,7 +416,7 @@ assert torch.equal(fresh.eval()(x[:4]), model.eval()(x[:4]))
 # and the output layer of a language model:
 
 # %%
-from tutorials_pkg.checkpoint import TiedEmbeddingNet
+from tutorials_pkg.demo_models import TiedEmbeddingNet
 
 show_source(TiedEmbeddingNet)
 
@@ -460,7 +458,7 @@ assert torch.equal(copy_of_tied.embed.weight, tied.embed.weight)
 #   parameters instead of copying into the (data-less) meta ones.
 
 # %%
-from tutorials_pkg.checkpoint import load_on_meta
+from tutorials_pkg.save_load import load_on_meta
 
 show_source(load_on_meta)
 
@@ -555,17 +553,19 @@ assert isinstance(torch.load(method_file), dict)
 # ### Removing the prefix with `k[7:]` or `k.replace("module.", "")`
 #
 # Both are common in copied code, and both break keys (the two wrong ways
-# are `strip_prefix_by_slicing` and `strip_prefix_by_replacing` in
-# `tutorials_pkg.checkpoint`). `k[7:]` cuts seven characters off every key, so a checkpoint that had no
+# are `strip_prefix_by_slicing_every_key` and `strip_prefix_by_replacing_anywhere` in
+# `tutorials_pkg.save_load`). `k[7:]` cuts seven characters off every key, so a checkpoint that had no
 # prefix loses the start of every name. Here `fc1.weight` and `fc2.weight`
 # both become `ght`, and one silently overwrites the other: four tensors in,
 # two out.
 
 # %%
-from tutorials_pkg.checkpoint import strip_prefix, strip_prefix_by_replacing, strip_prefix_by_slicing
+from tutorials_pkg.save_load import (
+    strip_prefix, strip_prefix_by_replacing_anywhere, strip_prefix_by_slicing_every_key,
+)
 
-print(list(model.state_dict()), "->", list(strip_prefix_by_slicing(model.state_dict())))
-assert len(strip_prefix_by_slicing(model.state_dict())) == 2
+print(list(model.state_dict()), "->", list(strip_prefix_by_slicing_every_key(model.state_dict())))
+assert len(strip_prefix_by_slicing_every_key(model.state_dict())) == 2
 
 # %% [markdown]
 # `replace` removes `module.` wherever it is. Here the model really has a
@@ -581,7 +581,7 @@ def encoder_net():
 
 saved = nn.DataParallel(encoder_net()).state_dict()
 print(list(saved)[:2])
-print(list(strip_prefix_by_replacing(saved))[:2])
+print(list(strip_prefix_by_replacing_anywhere(saved))[:2])
 
 # %% [markdown]
 # `load_state_dict` rejects those keys, and the usual "fix", `strict=False`,
@@ -590,7 +590,7 @@ print(list(strip_prefix_by_replacing(saved))[:2])
 
 # %%
 net = encoder_net()
-result = net.load_state_dict(strip_prefix_by_replacing(saved), strict=False)
+result = net.load_state_dict(strip_prefix_by_replacing_anywhere(saved), strict=False)
 print("missing:", result.missing_keys)
 assert not torch.equal(net.encoder.module.weight, saved["module.encoder.module.weight"])
 
@@ -625,7 +625,7 @@ print("the saved 'best' weights moved with training")
 # tensor:
 
 # %%
-from tutorials_pkg.checkpoint import copy_state_dict
+from tutorials_pkg.save_load import copy_state_dict
 
 show_source(copy_state_dict)
 

@@ -103,7 +103,7 @@ assert sum(isinstance(m, nn.Conv2d) for m in model.modules()) == 1
 # %% [markdown]
 # ## A summary that counts each module once
 #
-# `tutorials_pkg.introspect.summary` takes the model and exactly one of
+# `tutorials_pkg.summary.summary` takes the model and exactly one of
 # `input_size` (a shape *with* the batch dimension, as in `torchinfo`; random
 # inputs are made on the model's device) or `input_data` (your own tensor, or a
 # tuple of tensors). What it does differently:
@@ -120,7 +120,7 @@ assert sum(isinstance(m, nn.Conv2d) for m in model.modules()) == 1
 #   `finally`, so also when the forward pass fails.
 
 # %%
-from tutorials_pkg.introspect import summary
+from tutorials_pkg.summary import summary
 from tutorials_pkg.source import show_source
 
 show_source(summary)
@@ -264,7 +264,7 @@ print("modes and all", len(buffers), "buffers unchanged")
 # twice:
 
 # %%
-from tutorials_pkg.introspect import tiny_resnet
+from tutorials_pkg.demo_models import tiny_resnet
 
 
 class WithFeatures(nn.Module):
@@ -353,7 +353,7 @@ assert frozen_stem.bn1.training  # and train() un-froze the stem's BatchNorm
 # with this context manager:
 
 # %%
-from tutorials_pkg.introspect import eval_mode
+from tutorials_pkg.summary import eval_mode
 
 show_source(eval_mode)
 

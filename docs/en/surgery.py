@@ -63,12 +63,10 @@ print(model.fc)
 
 # %%
 import torch.nn.functional as F
-from sklearn.datasets import load_digits
+from tutorials_pkg.digits import load_digits_tensors
 
-digits = load_digits()
-pixels = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
+pixels, labels = load_digits_tensors()  # (1797, 1, 8, 8), in [0, 1]
 images = F.interpolate(pixels, size=32, mode="bilinear").repeat(1, 3, 1, 1)
-labels = torch.tensor(digits.target)
 print(images.shape, labels.shape)
 
 # %% [markdown]
@@ -325,9 +323,9 @@ print([key for key in two_outputs.state_dict() if not key.startswith("body.")])
 # model that ends in `nn.Softmax` gets the softmax twice, and nothing raises:
 
 # %%
-from tutorials_pkg.surgery import softmax_classifier
+from tutorials_pkg.surgery import classifier_ending_in_softmax
 
-show_source(softmax_classifier)
+show_source(classifier_ending_in_softmax)
 
 # %% [markdown]
 # The damage is easy to compute. Take a perfectly confident, correct
@@ -380,9 +378,9 @@ print(loss.item() > 0, probabilities.sum(dim=1))
 # does not keep the classifier anywhere:
 
 # %%
-from tutorials_pkg.surgery import ForgetfulExtraOutputNet
+from tutorials_pkg.surgery import ExtraOutputNetThatDropsHead
 
-show_source(ForgetfulExtraOutputNet)
+show_source(ExtraOutputNetThatDropsHead)
 
 # %% [markdown]
 # Its "logits" are 512 features, not 10 class scores. `CrossEntropyLoss` does
@@ -390,7 +388,7 @@ show_source(ForgetfulExtraOutputNet)
 # And the trained classifier is gone from the `state_dict`:
 
 # %%
-forgetful = ForgetfulExtraOutputNet(copy.deepcopy(base))
+forgetful = ExtraOutputNetThatDropsHead(copy.deepcopy(base))
 logits, _ = forgetful(images[:4])
 print(logits.shape, loss_fn(logits, labels[:4]).item())
 assert logits.shape[1] == 512

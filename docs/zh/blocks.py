@@ -334,15 +334,15 @@ print(block(x16).shape)
 # 很多 MobileNet v1 代码的副本源自为 32×32 的 CIFAR 图像改写过的版本：第一个卷积的步长是 1 而不是 2（见 [kuangliu/pytorch-cifar#99](https://github.com/kuangliu/pytorch-cifar/issues/99)），分类器前的池化用的是固定大小的核。复制到处理 224×224 图像的模型里，这两处合在一起就会出错。下面是我们对这种错误的重现，即换上了这两层的 `MobileNetV1`：
 
 # %%
-from tutorials_pkg.blocks.mobilenet import BrokenMobileNetV1
+from tutorials_pkg.blocks.mobilenet import MobileNetV1WithCifarStem
 
-SourceBlock(inspect.getsource(BrokenMobileNetV1))
+SourceBlock(inspect.getsource(MobileNetV1WithCifarStem))
 
 # %% [markdown]
 # 它能顺利构建，直到最后一层才出错：分类器做矩阵乘法时抛出 `RuntimeError`：
 
 # %% tags=["raises-exception"] raises="RuntimeError"
-broken = BrokenMobileNetV1().eval()
+broken = MobileNetV1WithCifarStem().eval()
 with torch.no_grad():
     broken(torch.randn(1, 3, 224, 224))
 

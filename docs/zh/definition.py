@@ -27,11 +27,11 @@ print(describe_runtime())
 
 # %%
 import torch
-from sklearn.datasets import load_digits
 
-digits = load_digits()
-x = torch.tensor(digits.data[:8], dtype=torch.float32) / 16.0  # 8 images, scaled to [0, 1]
-y = torch.tensor(digits.target[:8])
+from tutorials_pkg.digits import load_digits_tensors
+
+images, labels = load_digits_tensors(flatten=True)  # pixels scaled to [0, 1]
+x, y = images[:8], labels[:8]  # 8 images
 print(x.shape, y.tolist())
 
 # %% [markdown]
@@ -167,15 +167,15 @@ print(torch.equal(ours(x), theirs(x)))
 # 这看起来是一个有两层的模型：
 
 # %%
-from tutorials_pkg.definition import PlainListMLP, count_parameters
+from tutorials_pkg.definition import UnregisteredListMLP, count_parameters
 
-show_source(PlainListMLP)
+show_source(UnregisteredListMLP)
 
 # %% [markdown]
 # 它能运行，但 PyTorch 并不知道它的层：没有参数（用 `model.parameters()` 构建的优化器什么也训练不了），`state_dict` 是空的（什么也存不下来）：
 
 # %%
-plain = PlainListMLP(features=64)
+plain = UnregisteredListMLP(features=64)
 print(plain(x).shape)
 print("parameters:", count_parameters(plain))
 print("state_dict:", plain.state_dict())

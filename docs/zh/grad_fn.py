@@ -49,7 +49,7 @@ print(y.grad_fn.next_functions[0][0].next_functions[0][0].next_functions)
 # 计算图只认识运算，不认识模块。在每个关心的层上挂一个 forward hook，就能看到这一层的输出，从而拿到它的 `grad_fn`：一个从该节点到该层的字典，就是两者之间的桥梁。`grad_fn_modules` 返回这个字典；真正干活的是 `trace_grad_fn`，它还保留了模型的输出（遍历的起点）和模型运行时的输入（遍历的终点）。两者都照顾到了朴素写法会出错的地方（见最后一节）：在 autograd 什么都不记录的地方拒绝运行；追踪期间让每个参数都需要梯度（冻结的层不产生计算图），结束后把每个标志恢复原样；在 eval 模式下运行并恢复每个模块的模式（BatchNorm 统计量不会变）；两个层共用同一个节点时抛出异常。
 
 # %%
-from tutorials_pkg.introspect import grad_fn_modules
+from tutorials_pkg.grad_fn import grad_fn_modules
 from tutorials_pkg.source import show_source
 
 show_source(grad_fn_modules)
@@ -58,7 +58,7 @@ show_source(grad_fn_modules)
 # 要追踪的网络：一个 stem 加上两个 torchvision 的 `BasicBlock`，第二个在捷径（shortcut）上有一个带步长的 1×1 卷积，和 ResNet 的 `layer2` 一样。
 
 # %%
-from tutorials_pkg.introspect import tiny_resnet
+from tutorials_pkg.demo_models import tiny_resnet
 
 show_source(tiny_resnet)
 
@@ -82,7 +82,7 @@ assert len(nodes) == len(layers) == 13
 # `module_graph` 接收一次追踪的结果，从输出往回走，遍历它的计算图。属于某一层的节点画成方框；合并两条分支的节点（加、乘、拼接）保留为小圆圈，因为残差连接就是在那里汇合的；其余节点（ReLU、池化、变形）直接穿过。结果会把自己画成一张 mermaid 图：
 
 # %%
-from tutorials_pkg.introspect import module_graph, trace_grad_fn
+from tutorials_pkg.grad_fn import module_graph, trace_grad_fn
 
 show_source(module_graph)
 
@@ -104,7 +104,7 @@ assert residual_edges <= set(graph.edges)
 # 结构化剪枝删除的是整个通道：删掉一个卷积的第 *k* 个输出通道，就要删掉它后面 BatchNorm 的第 *k* 个通道，以及每个读取它的层的第 *k* 个输入通道。残差加法让这件事变成了一组层的事：`a + b` 要求 `a` 和 `b` 的通道相同，所以从产生 `a` 的卷积里删掉第 *k* 个通道，就必须从产生 `b` 的卷积里也删掉，还要从读取这个和的所有层里删掉。`coupled_channel_groups` 从计算图里找出这些组：从输入走到输出，卷积或全连接层开启新的通道，逐元素的运算（加法、激活、池化、BatchNorm、depthwise 卷积）把它所有输入的通道并成一组。
 
 # %%
-from tutorials_pkg.introspect import coupled_channel_groups
+from tutorials_pkg.grad_fn import coupled_channel_groups
 
 show_source(coupled_channel_groups)
 
@@ -131,7 +131,7 @@ assert stream.layers == ["conv1", "bn1", "layer1.0.conv2", "layer1.0.bn2",
 # 只剪组里的一个卷积（这里让 `layer1.0.conv2` 及其 BatchNorm 失去第 0 个通道），形状在加法处就对不上了，抛出 `RuntimeError`：
 
 # %% tags=["raises-exception"] raises="RuntimeError"
-from tutorials_pkg.introspect import ChannelGroup, prune_channel_group
+from tutorials_pkg.grad_fn import ChannelGroup, prune_channel_group
 
 alone = ChannelGroup(["layer1.0.conv2", "layer1.0.bn2"], [])
 prune_channel_group(resnet, alone, drop=[0])
@@ -189,16 +189,16 @@ print(nn.Dropout().eval()(conv_out).grad_fn is conv_out.grad_fn)
 # 朴素的写法只有三行：一个 hook，存下 `{output.grad_fn: module}`。
 
 # %%
-from tutorials_pkg.introspect import naive_grad_fn_modules
+from tutorials_pkg.grad_fn import grad_fn_modules_without_checks
 
-show_source(naive_grad_fn_modules)
+show_source(grad_fn_modules_without_checks)
 
 # %% [markdown]
 # 在关闭梯度的地方调用它（比如在评估循环里），每个 `grad_fn` 都是 `None`：十三个层全都落在同一个键上，最后一个获胜。没有任何报错。
 
 # %%
 with torch.no_grad():
-    naive = naive_grad_fn_modules(model, x)
+    naive = grad_fn_modules_without_checks(model, x)
 print(naive)
 assert list(naive) == [None] and naive[None] is model[7]
 
@@ -231,7 +231,7 @@ assert None not in traced and len(traced) == 13
 # 即使梯度是开着的，只要参数被冻结、输入又不需要梯度，同样会悄悄合并：冻结层的输出没有 `grad_fn`。只有保持可训练的最后一层拿到了真正的键：
 
 # %%
-naive = naive_grad_fn_modules(frozen, x)
+naive = grad_fn_modules_without_checks(frozen, x)
 print({node and node.name(): type(module).__name__ for node, module in naive.items()})
 assert None in naive and len(naive) == 2  # twelve frozen layers on one None key
 
@@ -244,7 +244,7 @@ assert None in naive and len(naive) == 2  # twelve frozen layers on one None key
 
 # %%
 with_identity = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Identity(), nn.ReLU()).to(device)
-naive = naive_grad_fn_modules(with_identity, x, types=(nn.Conv2d, nn.Identity))
+naive = grad_fn_modules_without_checks(with_identity, x, types=(nn.Conv2d, nn.Identity))
 print({node.name(): module for node, module in naive.items()})
 assert list(naive.values()) == [with_identity[1]]  # the Conv2d is gone
 

@@ -20,7 +20,7 @@
 # 3. 用 `torch.fx` 把模型追踪（trace）成计算图，返回任意节点（torchvision 的 `create_feature_extractor`）；
 # 4. 模型照常运行，用前向钩子（forward hook）记录输出。
 #
-# `tutorials_pkg.features` 里的四种方法签名相同：`fn(model, x, names) -> dict[str, Tensor]`，本页把它们放在一起比较：能取到什么、在哪里出错、代价多大。
+# `tutorials_pkg.intermediate` 里的四种方法签名相同：`fn(model, x, names) -> dict[str, Tensor]`，本页把它们放在一起比较：能取到什么、在哪里出错、代价多大。
 #
 # 本页的每一段输出，都是构建网站时真正运行代码得到的，运行环境就是下面打印的版本。
 
@@ -49,7 +49,7 @@ print(len(list(model.named_modules())), "modules, e.g.", [n for n, _ in model.na
 # 依次调用顶层子模块，保留所要的输出。它像 resnet 的 `forward` 一样在 `nn.Linear` 子模块前展平（flatten），并在用到的最后一个子模块之后停下。名字不认识时抛出 `ValueError`，列出能取到的名字，四种方法都是如此。
 
 # %%
-from tutorials_pkg.features import by_children
+from tutorials_pkg.intermediate import by_children
 from tutorials_pkg.source import show_source
 
 show_source(by_children)
@@ -60,7 +60,7 @@ show_source(by_children)
 # torchvision 的分割模型用 `IntermediateLayerGetter` 构建主干网络（它在私有模块 `torchvision.models._utils` 里，导入路径可能会变）。它是装着所需子模块的 `nn.ModuleDict`，`forward` 把它们串起来：相当于不展平的 `by_children`，返回的是运行结束时张量的样子。
 
 # %%
-from tutorials_pkg.features import by_layer_getter
+from tutorials_pkg.intermediate import by_layer_getter
 
 show_source(by_layer_getter)
 
@@ -82,7 +82,7 @@ print(eval_nodes[:12], eval_nodes[-3:])
 # `create_feature_extractor` 把计算图变成返回所要节点的模块，并删掉用不到的部分。`build_fx_extractor` 另做两件事：之后还会被别的运算读取的输出先复制一份（否则原地运算可能改掉它，见下文）；名字写错时列出有效节点。追踪要花时间，多次调用时构建一次即可。
 
 # %%
-from tutorials_pkg.features import build_fx_extractor, by_fx
+from tutorials_pkg.intermediate import build_fx_extractor, by_fx
 
 show_source(by_fx)
 
@@ -97,7 +97,7 @@ print(build_fx_extractor(model, ["layer2"]).code.strip().splitlines()[-1])  # en
 # `register_forward_hook` 让模块每次运行时把输出交给一个函数。模型原样运行，包括它自己的 `forward`，任何深度的模块都能挂钩子。两个细节保证正确：钩子保存 `output.clone()`；钩子在 `finally` 里移除，`forward` 抛出异常时也一样。
 
 # %%
-from tutorials_pkg.features import by_hooks
+from tutorials_pkg.intermediate import by_hooks
 
 show_source(by_hooks)
 
@@ -107,7 +107,7 @@ show_source(by_hooks)
 # 在四种方法都能取到的名字上，结果逐位相同；FX 的 `fc` 节点就是模型输出：
 
 # %%
-from tutorials_pkg.features import EXTRACTORS
+from tutorials_pkg.intermediate import EXTRACTORS
 
 results = {method: fn(model, x, LAYERS) for method, fn in EXTRACTORS.items()}
 for method, outputs in results.items():
@@ -193,7 +193,7 @@ assert torch.equal(by_layer_getter(model, x, ["bn1", "layer1"])["bn1"], torch.re
 # 追踪时 `forward` 拿到的是占位值，不是数字，所以对输入算出的值做 `if` 判断无法确定分支。下面的小网络有这样一个门控，还只在训练时加噪声：
 
 # %%
-from tutorials_pkg.features import NoisyGatedNet, SignGate
+from tutorials_pkg.intermediate import NoisyGatedNet, SignGate
 
 show_source(NoisyGatedNet)
 
@@ -231,7 +231,8 @@ assert set(train_nodes) - set(eval_nodes) == {"randn_like", "mul", "add"}
 # `extraction_costs` 在 `torch.no_grad()` 下给每种方法的每个请求计时（预热后 3 次取中位数，各项轮流运行）并测峰值内存，旁边是一次普通前向传播。CPU 上进程内存（RSS）还包括分配器释放后留着的块，所以 `peak_memory_bytes` 改用 profiler；CUDA 上分配器自己记录峰值（`torch.cuda.max_memory_allocated`）。
 
 # %%
-from tutorials_pkg.features import cpu_peak_memory_bytes, extraction_costs, format_cost_table
+from tutorials_pkg.intermediate import extraction_costs, format_cost_table
+from tutorials_pkg.measure import cpu_peak_memory_bytes
 
 show_source(cpu_peak_memory_bytes)
 
@@ -240,7 +241,7 @@ show_source(cpu_peak_memory_bytes)
 
 # %%
 from torchvision.models import resnet50
-from tutorials_pkg.features import median_seconds, peak_memory_bytes
+from tutorials_pkg.measure import median_seconds, peak_memory_bytes
 from tutorials_pkg.runtime import default_device
 
 assert peak_memory_bytes(lambda: torch.ones(2**20) + torch.ones(2**20)) == 3 * 4 * 2**20  # 12 MiB
@@ -275,15 +276,20 @@ print(f"resnet50: tracing takes {trace_s * 1e3:.0f} ms; one layer4 3x3 convoluti
 # 中间层输出也值得看一看。一个很小的 CNN，用 scikit-learn 自带的 8×8 手写数字训练几秒（真实数据：1,797 张图，四分之一留作测试）：
 
 # %%
-from tutorials_pkg.features import DigitsCNN, accuracy, load_digit_images, train_classifier
+from tutorials_pkg.digits import DigitsCNN, accuracy
 
 show_source(DigitsCNN)
 
 # %%
-x_train, y_train, x_test, y_test = load_digit_images(test_fraction=0.25, seed=0)
+from tutorials_pkg.digits import load_digits_tensors, split_train_test, train_epoch
+
+x_train, y_train, x_test, y_test = split_train_test(*load_digits_tensors(), test_fraction=0.25)
 torch.manual_seed(0)
 cnn = DigitsCNN()
-losses = train_classifier(cnn, x_train, y_train, epochs=15)
+optimizer = torch.optim.Adam(cnn.parameters(), lr=1e-2)
+order = torch.Generator().manual_seed(0)  # the order of the batches
+losses = [train_epoch(cnn, optimizer, x_train, y_train, order) for _ in range(15)]
+cnn.eval()
 test_accuracy = accuracy(cnn, x_test, y_test)
 print(f"{len(x_train)} training, {len(x_test)} test images; loss {losses[0]:.3f} -> "
       f"{losses[-1]:.3f}; test accuracy {test_accuracy:.1%}")
@@ -294,7 +300,7 @@ assert test_accuracy > 0.9
 
 # %%
 import matplotlib.pyplot as plt
-from tutorials_pkg.features import plot_feature_maps
+from tutorials_pkg.intermediate import plot_feature_maps
 
 maps = by_hooks(cnn, x_test[:1], ["relu1", "relu2"])
 print("label", y_test[0].item(), "predicted", cnn(x_test[:1]).argmax().item())
@@ -309,15 +315,15 @@ plt.show()
 # 大多数人写的第一个钩子把 `output` 原样存下。在 resnet 的原地 ReLU 之下，存下的张量转眼就被 ReLU 覆盖：
 
 # %%
-from tutorials_pkg.features import by_hooks_naive
+from tutorials_pkg.intermediate import by_hooks_without_clone_or_removal
 
-show_source(by_hooks_naive)
+show_source(by_hooks_without_clone_or_removal)
 
 # %%
 torch.manual_seed(0)
 fresh = resnet18(weights=None).eval()
 produced = fresh.bn1(fresh.conv1(x))  # bn1's real output, about half negative
-kept = by_hooks_naive(fresh, x, ["bn1"])["bn1"]
+kept = by_hooks_without_clone_or_removal(fresh, x, ["bn1"])["bn1"]
 print("negative values kept:", (kept < 0).sum().item(), "of", kept.numel())
 assert torch.equal(kept, torch.relu(produced))  # ReLU's result, not bn1's
 
@@ -331,11 +337,11 @@ print("by_hooks returns bn1's output")
 # %% [markdown]
 # ### 钩子从不移除
 #
-# `by_hooks_naive` 也不移除钩子：每调用一次多一个，每个钩子都让它见到的最后一个张量留在内存里。
+# `by_hooks_without_clone_or_removal` 也不移除钩子：每调用一次多一个，每个钩子都让它见到的最后一个张量留在内存里。
 
 # %%
 for _ in range(2):
-    by_hooks_naive(fresh, x, ["bn1"])
+    by_hooks_without_clone_or_removal(fresh, x, ["bn1"])
 print("hooks on bn1:", len(fresh.bn1._forward_hooks))
 assert len(fresh.bn1._forward_hooks) == 3  # one from each call
 

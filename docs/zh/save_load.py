@@ -30,15 +30,12 @@ import os
 import tempfile
 
 import torch
-from sklearn.datasets import load_digits
 from torch import nn
 
-from tutorials_pkg.checkpoint import digits_classifier
+from tutorials_pkg.digits import digits_classifier, load_digits_tensors
 from tutorials_pkg.source import show_source
 
-digits = load_digits()
-x = torch.tensor(digits.data, dtype=torch.float32) / 16.0
-y = torch.tensor(digits.target)
+x, y = load_digits_tensors(flatten=True)
 workdir = tempfile.mkdtemp()
 
 show_source(digits_classifier)
@@ -141,7 +138,7 @@ torch.load(truncated)
 # ```
 
 # %%
-from tutorials_pkg.checkpoint import save_checkpoint
+from tutorials_pkg.save_load import save_checkpoint
 
 show_source(save_checkpoint)
 
@@ -184,7 +181,7 @@ assert not [name for name in os.listdir(workdir) if name.endswith(".tmp")]
 # 二是先比较键和形状，这样不匹配的检查点只会得到一条错误，列出所有缺失的、多余的和形状不对的键。
 
 # %%
-from tutorials_pkg.checkpoint import load_checkpoint
+from tutorials_pkg.save_load import load_checkpoint
 
 show_source(load_checkpoint)
 
@@ -248,7 +245,8 @@ load_checkpoint(checkpoint, digits_classifier(hidden=8))
 # 要让训练像从没停过一样继续，检查点里光有权重是不够的：还要有优化器的状态（Adam 的滑动平均）、学习率调度器的进度、epoch，以及决定数据顺序和 dropout 掩码的随机数状态。
 
 # %%
-from tutorials_pkg.checkpoint import restore_rng_states, rng_states, train_epoch
+from tutorials_pkg.digits import train_epoch
+from tutorials_pkg.save_load import restore_rng_states, rng_states
 
 show_source(train_epoch, rng_states, restore_rng_states)
 
@@ -340,7 +338,7 @@ assert torch.equal(fresh.eval()(x[:4]), model.eval()(x[:4]))
 # 有些模型在两处使用同一个权重矩阵，比如语言模型的输入嵌入层和输出层：
 
 # %%
-from tutorials_pkg.checkpoint import TiedEmbeddingNet
+from tutorials_pkg.demo_models import TiedEmbeddingNet
 
 show_source(TiedEmbeddingNet)
 
@@ -374,7 +372,7 @@ assert torch.equal(copy_of_tied.embed.weight, tied.embed.weight)
 # - `load_state_dict(..., assign=True)` 让读入的张量直接成为模型的参数，而不是复制进（没有数据的）meta 参数。
 
 # %%
-from tutorials_pkg.checkpoint import load_on_meta
+from tutorials_pkg.save_load import load_on_meta
 
 show_source(load_on_meta)
 
@@ -459,13 +457,15 @@ assert isinstance(torch.load(method_file), dict)
 # %% [markdown]
 # ### 用 `k[7:]` 或 `k.replace("module.", "")` 去前缀
 #
-# 这两种写法在抄来的代码里都很常见，也都会弄坏键名（这两种错误写法就是 `tutorials_pkg.checkpoint` 里的 `strip_prefix_by_slicing` 和 `strip_prefix_by_replacing`）。`k[7:]` 从每个键上砍掉 7 个字符，所以没有前缀的检查点，每个名字都丢了开头。这里 `fc1.weight` 和 `fc2.weight` 都变成了 `ght`，一个悄悄覆盖了另一个：进去 4 个张量，出来 2 个。
+# 这两种写法在抄来的代码里都很常见，也都会弄坏键名（这两种错误写法就是 `tutorials_pkg.save_load` 里的 `strip_prefix_by_slicing_every_key` 和 `strip_prefix_by_replacing_anywhere`）。`k[7:]` 从每个键上砍掉 7 个字符，所以没有前缀的检查点，每个名字都丢了开头。这里 `fc1.weight` 和 `fc2.weight` 都变成了 `ght`，一个悄悄覆盖了另一个：进去 4 个张量，出来 2 个。
 
 # %%
-from tutorials_pkg.checkpoint import strip_prefix, strip_prefix_by_replacing, strip_prefix_by_slicing
+from tutorials_pkg.save_load import (
+    strip_prefix, strip_prefix_by_replacing_anywhere, strip_prefix_by_slicing_every_key,
+)
 
-print(list(model.state_dict()), "->", list(strip_prefix_by_slicing(model.state_dict())))
-assert len(strip_prefix_by_slicing(model.state_dict())) == 2
+print(list(model.state_dict()), "->", list(strip_prefix_by_slicing_every_key(model.state_dict())))
+assert len(strip_prefix_by_slicing_every_key(model.state_dict())) == 2
 
 # %% [markdown]
 # `replace` 会删掉任何位置上的 `module.`。这里的模型在 encoder 里真的有一个叫 `module` 的层，并且是从 `DataParallel` 保存的：
@@ -480,14 +480,14 @@ def encoder_net():
 
 saved = nn.DataParallel(encoder_net()).state_dict()
 print(list(saved)[:2])
-print(list(strip_prefix_by_replacing(saved))[:2])
+print(list(strip_prefix_by_replacing_anywhere(saved))[:2])
 
 # %% [markdown]
 # `load_state_dict` 会拒绝这些键，而常见的“修复”`strict=False`，把错误变成了一个 encoder 悄悄保留随机权重的模型：
 
 # %%
 net = encoder_net()
-result = net.load_state_dict(strip_prefix_by_replacing(saved), strict=False)
+result = net.load_state_dict(strip_prefix_by_replacing_anywhere(saved), strict=False)
 print("missing:", result.missing_keys)
 assert not torch.equal(net.encoder.module.weight, saved["module.encoder.module.weight"])
 
@@ -518,7 +518,7 @@ print("the saved 'best' weights moved with training")
 # 要复制一份：用 `copy.deepcopy(model.state_dict())`，或者逐个张量 clone：
 
 # %%
-from tutorials_pkg.checkpoint import copy_state_dict
+from tutorials_pkg.save_load import copy_state_dict
 
 show_source(copy_state_dict)
 

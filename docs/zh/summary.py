@@ -85,7 +85,7 @@ assert sum(isinstance(m, nn.Conv2d) for m in model.modules()) == 1
 # %% [markdown]
 # ## 每个模块只数一次的 summary
 #
-# `tutorials_pkg.introspect.summary` 接收模型，以及 `input_size` 和 `input_data` 二者之一（恰好一个）：`input_size` 是**包含** batch 维的形状（与 `torchinfo` 相同；会在模型所在的设备上生成随机输入），`input_data` 是你自己的张量或张量元组。它的不同之处：
+# `tutorials_pkg.summary.summary` 接收模型，以及 `input_size` 和 `input_data` 二者之一（恰好一个）：`input_size` 是**包含** batch 维的形状（与 `torchinfo` 相同；会在模型所在的设备上生成随机输入），`input_data` 是你自己的张量或张量元组。它的不同之处：
 #
 # - 每个模块一行，来自 `named_modules()`（每个模块只出现一次，用它第一次注册时的名字；其他名字在备注里列出）；
 # - 每个参数计入拥有它的第一行，所以各行加起来正好等于 `sum(p.numel() for p in model.parameters())`，共享（tied）的权重和模型自身的参数也不例外；
@@ -93,7 +93,7 @@ assert sum(isinstance(m, nn.Conv2d) for m in model.modules()) == 1
 # - 前向传播在 eval 模式、`torch.no_grad()` 下运行，结束后每个模块恢复各自原来的模式；hook 在 `finally` 里移除，所以前向传播失败时也会移除。
 
 # %%
-from tutorials_pkg.introspect import summary
+from tutorials_pkg.summary import summary
 from tutorials_pkg.source import show_source
 
 show_source(summary)
@@ -212,7 +212,7 @@ print("modes and all", len(buffers), "buffers unchanged")
 # 重复计数并不需要 `ModuleList`：对 `nn.Sequential` 切片会得到一个新的 `Sequential`，里面装的是**同样的**层。把切片存成属性（方便取特征的捷径），其中每一层就都被注册了两次：
 
 # %%
-from tutorials_pkg.introspect import tiny_resnet
+from tutorials_pkg.demo_models import tiny_resnet
 
 
 class WithFeatures(nn.Module):
@@ -292,7 +292,7 @@ assert frozen_stem.bn1.training  # and train() un-froze the stem's BatchNorm
 # `summary` 记住每个模块各自的模式，并用下面这个上下文管理器逐个模块地恢复：
 
 # %%
-from tutorials_pkg.introspect import eval_mode
+from tutorials_pkg.summary import eval_mode
 
 show_source(eval_mode)
 

@@ -52,12 +52,10 @@ print(model.fc)
 
 # %%
 import torch.nn.functional as F
-from sklearn.datasets import load_digits
+from tutorials_pkg.digits import load_digits_tensors
 
-digits = load_digits()
-pixels = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
+pixels, labels = load_digits_tensors()  # (1797, 1, 8, 8), in [0, 1]
 images = F.interpolate(pixels, size=32, mode="bilinear").repeat(1, 3, 1, 1)
-labels = torch.tensor(digits.target)
 print(images.shape, labels.shape)
 
 # %% [markdown]
@@ -267,9 +265,9 @@ print([key for key in two_outputs.state_dict() if not key.startswith("body.")])
 # `nn.CrossEntropyLoss` 要的是 logits：它自己会做 `log_softmax`。以 `nn.Softmax` 结尾的模型会经过两次 softmax，而且不会报任何错：
 
 # %%
-from tutorials_pkg.surgery import softmax_classifier
+from tutorials_pkg.surgery import classifier_ending_in_softmax
 
-show_source(softmax_classifier)
+show_source(classifier_ending_in_softmax)
 
 # %% [markdown]
 # 损失算一下就清楚了。取一个完全自信且正确的预测：正确类别的 logit 为 10，其余九个为 0。真实的损失几乎为零。经过一次 softmax 之后，损失函数的输入落在 [0, 1] 之间，它最好也只能看到正确类别为 1、其余九个为 0，所以损失永远不会低于 log(1 + 9/e) ≈ 1.46。本该把错误类别压下去的梯度也变小了：
@@ -314,15 +312,15 @@ print(loss.item() > 0, probabilities.sum(dim=1))
 # 为了拿到特征，这个包装把 `fc` 换成了 `nn.Identity`，却没有把分类器留在任何地方：
 
 # %%
-from tutorials_pkg.surgery import ForgetfulExtraOutputNet
+from tutorials_pkg.surgery import ExtraOutputNetThatDropsHead
 
-show_source(ForgetfulExtraOutputNet)
+show_source(ExtraOutputNetThatDropsHead)
 
 # %% [markdown]
 # 它的 “logits” 是 512 个特征，而不是 10 个类别得分。`CrossEntropyLoss` 察觉不到：0 到 9 的标签在 512 个类别里都合法，所以训练照样能跑。训练好的分类器也从 `state_dict` 里消失了：
 
 # %%
-forgetful = ForgetfulExtraOutputNet(copy.deepcopy(base))
+forgetful = ExtraOutputNetThatDropsHead(copy.deepcopy(base))
 logits, _ = forgetful(images[:4])
 print(logits.shape, loss_fn(logits, labels[:4]).item())
 assert logits.shape[1] == 512

@@ -13,6 +13,12 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+__all__ = [
+    "MOBILENET_V1_CONFIG", "MOBILENET_V2_CONFIG", "BasicConv2d", "DepthwiseSeparableConv",
+    "InvertedResidual", "MobileNetV1", "MobileNetV1Flat", "MobileNetV1WithCifarStem", "MobileNetV2",
+    "count_macs",
+]
+
 # MobileNet v1 (Howard et al. 2017, Table 1): (out_channels, stride) of each
 # depthwise separable layer after the 3x3 stride-2 stem with 32 channels.
 MOBILENET_V1_CONFIG = [
@@ -119,21 +125,6 @@ class MobileNetV1Flat(nn.Module):
         return self.classifier(torch.flatten(x, 1))
 
 
-class BrokenMobileNetV1(MobileNetV1):
-    """The wrong way, as in much copied MobileNet v1 code: a stride and a pooling error.
-
-    The stem has stride 1 (a change made for 32x32 CIFAR images), so a 224x224
-    input reaches the end as 14x14 instead of 7x7; the fixed ``AvgPool2d(7)``
-    (the paper's "Avg Pool 7x7") turns that into 2x2, and the flattened
-    1024 * 2 * 2 = 4096 features do not fit ``Linear(1024, ...)``.
-    """
-
-    def __init__(self, num_classes: int = 1000):
-        super().__init__(num_classes)
-        self.features.stem = BasicConv2d(3, 32, 3, stride=1)  # Table 1 says stride 2
-        self.avgpool = nn.AvgPool2d(7)  # right only for a 7x7 map
-
-
 class InvertedResidual(nn.Module):
     """MobileNet v2 block: 1x1 expand, 3x3 depthwise, 1x1 project without activation.
 
@@ -198,3 +189,20 @@ def count_macs(model: nn.Module, x: torch.Tensor) -> int:
     with counter, torch.no_grad():
         model(x)
     return counter.get_total_flops() // 2
+
+
+# --- Wrong: what the page shows failing --------------------------------------------------
+
+class MobileNetV1WithCifarStem(MobileNetV1):
+    """Wrong, as in much copied MobileNet v1 code: a stride and a pooling error.
+
+    The stem has stride 1 (a change made for 32x32 CIFAR images), so a 224x224
+    input reaches the end as 14x14 instead of 7x7; the fixed ``AvgPool2d(7)``
+    (the paper's "Avg Pool 7x7") turns that into 2x2, and the flattened
+    1024 * 2 * 2 = 4096 features do not fit ``Linear(1024, ...)``.
+    """
+
+    def __init__(self, num_classes: int = 1000):
+        super().__init__(num_classes)
+        self.features.stem = BasicConv2d(3, 32, 3, stride=1)  # Table 1 says stride 2
+        self.avgpool = nn.AvgPool2d(7)  # right only for a 7x7 map

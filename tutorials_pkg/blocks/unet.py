@@ -10,6 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+__all__ = ["MIN_UNET_SIZE", "DoubleConv", "Down", "OutConv", "UNet", "UNetWithoutAlignment", "Up",
+           "UpWithoutAlignment"]
+
 # Four 2x2 poolings: each spatial size must be at least 2 ** 4 to reach the bottom of the U.
 MIN_UNET_SIZE = 16
 
@@ -132,8 +135,10 @@ class UNet(nn.Module):
         return self.outc(x)
 
 
+# --- Wrong: what the page shows failing --------------------------------------------------
+
 class UpWithoutAlignment(Up):
-    """The wrong way: concatenate without padding to the skip connection's size.
+    """Wrong: concatenate without padding to the skip connection's size.
 
     Works only while every size on the way down was even (H and W divisible by
     16); any other size fails in ``torch.cat``.
@@ -144,6 +149,6 @@ class UpWithoutAlignment(Up):
 
 
 class UNetWithoutAlignment(UNet):
-    """The wrong way: a U-Net whose decoder blocks do not align sizes."""
+    """Wrong: a U-Net whose decoder blocks do not align sizes."""
 
     up_block = UpWithoutAlignment

@@ -17,6 +17,13 @@ import torch
 from torch import nn
 from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
+__all__ = [
+    "CheckpointMismatchError", "WRAPPER_PREFIXES", "check_state_dict", "copy_state_dict",
+    "load_checkpoint", "load_on_meta", "restore_rng_states", "rng_states", "save_atomically",
+    "save_checkpoint", "strip_prefix", "strip_prefix_by_replacing_anywhere",
+    "strip_prefix_by_slicing_every_key", "strip_wrapper_prefixes", "unwrap_model",
+]
+
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DataParallel / DDP, torch.compile
 
 
@@ -179,32 +186,6 @@ def load_on_meta(path: str | os.PathLike, build: Callable[[], nn.Module]) -> nn.
     return model
 
 
-def digits_classifier(hidden: int = 32, dropout: float = 0.1) -> nn.Sequential:
-    """A small classifier for scikit-learn's 8×8 digits (64 inputs, 10 classes)."""
-    return nn.Sequential(OrderedDict([
-        ("fc1", nn.Linear(64, hidden)),
-        ("relu", nn.ReLU()),
-        ("dropout", nn.Dropout(dropout)),
-        ("fc2", nn.Linear(hidden, 10)),
-    ]))
-
-
-def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
-                y: torch.Tensor, generator: torch.Generator, batch_size: int = 64) -> float:
-    """One pass over ``(x, y)`` in an order drawn from ``generator``; return the mean loss."""
-    model.train()
-    order = torch.randperm(len(x), generator=generator)
-    total = 0.0
-    for start in range(0, len(x), batch_size):
-        batch = order[start:start + batch_size]
-        loss = nn.functional.cross_entropy(model(x[batch]), y[batch])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        total += loss.item() * len(batch)
-    return total / len(x)
-
-
 def rng_states(generator: torch.Generator) -> dict[str, torch.Tensor]:
     """The random states a resumed run needs: torch's global one (dropout) and the data order's."""
     return {"torch_rng": torch.get_rng_state(), "data_rng": generator.get_state()}
@@ -216,24 +197,13 @@ def restore_rng_states(states: Mapping[str, torch.Tensor], generator: torch.Gene
     generator.set_state(states["data_rng"])
 
 
-class TiedEmbeddingNet(nn.Module):
-    """Input embedding and output layer share one weight matrix (as in many language models)."""
+# --- Wrong: prefixes stripped by hand ----------------------------------------------------
 
-    def __init__(self, vocab_size: int = 100, dim: int = 16):
-        super().__init__()
-        self.embed = nn.Embedding(vocab_size, dim)
-        self.out = nn.Linear(dim, vocab_size, bias=False)
-        self.out.weight = self.embed.weight  # one Parameter under two names
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.out(self.embed(tokens))
-
-
-def strip_prefix_by_slicing(state_dict: Mapping[str, torch.Tensor]) -> dict:
-    """The wrong way: ``k[7:]`` cuts 7 characters off every key, prefix or not."""
+def strip_prefix_by_slicing_every_key(state_dict: Mapping[str, torch.Tensor]) -> dict:
+    """Wrong: ``k[7:]`` cuts 7 characters off every key, prefix or not."""
     return {key[7:]: value for key, value in state_dict.items()}
 
 
-def strip_prefix_by_replacing(state_dict: Mapping[str, torch.Tensor]) -> dict:
-    """The wrong way: ``replace`` removes ``module.`` anywhere in a key, not just at the start."""
+def strip_prefix_by_replacing_anywhere(state_dict: Mapping[str, torch.Tensor]) -> dict:
+    """Wrong: ``replace`` removes ``module.`` anywhere in a key, not just at the start."""
     return {key.replace("module.", ""): value for key, value in state_dict.items()}

@@ -10,10 +10,21 @@ import pytest
 import torch
 from torch import nn
 
-from tutorials_pkg.checkpoint import (
-    CheckpointMismatchError, TiedEmbeddingNet, copy_state_dict, digits_classifier, load_checkpoint,
-    load_on_meta, restore_rng_states, rng_states, save_atomically, save_checkpoint, strip_prefix,
-    strip_prefix_by_replacing, strip_prefix_by_slicing, strip_wrapper_prefixes, train_epoch,
+from tutorials_pkg.demo_models import TiedEmbeddingNet
+from tutorials_pkg.digits import digits_classifier, train_epoch
+from tutorials_pkg.save_load import (
+    CheckpointMismatchError,
+    copy_state_dict,
+    load_checkpoint,
+    load_on_meta,
+    restore_rng_states,
+    rng_states,
+    save_atomically,
+    save_checkpoint,
+    strip_prefix,
+    strip_prefix_by_replacing_anywhere,
+    strip_prefix_by_slicing_every_key,
+    strip_wrapper_prefixes,
     unwrap_model,
 )
 
@@ -99,7 +110,8 @@ def test_the_same_failure_during_a_plain_save_destroys_the_checkpoint(tmp_path):
 KILLED_SAVE = """
 import io, sys, time
 import torch
-from tutorials_pkg.checkpoint import digits_classifier, save_checkpoint
+from tutorials_pkg.digits import digits_classifier
+from tutorials_pkg.save_load import save_checkpoint
 
 real_save = torch.save
 
@@ -230,9 +242,9 @@ def test_strip_wrapper_prefixes_removes_nested_wrappers_in_any_order():
 
 def test_the_wrong_prefix_strippers_damage_keys():
     state = digits_classifier().state_dict()
-    assert list(strip_prefix_by_slicing(state)) == ["ght", "s"]  # 4 tensors in, 2 out
+    assert list(strip_prefix_by_slicing_every_key(state)) == ["ght", "s"]  # 4 tensors in, 2 out
     saved = nn.DataParallel(encoder_net()).state_dict()
-    replaced = strip_prefix_by_replacing(saved)
+    replaced = strip_prefix_by_replacing_anywhere(saved)
     assert "encoder.weight" in replaced and "encoder.module.weight" not in replaced
     net = encoder_net()
     result = net.load_state_dict(replaced, strict=False)

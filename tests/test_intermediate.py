@@ -5,11 +5,26 @@ from torch.fx.proxy import TraceError
 from torchvision.models import mobilenet_v2, resnet18
 from torchvision.models.feature_extraction import get_graph_node_names
 
-from tutorials_pkg.features import (
-    EXTRACTORS, DigitsCNN, NoisyGatedNet, SignGate, accuracy, build_fx_extractor, by_children,
-    by_fx, by_hooks, by_hooks_naive, by_layer_getter, extraction_costs,
-    format_cost_table, load_digit_images, median_seconds, median_seconds_each, peak_memory_bytes,
-    plot_feature_maps, train_classifier,
+from tutorials_pkg.digits import (
+    DigitsCNN,
+    accuracy,
+    load_digits_tensors,
+    split_train_test,
+    train_epoch,
+)
+from tutorials_pkg.intermediate import (
+    EXTRACTORS,
+    NoisyGatedNet,
+    SignGate,
+    build_fx_extractor,
+    by_children,
+    by_fx,
+    by_hooks,
+    by_hooks_without_clone_or_removal,
+    by_layer_getter,
+    extraction_costs,
+    format_cost_table,
+    plot_feature_maps,
 )
 
 LAYERS = ["layer1", "layer2", "layer3", "layer4"]
@@ -116,7 +131,7 @@ def test_hooks_return_what_the_layer_produced_despite_inplace_relu(resnet, image
     assert torch.equal(good, produced)
     model = resnet18(weights=None).eval()  # the naive hooks stay: use a copy we throw away
     model.load_state_dict(resnet.state_dict())
-    bad = by_hooks_naive(model, image, ["layer1.0.bn1"])["layer1.0.bn1"]
+    bad = by_hooks_without_clone_or_removal(model, image, ["layer1.0.bn1"])["layer1.0.bn1"]
     assert not torch.equal(bad, produced)
     assert torch.equal(bad, torch.relu(produced))  # what ReLU made of it
 
@@ -156,7 +171,7 @@ def test_hooks_are_removed_even_when_forward_raises(resnet):
 def test_naive_hooks_pile_up():
     model = resnet18(weights=None).eval()
     for _ in range(3):
-        by_hooks_naive(model, torch.randn(1, 3, 32, 32), ["layer2"])
+        by_hooks_without_clone_or_removal(model, torch.randn(1, 3, 32, 32), ["layer2"])
     assert len(model.layer2._forward_hooks) == 3
 
 
@@ -217,25 +232,16 @@ def test_concrete_args_fix_control_flow_on_an_argument():
     assert torch.equal(outputs["head"], model(x))
 
 
-def test_digits_split_is_disjoint_and_complete():
-    x_train, y_train, x_test, y_test = load_digit_images(test_fraction=0.25, seed=0)
-    assert x_train.shape[1:] == (1, 8, 8) and len(x_train) + len(x_test) == 1797
-    assert len(x_test) == 449 and len(y_train) == len(x_train) and len(y_test) == len(x_test)
-    assert 0.0 <= x_train.min() and x_train.max() <= 1.0
-    train_rows = {tuple(row.tolist()) for row in x_train.flatten(1)}
-    overlap = sum(tuple(row.tolist()) in train_rows for row in x_test.flatten(1))
-    assert overlap < 10  # only digits that happen to be drawn identically
-    with pytest.raises(ValueError, match="between 0 and 1"):
-        load_digit_images(test_fraction=1.5)
-
-
 def test_digits_cnn_learns_and_all_four_agree_on_it():
     torch.manual_seed(0)
-    x_train, y_train, x_test, y_test = load_digit_images()
+    x_train, y_train, x_test, y_test = split_train_test(*load_digits_tensors())
     model = DigitsCNN()
-    losses = train_classifier(model, x_train, y_train, epochs=8)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    order = torch.Generator().manual_seed(0)
+    losses = [train_epoch(model, optimizer, x_train, y_train, order) for _ in range(8)]
     assert losses[-1] < losses[0] / 5
-    assert not model.training
+    assert model.training  # train_epoch leaves it in training mode
+    model.eval()
     assert accuracy(model, x_test, y_test) > 0.9
     names = ["relu1", "relu2", "fc"]
     with torch.no_grad():
@@ -257,38 +263,6 @@ def test_plot_feature_maps_draws_the_input_and_every_channel():
     assert len(axes) == 4 * 8  # input row + 1 row for a + 2 rows for b
     assert sum(bool(ax.images) for ax in axes) == 1 + 8 + 16
     plt.close(figure)
-
-
-def test_median_seconds():
-    calls = []
-    assert median_seconds(lambda: calls.append(1), repeats=3) >= 0
-    assert len(calls) == 4  # one warm-up
-    with pytest.raises(ValueError, match="at least 1"):
-        median_seconds(lambda: None, repeats=0)
-
-
-def test_median_seconds_each_takes_turns():
-    order = []
-    times = median_seconds_each([lambda: order.append("a"), lambda: order.append("b")], repeats=2)
-    assert order == ["a", "b"] * 3  # a warm-up round, then two rounds
-    assert len(times) == 2 and all(t >= 0 for t in times)
-
-
-def test_peak_memory_counts_what_is_alive_at_once(device):
-    n = 2**20  # 4 MiB of float32
-
-    def three_alive():
-        a = torch.ones(n, device=device)
-        b = torch.ones(n, device=device)
-        return a + b  # a, b and the sum at once
-
-    def one_at_a_time():
-        for _ in range(3):
-            torch.ones(n, device=device)
-
-    size = 4 * n
-    assert 3 * size <= peak_memory_bytes(three_alive, device) < 3 * size + 2**20
-    assert size <= peak_memory_bytes(one_at_a_time, device) < 2 * size
 
 
 def test_extraction_costs_and_table():

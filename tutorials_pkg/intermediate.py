@@ -8,17 +8,8 @@ the names were asked for:
 - ``by_fx``: trace the model with torch.fx (``create_feature_extractor``) and
   return any node of the graph;
 - ``by_hooks``: run the model as it is and record outputs with forward hooks.
-
-Also here: the pitfalls the page demonstrates, small models for its examples,
-and the helpers that measure time and peak memory for the page and the benchmark.
 """
 
-import gc
-import json
-import os
-import statistics
-import tempfile
-import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -26,6 +17,14 @@ import torch
 from torch import Tensor, nn
 from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
+
+from tutorials_pkg.measure import median_seconds_each, peak_memory_bytes
+
+__all__ = [
+    "EXTRACTORS", "NoisyGatedNet", "SignGate", "build_fx_extractor", "by_children", "by_fx",
+    "by_hooks", "by_hooks_without_clone_or_removal", "by_layer_getter", "clone_graph_outputs",
+    "extraction_costs", "format_cost_table", "plot_feature_maps",
+]
 
 
 def by_children(model: nn.Module, x: Tensor, names: Iterable[str]) -> dict[str, Tensor]:
@@ -165,22 +164,6 @@ EXTRACTORS = {
 }
 
 
-def by_hooks_naive(model: nn.Module, x: Tensor, names: Iterable[str]) -> dict[str, Tensor]:
-    """The wrong way, for the page's pitfalls: use ``by_hooks``.
-
-    It stores each output without ``clone()`` (a later in-place op changes what
-    it returns) and never removes its hooks (each call adds more, and they keep
-    every output they see alive).
-    """
-    modules = dict(model.named_modules())
-    outputs = {}
-    for name in names:
-        modules[name].register_forward_hook(
-            lambda module, args, output, name=name: outputs.__setitem__(name, output))
-    model(x)
-    return outputs
-
-
 class SignGate(nn.Module):
     """Flips the sign when the mean is negative: control flow that depends on the data."""
 
@@ -206,65 +189,6 @@ class NoisyGatedNet(nn.Module):
             x = x + 0.1 * torch.randn_like(x)
         return self.fc(torch.flatten(self.pool(x), 1))
 
-
-class DigitsCNN(nn.Module):
-    """A tiny CNN for 8×8 digit images; every layer is a top-level child, used in order."""
-
-    def __init__(self, num_classes: int = 10):
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 8, kernel_size=3, padding=1)
-        self.relu1 = nn.ReLU()
-        self.pool1 = nn.MaxPool2d(2)  # 8×8 -> 4×4
-        self.conv2 = nn.Conv2d(8, 16, kernel_size=3, padding=1)
-        self.relu2 = nn.ReLU()
-        self.pool2 = nn.MaxPool2d(2)  # 4×4 -> 2×2
-        self.fc = nn.Linear(16 * 2 * 2, num_classes)
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.pool1(self.relu1(self.conv1(x)))
-        x = self.pool2(self.relu2(self.conv2(x)))
-        return self.fc(torch.flatten(x, 1))
-
-
-def load_digit_images(test_fraction: float = 0.25, seed: int = 0) -> tuple[Tensor, ...]:
-    """scikit-learn's 1,797 8×8 digits as ``(x_train, y_train, x_test, y_test)``, pixels in [0, 1]."""
-    from sklearn.datasets import load_digits
-
-    if not 0 < test_fraction < 1:
-        raise ValueError(f"test_fraction must be between 0 and 1, got {test_fraction}")
-    digits = load_digits()
-    images = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
-    labels = torch.tensor(digits.target)
-    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
-    n_test = int(len(labels) * test_fraction)
-    test, train = order[:n_test], order[n_test:]
-    return images[train], labels[train], images[test], labels[test]
-
-
-def train_classifier(model: nn.Module, x: Tensor, y: Tensor, epochs: int = 15,
-                     batch_size: int = 64, lr: float = 1e-2, seed: int = 0) -> list[float]:
-    """Train with Adam and cross-entropy; returns the mean loss of each epoch."""
-    generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    model.train()
-    losses = []
-    for _ in range(epochs):
-        total = 0.0
-        for batch in torch.randperm(len(y), generator=generator).split(batch_size):
-            loss = nn.functional.cross_entropy(model(x[batch]), y[batch])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            total += loss.item() * len(batch)
-        losses.append(total / len(y))
-    model.eval()
-    return losses
-
-
-@torch.no_grad()
-def accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
-    """Fraction of ``x`` that ``model`` classifies as ``y``."""
-    return (model(x).argmax(dim=1) == y).float().mean().item()
 
 
 def plot_feature_maps(image: Tensor, maps: dict[str, Tensor], columns: int = 8,
@@ -292,80 +216,6 @@ def plot_feature_maps(image: Tensor, maps: dict[str, Tensor], columns: int = 8,
     figure.tight_layout()
     return figure
 
-
-def median_seconds_each(fns: Sequence[Callable[[], Any]], repeats: int = 5,
-                        device: torch.device | str = "cpu") -> list[float]:
-    """Median wall-clock time of each ``fn()`` over ``repeats`` runs, after one warm-up run each.
-
-    The functions take turns (one run of each per round), so a change in the
-    machine's load during the measurement affects all of them alike.
-    """
-    if repeats < 1:
-        raise ValueError(f"repeats must be at least 1, got {repeats}")
-    cuda = torch.device(device).type == "cuda"
-    for fn in fns:
-        fn()
-    times = [[] for _ in fns]
-    for _ in range(repeats):
-        for fn, runs in zip(fns, times):
-            if cuda:
-                torch.cuda.synchronize(device)
-            start = time.perf_counter()
-            fn()
-            if cuda:
-                torch.cuda.synchronize(device)
-            runs.append(time.perf_counter() - start)
-    return [statistics.median(runs) for runs in times]
-
-
-def median_seconds(fn: Callable[[], Any], repeats: int = 5, device: torch.device | str = "cpu") -> float:
-    """Median wall-clock time of ``fn()`` over ``repeats`` runs, after one warm-up run."""
-    return median_seconds_each([fn], repeats, device)[0]
-
-
-def cpu_peak_memory_bytes(fn: Callable[[], Any]) -> int:
-    """Most host memory that tensors allocated while ``fn()`` ran held at one time, in bytes.
-
-    The profiler (``profile_memory=True``) records every allocation and free
-    with its size; summed in time order they give the running total, whose
-    maximum is the peak, counted from what was allocated when ``fn`` started.
-    """
-    os.environ.setdefault("KINETO_LOG_LEVEL", "6")  # keep the profiler's log lines off stderr
-    gc.collect()  # free earlier garbage now, not while we count
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
-                                profile_memory=True) as profiler:
-        fn()
-    with tempfile.TemporaryDirectory() as folder:
-        path = os.path.join(folder, "trace.json")
-        profiler.export_chrome_trace(path)
-        with open(path) as file:
-            events = json.load(file)["traceEvents"]
-    host = {0, 2, 5}  # the profiler's device types CPU, MKLDNN and IDEEP
-    changes = sorted((e["ts"], e["args"]["Bytes"]) for e in events
-                     if e.get("name") == "[memory]" and e["args"].get("Device Type") in host)
-    total = peak = 0
-    for _, change in changes:
-        total += change
-        peak = max(peak, total)
-    return peak
-
-
-def peak_memory_bytes(fn: Callable[[], Any], device: torch.device | str = "cpu") -> int:
-    """Peak memory of ``fn()`` above what was allocated before, in bytes.
-
-    On CUDA the allocator keeps the peak (``torch.cuda.max_memory_allocated``);
-    elsewhere ``cpu_peak_memory_bytes`` asks the profiler.
-    """
-    device = torch.device(device)
-    if device.type != "cuda":
-        return cpu_peak_memory_bytes(fn)
-    gc.collect()
-    torch.cuda.synchronize(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    before = torch.cuda.memory_allocated(device)
-    fn()
-    torch.cuda.synchronize(device)
-    return torch.cuda.max_memory_allocated(device) - before
 
 
 def extraction_costs(model: nn.Module, x: Tensor, requests: Sequence[str] = ("layer2", "layer4"),
@@ -404,3 +254,22 @@ def format_cost_table(rows: list[dict], baseline: str = "forward") -> str:
                      f"{row['seconds'] / base['seconds']:>10.2f} {row['peak_bytes'] / 2**20:>9.1f} "
                      f"{row['peak_bytes'] / max(base['peak_bytes'], 1):>10.2f}")
     return "\n".join(lines)
+
+
+# --- Wrong: the hook most people write first ---------------------------------------------
+
+def by_hooks_without_clone_or_removal(model: nn.Module, x: Tensor,
+                                      names: Iterable[str]) -> dict[str, Tensor]:
+    """Wrong: no ``clone()`` and no ``remove()``; use ``by_hooks``.
+
+    It stores each output without ``clone()`` (a later in-place op changes what
+    it returns) and never removes its hooks (each call adds more, and they keep
+    every output they see alive).
+    """
+    modules = dict(model.named_modules())
+    outputs = {}
+    for name in names:
+        modules[name].register_forward_hook(
+            lambda module, args, output, name=name: outputs.__setitem__(name, output))
+    model(x)
+    return outputs

@@ -1,0 +1,186 @@
+"""The handbook's paths, page runner and site-build helpers, shared by tests/ and benchmarks/.
+
+Found through pytest's ``pythonpath`` setting (tests) and the repository root
+on ``sys.path`` (``python -m benchmarks.site_build``). Run as a script, it
+builds a preview of some pages, both languages, with the cache off:
+
+    python handbook_tools.py blocks surgery
+
+and prints where the site was written.
+"""
+
+import contextlib
+import io
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+import jupytext
+
+ROOT = Path(__file__).resolve().parent
+DOCS = ROOT / "docs"
+LANGUAGES = ("zh", "en")
+
+
+# --- pages ------------------------------------------------------------------------------
+
+RAISES_TAG = "raises-exception"
+
+
+def tutorial_pages(language: str) -> list[Path]:
+    return sorted(p for p in (DOCS / language).rglob("*.py") if "assets" not in p.parts)
+
+
+def page_ids() -> list[str]:
+    """Relative paths of the tutorial pages (the same in every language)."""
+    return [p.relative_to(DOCS / LANGUAGES[0]).as_posix() for p in tutorial_pages(LANGUAGES[0])]
+
+
+def read_cells(path: Path):
+    return jupytext.read(path).cells
+
+
+@dataclass
+class CellRun:
+    index: int
+    source: str
+    error: BaseException | None
+    tagged: bool          # tagged "raises-exception"
+    expected: str | None  # the exception class name in its "raises" metadata
+    output: str
+
+
+def run_page(path: Path, workdir: Path) -> list[CellRun]:
+    """Run a page's code cells in this process, in order, in ``workdir``.
+
+    IPython runs them as the kernel does at build time (a cell's last
+    expression is displayed), but in this process, so coverage sees the package.
+    """
+    from IPython.core.interactiveshell import InteractiveShell
+
+    shell = InteractiveShell.instance()
+    shell.reset(new_session=True)
+    # reset() drops __spec__ from the shell's __main__; a kernel has it (None), and
+    # multiprocessing's spawn reads it (tutorials_pkg.distributed starts processes).
+    shell.user_module.__dict__.setdefault("__spec__", None)
+    shell.InteractiveTB.set_mode("Minimal")
+    runs = []
+    here = os.getcwd()
+    os.chdir(workdir)
+    try:
+        for index, cell in enumerate(read_cells(path)):
+            if cell.cell_type != "code":
+                continue
+            buffer = io.StringIO()
+            with contextlib.redirect_stdout(buffer):
+                result = shell.run_cell(cell.source, store_history=False)
+            error = result.error_in_exec or result.error_before_exec
+            runs.append(CellRun(index, cell.source, error,
+                                RAISES_TAG in cell.metadata.get("tags", []),
+                                cell.metadata.get("raises"), buffer.getvalue()))
+    finally:
+        os.chdir(here)
+    return runs
+
+
+# --- building the site ------------------------------------------------------------------
+
+def build_env() -> dict[str, str]:
+    """The environment of a test build: every page executed (no cache), no MkDocs 2 banner."""
+    env = dict(os.environ)
+    env["MKDOCS_JUPYTER_CACHE"] = "false"
+    env["NO_MKDOCS_2_WARNING"] = "1"
+    return env
+
+
+def mkdocs_build(config_dir: Path, site_dir: Path, env: dict[str, str] | None = None
+                 ) -> subprocess.CompletedProcess:
+    """``mkdocs build --strict --clean`` of ``config_dir`` into ``site_dir``."""
+    return subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--clean", "-d", str(site_dir)],
+        cwd=config_dir, env=build_env() if env is None else env, capture_output=True, text=True,
+        timeout=3600,
+    )
+
+
+def site_path() -> str:
+    """The path part of site_url ("pytorch-model-handbook" for a GitHub project site)."""
+    match = re.search(r"^site_url:\s*(\S+)", (ROOT / "mkdocs.yml").read_text(), re.M)
+    return urlparse(match.group(1)).path.strip("/") if match else ""
+
+
+# --- checks that several test modules make ---------------------------------------------
+
+def model_state(model) -> tuple[list[bool], dict]:
+    """Every module's mode, and a copy of every buffer."""
+    return ([m.training for m in model.modules()],
+            {name: b.clone() for name, b in model.named_buffers()})
+
+
+def assert_state_unchanged(model, before) -> None:
+    """The modes and buffers of ``model`` are what ``model_state`` recorded."""
+    import torch
+
+    modes, buffers = before
+    assert [m.training for m in model.modules()] == modes
+    for name, buffer in model.named_buffers():
+        assert torch.equal(buffer, buffers[name]), name
+
+
+def no_hooks_left(model) -> bool:
+    """No module of ``model`` has a forward hook or pre-hook."""
+    return all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+
+
+# --- a preview: the site's machinery with only some pages --------------------------------
+
+NAV_PAGE = re.compile(r"^\s+- [^:]+: (\S+)\.py\s*$")
+
+
+def config_with_pages(stems) -> str:
+    """mkdocs.yml, its nav reduced to the home page and the given tutorial pages."""
+    lines = (ROOT / "mkdocs.yml").read_text(encoding="utf-8").splitlines(keepends=True)
+    return "".join(line for line in lines
+                   if not (m := NAV_PAGE.match(line)) or m.group(1) in stems)
+
+
+def copy_machinery(where: Path, stems=("definition",)) -> None:
+    """mkdocs.yml (nav: home and ``stems``), hooks, overrides and assets.
+
+    The home pages are stubs (the real ones link to every chapter); no tutorial
+    page is copied: ``copy_pages`` does that.
+    """
+    (where / "mkdocs.yml").write_text(config_with_pages(set(stems)), encoding="utf-8")
+    for name in ("hooks", "overrides"):
+        source = ROOT / name
+        shutil.copytree(source, where / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(DOCS / "assets", where / "docs" / "assets")
+    for language in LANGUAGES:
+        (where / "docs" / language).mkdir(parents=True)
+        (where / "docs" / language / "index.md").write_text("# Preview\n", encoding="utf-8")
+
+
+def copy_pages(where: Path, stems) -> None:
+    for language in LANGUAGES:
+        for stem in stems:
+            shutil.copy(DOCS / language / f"{stem}.py", where / "docs" / language / f"{stem}.py")
+
+
+def main(stems: list[str]) -> int:
+    where = Path(tempfile.mkdtemp(prefix="site-copy-"))
+    copy_machinery(where, stems)
+    copy_pages(where, stems)
+    result = mkdocs_build(where, where / "site")
+    sys.stderr.write(result.stderr[-8000:])
+    print(f"\nsite: {where / 'site'}  (build {'passed' if result.returncode == 0 else 'FAILED'})")
+    return result.returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
