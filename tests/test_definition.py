@@ -1,3 +1,4 @@
+import re
 from collections import OrderedDict
 
 import pytest
@@ -5,9 +6,13 @@ import torch
 from torch import nn
 
 from tutorials_pkg.definition import (
+    MLPWithExtraInput,
+    MLPWithoutSuperInit,
     MultiHeadNet,
     MySequential,
     ResidualMLP,
+    Standardize,
+    UnregisteredDictMultiHeadNet,
     UnregisteredListMLP,
     count_parameters,
     mlp_named,
@@ -61,12 +66,67 @@ def test_plain_list_layers_are_invisible_to_pytorch():
     assert count_parameters(model) == 0
     assert model.state_dict() == OrderedDict()
     model = model.to(torch.float64)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="must have the same dtype, but got Double and Float"):
         model(torch.randn(2, 4, dtype=torch.float64))
 
 
+def test_plain_dict_heads_are_invisible_to_pytorch():
+    model = UnregisteredDictMultiHeadNet()
+    assert list(model.state_dict()) == ["body.0.weight", "body.0.bias"]  # no head saved
+    assert count_parameters(model) == count_parameters(model.body) == 64 * 32 + 32
+    assert count_parameters(MultiHeadNet()) == count_parameters(model) + 32 * 10 + 10 + 32 * 2 + 2
+    model = model.to(torch.float64)
+    with pytest.raises(RuntimeError, match="must have the same dtype, but got Double and Float"):
+        model(torch.randn(2, 64, dtype=torch.float64), "digit")
+
+
+def test_forgetting_super_init_fails_when_the_first_layer_is_assigned():
+    with pytest.raises(AttributeError, match=r"cannot assign module before Module.__init__\(\) call"):
+        MLPWithoutSuperInit()
+
+
+def test_sequential_passes_one_input_and_our_forward_takes_two():
+    with pytest.raises(TypeError, match="takes 2 positional arguments but 3 were given"):
+        mlp_sequential()(torch.randn(2, 64), torch.randn(2, 1))
+    model = MLPWithExtraInput(extra_features=1)
+    x, extra = torch.randn(2, 64), torch.randn(2, 1)
+    out = model(x, extra)
+    assert out.shape == (2, 10)
+    with torch.no_grad():
+        model.head.weight[:, -1] += 1.0  # the extra input's weight: the output moves by extra
+    assert torch.allclose(model(x, extra) - out, extra.expand(2, 10), atol=1e-6)
+
+
+def test_module_list_grows_with_append_extend_and_insert():
+    blocks = nn.ModuleList([nn.Linear(4, 4)])
+    blocks.append(nn.Linear(4, 4))
+    blocks.extend([nn.Linear(4, 2)])
+    blocks.insert(1, nn.ReLU())
+    assert [type(b).__name__ for b in blocks] == ["Linear", "ReLU", "Linear", "Linear"]
+    assert list(blocks._modules) == ["0", "1", "2", "3"]
+    assert list(nn.Sequential(*blocks).state_dict())[-1] == "3.bias"  # registered, renumbered
+
+
+def test_module_dict_items_are_attributes_too():
+    model = MultiHeadNet()
+    assert model.heads.digit is model.heads["digit"]
+
+
+def test_buffers_are_saved_and_moved_but_not_trained():
+    model = Standardize(torch.tensor([1.0, 2.0]), torch.tensor([2.0, 4.0]))
+    assert list(model.parameters()) == []
+    assert list(model.state_dict()) == ["mean", "std"]
+    assert torch.equal(model(torch.tensor([[3.0, 6.0]])), torch.tensor([[1.0, 1.0]]))
+    model = model.to(torch.float64)
+    assert model.mean.dtype == model.std.dtype == torch.float64
+    hidden = nn.Module()
+    hidden.register_buffer("table", torch.arange(3.0), persistent=False)
+    assert list(hidden.state_dict()) == [] and [n for n, _ in hidden.named_buffers()] == ["table"]
+
+
 @pytest.mark.parametrize("name, key", [
-    ("fc1", "fc1"), ("layer1.0.conv1", "layer1_0_conv1"), ("type", "type_"), ("keys", "keys_"),
+    ("fc1", "fc1"), ("layer1.0.conv1", "layer1/0/conv1"), ("type", "type/"), ("keys", "keys/"),
+    ("training", "training/"), ("layer1_0_conv1", "layer1_0_conv1"),
 ])
 def test_module_key_gives_keys_module_dict_accepts(name, key):
     assert module_key(name) == key
@@ -75,9 +135,19 @@ def test_module_key_gives_keys_module_dict_accepts(name, key):
     assert list(blocks) == [key]
 
 
-def test_module_key_refuses_an_empty_name():
-    with pytest.raises(ValueError, match="cannot be empty"):
-        module_key("")
+def test_module_key_gives_distinct_names_distinct_keys():
+    names = ["layer1.0", "layer1_0", "layer1/0", "layer1%2F0", "layer1%0", "type", "type/",
+             "training", "_modules", "%", "%25", "a.b/c", "a/b.c", "forward", "__init__"]
+    keys = [module_key(name) for name in names]
+    assert len(set(keys)) == len(names), dict(zip(names, keys))
+    blocks = nn.ModuleDict({key: nn.Identity() for key in keys})  # every one accepted
+    assert list(blocks) == keys
+
+
+@pytest.mark.parametrize("name", ["", "fc1.", ".fc1", "layer1..conv1"])
+def test_module_key_refuses_what_is_not_a_layer_name(name):
+    with pytest.raises(ValueError, match=rf"{re.escape(repr(name))} is not a layer name"):
+        module_key(name)
 
 
 def test_containers_move_their_layers(device):

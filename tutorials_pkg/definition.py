@@ -2,7 +2,8 @@
 
 ``nn.Sequential`` for a straight chain, ``nn.ModuleList`` for repeated blocks
 that your own ``forward`` walks, ``nn.ModuleDict`` for blocks chosen by name;
-and what ``nn.Sequential`` does inside, in a few lines.
+buffers for tensors that are saved but not trained; and what ``nn.Sequential``
+does inside, in a few lines.
 """
 
 from collections import OrderedDict
@@ -10,7 +11,8 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-__all__ = ["MultiHeadNet", "MySequential", "ResidualMLP", "UnregisteredListMLP",
+__all__ = ["MLPWithExtraInput", "MLPWithoutSuperInit", "MultiHeadNet", "MySequential",
+           "ResidualMLP", "Standardize", "UnregisteredDictMultiHeadNet", "UnregisteredListMLP",
            "count_parameters", "mlp_named", "mlp_sequential", "module_key"]
 
 
@@ -61,13 +63,38 @@ class MultiHeadNet(nn.Module):
         return self.heads[head](self.body(x))
 
 
+class MLPWithExtraInput(nn.Module):
+    """A body, an extra input joined to its features, then a head: a ``forward`` of our own."""
+
+    def __init__(self, in_features: int = 64, extra_features: int = 1, hidden: int = 32,
+                 out_features: int = 10):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU())
+        self.head = nn.Linear(hidden + extra_features, out_features)
+
+    def forward(self, x: torch.Tensor, extra: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.cat([self.body(x), extra], dim=1))
+
+
+class Standardize(nn.Module):
+    """``(x - mean) / std``, with ``mean`` and ``std`` kept as buffers."""
+
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor):
+        super().__init__()
+        self.register_buffer("mean", mean.clone())  # persistent: saved in the state_dict
+        self.register_buffer("std", std.clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
 class MySequential(nn.Module):
     """What ``nn.Sequential`` does: register each module in order, then chain them."""
 
     def __init__(self, *modules: nn.Module):
         super().__init__()
         for index, module in enumerate(modules):
-            # add_module stores it in self._modules (an ordered dict) under this name
+            # add_module stores it in self._modules, a plain dict (insertion-ordered)
             self.add_module(str(index), module)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -77,16 +104,14 @@ class MySequential(nn.Module):
 
 
 def module_key(name: str) -> str:
-    """Turn any layer name (``"layer1.0.conv1"``, ``"type"``) into a valid ``ModuleDict`` key.
-
-    ``nn.ModuleDict`` refuses keys with a dot and keys that are already attributes
-    of the dict (``keys``, ``type``, ``forward``, ...).
-    """
-    if not name:
-        raise ValueError("a ModuleDict key cannot be empty; pass a layer name such as 'fc1'")
-    key = name.replace(".", "_")
-    while hasattr(nn.ModuleDict, key):
-        key = key + "_"
+    """A ``ModuleDict`` key for a dotted layer name; distinct names give distinct keys."""
+    if not name or "" in name.split("."):
+        raise ValueError(f"{name!r} is not a layer name; expected non-empty parts joined "
+                         "by dots, such as 'fc1' or 'layer1.0.conv1'")
+    # Dots become slashes; a % or / already in the name is escaped first.
+    key = name.replace("%", "%25").replace("/", "%2F").replace(".", "/")
+    if hasattr(nn.ModuleDict(), key):  # "keys", "type", "training", ...
+        key += "/"  # no layer name ends in a dot, so no other name gives this key
     return key
 
 
@@ -100,13 +125,18 @@ def count_parameters(model: nn.Module) -> int:
 
 # --- Wrong: what the page shows failing --------------------------------------------------
 
-class UnregisteredListMLP(nn.Module):
-    """Wrong: layers kept in a plain Python list are not registered.
+class MLPWithoutSuperInit(nn.Module):
+    """Wrong: assigns a layer without calling ``super().__init__()`` first."""
 
-    They have no parameters as far as PyTorch knows: an optimizer built from
-    ``model.parameters()`` never trains them, ``state_dict`` does not save them
-    and ``.to()`` does not move or convert them. Use ``nn.ModuleList``.
-    """
+    def __init__(self, in_features: int = 64, out_features: int = 10):
+        self.fc = nn.Linear(in_features, out_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x)
+
+
+class UnregisteredListMLP(nn.Module):
+    """Wrong: layers kept in a plain Python list are not registered; use ``nn.ModuleList``."""
 
     def __init__(self, features: int = 32, depth: int = 2):
         super().__init__()
@@ -116,3 +146,16 @@ class UnregisteredListMLP(nn.Module):
         for layer in self.layers:
             x = layer(x)
         return x
+
+
+class UnregisteredDictMultiHeadNet(nn.Module):
+    """Wrong: heads kept in a plain Python dict are not registered; use ``nn.ModuleDict``."""
+
+    def __init__(self, in_features: int = 64, hidden: int = 32,
+                 heads: tuple[tuple[str, int], ...] = (("digit", 10), ("parity", 2))):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU())
+        self.heads = {name: nn.Linear(hidden, size) for name, size in heads}
+
+    def forward(self, x: torch.Tensor, head: str) -> torch.Tensor:
+        return self.heads[head](self.body(x))

@@ -93,6 +93,8 @@ print(named.fc1)
 # as a skip connection around every block.
 
 # %%
+from torch import nn
+
 from tutorials_pkg.definition import ResidualMLP
 
 show_source(ResidualMLP)
@@ -118,6 +120,19 @@ print(residual(x).shape)
 print([name for name, _ in residual.named_parameters()])
 
 # %% [markdown]
+# A `ModuleList` grows like a list: `append` adds one module, `extend` several,
+# `insert` puts one at an index. Each is registered, and the positional names
+# are renumbered to match the order:
+
+# %%
+grown = nn.ModuleList([nn.Linear(64, 32)])
+grown.append(nn.ReLU())
+grown.extend([nn.Linear(32, 10)])
+grown.insert(1, nn.Dropout(0.1))
+print(grown)
+print(list(grown.state_dict().keys()))
+
+# %% [markdown]
 # ## `nn.ModuleDict`: blocks chosen by name
 #
 # A `ModuleDict` is a dictionary whose values are registered. Use it when
@@ -136,6 +151,13 @@ print("digit:", multi(x, head="digit").shape)
 print("parity:", multi(x, head="parity").shape)
 
 # %% [markdown]
+# A key that is a Python identifier is also an attribute: `multi.heads.digit`
+# is the same module as `multi.heads["digit"]`. Indexing works for every key.
+
+# %%
+print(multi.heads.digit is multi.heads["digit"])
+
+# %% [markdown]
 # An unknown head gets a `KeyError` that lists the heads there are:
 
 # %% tags=["raises-exception"] raises="KeyError"
@@ -145,8 +167,9 @@ multi(x, head="colour")
 # ## What `nn.Sequential` does inside
 #
 # A `Sequential` is an `nn.Module` that calls `add_module` for each layer, which
-# stores it in the ordered dictionary `self._modules`, and whose `forward`
-# walks that dictionary in order. A dozen lines do the same:
+# stores it in `self._modules`, and whose `forward` walks that dictionary in
+# order. `_modules` is a plain `dict` (insertion-ordered), as every `dict` in
+# Python 3.7 and later. A dozen lines do the same:
 
 # %%
 from tutorials_pkg.definition import MySequential
@@ -158,13 +181,70 @@ show_source(MySequential)
 # thing as `nn.Sequential`:
 
 # %%
-from torch import nn
-
 layers = [nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10)]
 ours, theirs = MySequential(*layers), nn.Sequential(*layers)
-print(list(ours._modules.keys()))
+print(type(ours._modules), list(ours._modules.keys()))
 print(list(ours.state_dict().keys()) == list(theirs.state_dict().keys()))
 print(torch.equal(ours(x), theirs(x)))
+
+# %% [markdown]
+# ### One input, passed from layer to layer
+#
+# `nn.Sequential.forward` takes one input and hands each layer the output of
+# the one before. There is no way to give a layer half-way a second input:
+# calling the chain with two raises a `TypeError`.
+
+# %% tags=["raises-exception"] raises="TypeError"
+chain = mlp_sequential()
+chain(x, torch.ones(8, 1))
+
+# %% [markdown]
+# A model with a second input needs a `forward` of its own. Here the extra
+# input, one number per image, is joined to the body's features before the
+# head; the body itself can still be a `Sequential`:
+
+# %%
+from tutorials_pkg.definition import MLPWithExtraInput
+
+show_source(MLPWithExtraInput)
+
+# %%
+ink = x.mean(dim=1, keepdim=True)  # (8, 1): how much ink each digit has
+print(MLPWithExtraInput(extra_features=1)(x, ink).shape)
+
+# %% [markdown]
+# ## Tensors that are saved but not trained: buffers
+#
+# Some tensors belong to a model without being learned: the mean and standard
+# deviation used to standardize the input, BatchNorm's running statistics.
+# `register_buffer` registers such a tensor: it is in the `state_dict` and
+# follows `.to()`, but it is not a parameter, so no optimizer changes it.
+# (A tensor stored as a plain attribute gets neither.)
+
+# %%
+from tutorials_pkg.definition import Standardize
+
+show_source(Standardize)
+
+# %%
+scale = Standardize(images.mean(), images.std())
+print("parameters:", list(scale.parameters()))
+print("state_dict:", {k: round(v.item(), 4) for k, v in scale.state_dict().items()})
+print("dtype after .to(torch.float64):", scale.to(torch.float64).mean.dtype)
+standardized = Standardize(images.mean(), images.std())(images)
+print(f"mean {standardized.mean():.3f}, std {standardized.std():.3f}")
+
+# %% [markdown]
+# `register_buffer(name, tensor, persistent=False)` registers a buffer that
+# follows `.to()` but is left out of the `state_dict`: for tensors the model
+# can rebuild from its arguments (a lookup table, a mask), which need not take
+# space in every checkpoint. It is still one of `named_buffers()`:
+
+# %%
+holder = nn.Module()
+holder.register_buffer("table", torch.arange(4.0), persistent=False)
+print("state_dict:", list(holder.state_dict().keys()))
+print("buffers:", [name for name, _ in holder.named_buffers()])
 
 # %% [markdown]
 # ## Which one when
@@ -180,6 +260,28 @@ print(torch.equal(ours(x), theirs(x)))
 
 # %% [markdown]
 # ## What goes wrong in the wild
+#
+# ### A subclass that forgets `super().__init__()`
+#
+# Every `nn.Module` subclass must call `super().__init__()` before it assigns
+# a layer: that call creates the dictionaries (`_parameters`, `_buffers`,
+# `_modules`) where `nn.Module.__setattr__` registers what you assign. Without
+# it, the first `self.fc = ...` fails:
+
+# %%
+from tutorials_pkg.definition import MLPWithoutSuperInit
+
+show_source(MLPWithoutSuperInit)
+
+# %% [markdown]
+# Building it raises an `AttributeError`, already in `__init__`:
+
+# %% tags=["raises-exception"] raises="AttributeError"
+MLPWithoutSuperInit()
+
+# %% [markdown]
+# The fix is the first line of every model on this page,
+# `super().__init__()`, as in `ResidualMLP` above.
 #
 # ### Layers kept in a plain Python list are not registered
 #
@@ -217,6 +319,35 @@ plain(x.to(torch.float64))
 # %%
 print("parameters:", count_parameters(ResidualMLP(features=64, depth=3)))
 assert count_parameters(ResidualMLP(features=64, depth=3)) == 3 * (64 * 64 + 64)
+
+# %% [markdown]
+# ### Heads kept in a plain Python dict are not registered either
+#
+# The same goes for a `dict`: this is `MultiHeadNet` with its heads in a plain
+# dictionary instead of an `nn.ModuleDict`.
+
+# %%
+from tutorials_pkg.definition import UnregisteredDictMultiHeadNet
+
+show_source(UnregisteredDictMultiHeadNet)
+
+# %% [markdown]
+# PyTorch sees the body and nothing of the heads: 2,080 parameters instead of
+# 2,476, and no head in the `state_dict`, so a saved model loses them.
+
+# %%
+loose = UnregisteredDictMultiHeadNet()
+print("parameters:", count_parameters(loose), "with ModuleDict:", count_parameters(MultiHeadNet()))
+print("state_dict:", list(loose.state_dict().keys()))
+assert count_parameters(MultiHeadNet()) - count_parameters(loose) == 32 * 10 + 10 + 32 * 2 + 2
+
+# %% [markdown]
+# `.to()` converts the body and not the heads, so the first head fails with a
+# `RuntimeError`:
+
+# %% tags=["raises-exception"] raises="RuntimeError"
+loose = loose.to(torch.float64)
+loose(x.to(torch.float64), head="digit")
 
 # %% [markdown]
 # ### `[nn.Linear(4, 4)] * 3` is one layer three times
@@ -273,12 +404,22 @@ print(fixed(x).shape)
 # %% [markdown]
 # ### `ModuleDict` refuses some keys
 #
-# A key that is already an attribute of `nn.ModuleDict` (`keys`, `type`,
-# `forward`, …) raises a `KeyError`:
+# A key that is already an attribute of a `ModuleDict` raises a `KeyError`:
+# its methods (`keys`, `type`, `forward`, …) and also the attributes every
+# module sets in `__init__`, such as `training`:
 
 # %% tags=["raises-exception"] raises="KeyError"
 blocks = nn.ModuleDict()
 blocks["type"] = nn.Linear(4, 4)
+
+# %% [markdown]
+# `training` is not an attribute of the class, only of each instance, so a
+# check such as `hasattr(nn.ModuleDict, key)` lets it through, and the
+# assignment fails with a `KeyError` again:
+
+# %% tags=["raises-exception"] raises="KeyError"
+print(hasattr(nn.ModuleDict, "training"), hasattr(nn.ModuleDict(), "training"))
+blocks["training"] = nn.Linear(4, 4)
 
 # %% [markdown]
 # and so does a key with a dot, which is what layer names such as
@@ -288,7 +429,12 @@ blocks["type"] = nn.Linear(4, 4)
 blocks["layer1.0.conv1"] = nn.Linear(4, 4)
 
 # %% [markdown]
-# `module_key` turns any layer name into a key the dictionary accepts:
+# `module_key` turns any layer name into a key the dictionary accepts. Replacing
+# the dots with `_` would not do: `layer1.0` and `layer1_0` are different layers
+# and would get the same key. So the dots become `/`, after any `%` or `/`
+# already in the name has been escaped as in a URL (`%25`, `%2F`); and a name
+# that is an attribute of a `ModuleDict` instance gets a trailing `/`, a key no
+# other name can give, because no layer name ends in a dot:
 
 # %%
 from tutorials_pkg.definition import module_key
@@ -296,9 +442,11 @@ from tutorials_pkg.definition import module_key
 show_source(module_key)
 
 # %%
-for name in ["type", "layer1.0.conv1", "keys"]:
+names = ["type", "training", "layer1.0.conv1", "layer1_0_conv1", "layer1.0", "layer1_0"]
+for name in names:
     blocks[module_key(name)] = nn.Linear(4, 4)
-print(list(blocks.keys()))
+print({name: module_key(name) for name in names})
+assert len(blocks) == len(names)  # distinct names, distinct keys
 
 # %% [markdown]
 # ### A `ModuleList` cannot be called

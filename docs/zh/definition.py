@@ -13,7 +13,7 @@
 # %% [markdown]
 # # 模型定义的三种方式
 #
-# PyTorch 提供三种容器，把层组合成模型：`nn.Sequential`、`nn.ModuleList` 和 `nn.ModuleDict`。三者都会**注册**它们装着的层：正因为注册了，PyTorch 才能找到这些层的参数、把它们存进 `state_dict`、用 `.to()` 搬动它们。三者的区别在于谁决定计算顺序：`nn.Sequential` 按固定的链条依次执行；另外两种则由你自己写的 `forward` 决定。
+# PyTorch 提供三种容器，把层组合成模型：`nn.Sequential`、`nn.ModuleList` 和 `nn.ModuleDict`。三者都会**注册**它们装着的层：注册之后，PyTorch 才找得到这些层的参数，保存时才会把它们写进 `state_dict`，调用 `.to()` 时才会把它们一起移到别的设备或转换成别的数据类型。三者的区别在于谁决定计算顺序：`nn.Sequential` 按固定的链条依次执行；另外两种则由你自己写的 `forward` 决定。
 #
 # 本页的每一段输出，都是构建网站时真正运行代码得到的，运行环境就是下面打印的版本。
 
@@ -79,6 +79,8 @@ print(named.fc1)
 # `ModuleList` 是一个会注册其元素的列表。它没有 `forward`：由你自己遍历，这样就能加入直链表达不了的东西，比如给每个模块加一条跳跃连接（skip connection）。
 
 # %%
+from torch import nn
+
 from tutorials_pkg.definition import ResidualMLP
 
 show_source(ResidualMLP)
@@ -104,9 +106,20 @@ print(residual(x).shape)
 print([name for name, _ in residual.named_parameters()])
 
 # %% [markdown]
+# `ModuleList` 可以像列表一样扩充：`append` 添加一个模块，`extend` 添加多个，`insert` 在指定位置插入一个。每个新模块都会被注册，按位置的名字也会随顺序重新编号：
+
+# %%
+grown = nn.ModuleList([nn.Linear(64, 32)])
+grown.append(nn.ReLU())
+grown.extend([nn.Linear(32, 10)])
+grown.insert(1, nn.Dropout(0.1))
+print(grown)
+print(list(grown.state_dict().keys()))
+
+# %% [markdown]
 # ## `nn.ModuleDict`：按名字选择模块
 #
-# `ModuleDict` 是一个会注册其值的字典。当 `forward` 需要按名字挑选模块时用它，这里是在共享主干上挑选两个输出头之一：是哪个数字，以及是奇数还是偶数。
+# `ModuleDict` 是一个会注册其值的字典。当 `forward` 需要按名字挑选模块时就用它。这里的例子是在共享的主干上接两个分类头，按名字选用其中之一：一个判断是哪个数字，一个判断是奇数还是偶数。
 
 # %%
 from tutorials_pkg.definition import MultiHeadNet
@@ -120,7 +133,13 @@ print("digit:", multi(x, head="digit").shape)
 print("parity:", multi(x, head="parity").shape)
 
 # %% [markdown]
-# 名字不存在时，会报 `KeyError`，并列出现有的输出头：
+# 如果键是合法的 Python 标识符，它也可以当作属性访问：`multi.heads.digit` 与 `multi.heads["digit"]` 是同一个模块。用下标访问则对任何键都适用。
+
+# %%
+print(multi.heads.digit is multi.heads["digit"])
+
+# %% [markdown]
+# 名字不存在时，会报 `KeyError`，并列出现有的分类头：
 
 # %% tags=["raises-exception"] raises="KeyError"
 multi(x, head="colour")
@@ -128,7 +147,7 @@ multi(x, head="colour")
 # %% [markdown]
 # ## `nn.Sequential` 内部做了什么
 #
-# `Sequential` 是一个 `nn.Module`：它对每一层调用 `add_module`，把层存进有序字典 `self._modules`；它的 `forward` 按顺序遍历这个字典。十几行代码就能做到同样的事：
+# `Sequential` 是一个 `nn.Module`：它对每一层调用 `add_module`，把层存进 `self._modules`；它的 `forward` 按顺序遍历这个字典。`_modules` 是普通的 `dict`（按插入顺序排列），Python 3.7 起所有 `dict` 都是如此。十几行代码就能做到同样的事：
 
 # %%
 from tutorials_pkg.definition import MySequential
@@ -139,13 +158,59 @@ show_source(MySequential)
 # 给它同样的层，它的 `state_dict` 键与 `nn.Sequential` 相同，计算结果也相同：
 
 # %%
-from torch import nn
-
 layers = [nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10)]
 ours, theirs = MySequential(*layers), nn.Sequential(*layers)
-print(list(ours._modules.keys()))
+print(type(ours._modules), list(ours._modules.keys()))
 print(list(ours.state_dict().keys()) == list(theirs.state_dict().keys()))
 print(torch.equal(ours(x), theirs(x)))
+
+# %% [markdown]
+# ### 只有一个输入，逐层传下去
+#
+# `nn.Sequential.forward` 只接收一个输入，并把上一层的输出交给下一层。没有办法在中途给某一层第二个输入：用两个参数调用这条链，会抛出 `TypeError`。
+
+# %% tags=["raises-exception"] raises="TypeError"
+chain = mlp_sequential()
+chain(x, torch.ones(8, 1))
+
+# %% [markdown]
+# 有第二个输入的模型，需要自己写 `forward`。下面把额外输入（每张图一个数）拼接到主干输出的特征上，再交给分类头；主干本身仍然可以是一个 `Sequential`：
+
+# %%
+from tutorials_pkg.definition import MLPWithExtraInput
+
+show_source(MLPWithExtraInput)
+
+# %%
+ink = x.mean(dim=1, keepdim=True)  # (8, 1): how much ink each digit has
+print(MLPWithExtraInput(extra_features=1)(x, ink).shape)
+
+# %% [markdown]
+# ## 要保存但不训练的张量：buffer
+#
+# 有些张量属于模型，却不是学出来的：比如用来标准化输入的均值和标准差，又比如 BatchNorm 的滑动统计量。`register_buffer` 用来注册这样的张量（称为 buffer）：它会写进 `state_dict`，也会随 `.to()` 移动，但它不是参数，任何优化器都不会改动它。（作为普通属性存放的张量，这两样都得不到。）
+
+# %%
+from tutorials_pkg.definition import Standardize
+
+show_source(Standardize)
+
+# %%
+scale = Standardize(images.mean(), images.std())
+print("parameters:", list(scale.parameters()))
+print("state_dict:", {k: round(v.item(), 4) for k, v in scale.state_dict().items()})
+print("dtype after .to(torch.float64):", scale.to(torch.float64).mean.dtype)
+standardized = Standardize(images.mean(), images.std())(images)
+print(f"mean {standardized.mean():.3f}, std {standardized.std():.3f}")
+
+# %% [markdown]
+# `register_buffer(name, tensor, persistent=False)` 注册的 buffer 同样随 `.to()` 移动，但不写进 `state_dict`：适合模型能根据构造参数重新算出来的张量（查找表、掩码），不必在每个检查点里占空间。它仍然出现在 `named_buffers()` 里：
+
+# %%
+holder = nn.Module()
+holder.register_buffer("table", torch.arange(4.0), persistent=False)
+print("state_dict:", list(holder.state_dict().keys()))
+print("buffers:", [name for name, _ in holder.named_buffers()])
 
 # %% [markdown]
 # ## 什么时候用哪一种
@@ -154,13 +219,30 @@ print(torch.equal(ours(x), theirs(x)))
 # |---|---|---|---|
 # | `nn.Sequential` | 一条直链，每层把结果交给下一层 | 已替你写好 | `0`、`1`……或 `OrderedDict` 的键 |
 # | `nn.ModuleList` | 重复的模块、循环、跳跃连接 | 自己写：遍历它 | `0`、`1`…… |
-# | `nn.ModuleDict` | 按名字选择的模块（输出头、分支、按任务区分的层） | 自己写：按键取用 | 你起的键 |
+# | `nn.ModuleDict` | 按名字选择的模块（分类头、分支、按任务区分的层） | 自己写：按键取用 | 你起的键 |
 #
-# 它们可以互相嵌套：`ModuleList` 里装 `Sequential` 模块就很常见。普通的 Python
-# `list` 或 `dict` 则做不到这些，下一节会演示。
+# 它们可以互相嵌套：`ModuleList` 里装 `Sequential` 模块就很常见。普通的 Python `list` 或 `dict` 则做不到这些，下一节会演示。
 
 # %% [markdown]
 # ## 实践中常见的错误
+#
+# ### 子类忘了调用 `super().__init__()`
+#
+# 每个 `nn.Module` 子类都必须先调用 `super().__init__()`，再给自己赋值层：这一调用会创建 `_parameters`、`_buffers`、`_modules` 这几个字典，`nn.Module.__setattr__` 正是把赋值的层登记在这些字典里。少了这一步，第一句 `self.fc = ...` 就会失败：
+
+# %%
+from tutorials_pkg.definition import MLPWithoutSuperInit
+
+show_source(MLPWithoutSuperInit)
+
+# %% [markdown]
+# 一构建就抛出 `AttributeError`，错误发生在 `__init__` 里：
+
+# %% tags=["raises-exception"] raises="AttributeError"
+MLPWithoutSuperInit()
+
+# %% [markdown]
+# 修正办法就是本页每个模型的第一行 `super().__init__()`，如上面的 `ResidualMLP`。
 #
 # ### 放在普通 Python 列表里的层没有被注册
 #
@@ -182,7 +264,7 @@ print("state_dict:", plain.state_dict())
 assert count_parameters(plain) == 0 and len(plain.state_dict()) == 0
 
 # %% [markdown]
-# `.to()` 也碰不到这些层。在 GPU 上，这些层会留在 CPU；改变数据类型在任何机器上都能看到同样的问题，报 `RuntimeError`：
+# `.to()` 也管不到这些层。换到 GPU 时，这些层会留在 CPU 上；改变数据类型在任何机器上都能看到同样的问题，报 `RuntimeError`：
 
 # %% tags=["raises-exception"] raises="RuntimeError"
 plain = plain.to(torch.float64)
@@ -194,6 +276,32 @@ plain(x.to(torch.float64))
 # %%
 print("parameters:", count_parameters(ResidualMLP(features=64, depth=3)))
 assert count_parameters(ResidualMLP(features=64, depth=3)) == 3 * (64 * 64 + 64)
+
+# %% [markdown]
+# ### 放在普通 Python 字典里的分类头同样没有被注册
+#
+# `dict` 也一样：下面是把分类头放进普通字典、而不是 `nn.ModuleDict` 的 `MultiHeadNet`。
+
+# %%
+from tutorials_pkg.definition import UnregisteredDictMultiHeadNet
+
+show_source(UnregisteredDictMultiHeadNet)
+
+# %% [markdown]
+# PyTorch 只看得到主干，看不到任何分类头：参数是 2,080 个而不是 2,476 个，`state_dict` 里也没有分类头，保存下来的模型会丢掉它们。
+
+# %%
+loose = UnregisteredDictMultiHeadNet()
+print("parameters:", count_parameters(loose), "with ModuleDict:", count_parameters(MultiHeadNet()))
+print("state_dict:", list(loose.state_dict().keys()))
+assert count_parameters(MultiHeadNet()) - count_parameters(loose) == 32 * 10 + 10 + 32 * 2 + 2
+
+# %% [markdown]
+# `.to()` 只转换主干，不转换分类头，所以第一个分类头就抛出 `RuntimeError`：
+
+# %% tags=["raises-exception"] raises="RuntimeError"
+loose = loose.to(torch.float64)
+loose(x.to(torch.float64), head="digit")
 
 # %% [markdown]
 # ### `[nn.Linear(4, 4)] * 3` 是同一层用了三次
@@ -246,11 +354,18 @@ print(fixed(x).shape)
 # %% [markdown]
 # ### `ModuleDict` 拒绝某些键
 #
-# 已经是 `nn.ModuleDict` 属性的键（`keys`、`type`、`forward`……）会引发 `KeyError`：
+# 已经是 `ModuleDict` 属性的键会引发 `KeyError`：既包括它的方法（`keys`、`type`、`forward`……），也包括每个模块在 `__init__` 里设置的属性，比如 `training`：
 
 # %% tags=["raises-exception"] raises="KeyError"
 blocks = nn.ModuleDict()
 blocks["type"] = nn.Linear(4, 4)
+
+# %% [markdown]
+# `training` 不是类的属性，只是每个实例的属性，所以 `hasattr(nn.ModuleDict, key)` 这样的检查会放过它，赋值时同样抛出 `KeyError`：
+
+# %% tags=["raises-exception"] raises="KeyError"
+print(hasattr(nn.ModuleDict, "training"), hasattr(nn.ModuleDict(), "training"))
+blocks["training"] = nn.Linear(4, 4)
 
 # %% [markdown]
 # 带点号的键也一样，而 `layer1.0.conv1` 这样的层名正带有点号；同样是 `KeyError`：
@@ -259,7 +374,7 @@ blocks["type"] = nn.Linear(4, 4)
 blocks["layer1.0.conv1"] = nn.Linear(4, 4)
 
 # %% [markdown]
-# `module_key` 把任意层名变成字典能接受的键：
+# `module_key` 把任意层名变成字典能接受的键。只把点号换成 `_` 是不行的：`layer1.0` 和 `layer1_0` 是两个不同的层，却会得到同一个键。所以点号换成 `/`，而名字里原有的 `%` 或 `/` 先按 URL 的方式转义（`%25`、`%2F`）；恰好是 `ModuleDict` 实例属性的名字，末尾再加一个 `/`。别的名字不可能得到这样的键，因为层名不会以点号结尾：
 
 # %%
 from tutorials_pkg.definition import module_key
@@ -267,9 +382,11 @@ from tutorials_pkg.definition import module_key
 show_source(module_key)
 
 # %%
-for name in ["type", "layer1.0.conv1", "keys"]:
+names = ["type", "training", "layer1.0.conv1", "layer1_0_conv1", "layer1.0", "layer1_0"]
+for name in names:
     blocks[module_key(name)] = nn.Linear(4, 4)
-print(list(blocks.keys()))
+print({name: module_key(name) for name in names})
+assert len(blocks) == len(names)  # distinct names, distinct keys
 
 # %% [markdown]
 # ### `ModuleList` 不能被调用
