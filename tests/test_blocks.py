@@ -2,17 +2,22 @@ import pytest
 import torch
 import torchvision
 
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
 from tutorials_pkg.blocks.mobilenet import (
     BasicConv2d,
     DepthwiseSeparableConv,
     InvertedResidual,
     MobileNetV1,
     MobileNetV1Flat,
-    MobileNetV1WithCifarStem,
+    MobileNetV1WithFixedPool,
+    MobileNetV1WithFixedPoolAndLastStride1,
     MobileNetV2,
+    assert_same_network,
     count_macs,
 )
-from tutorials_pkg.blocks.unet import UNet, UNetWithoutAlignment, Up
+from tutorials_pkg.blocks.unet import UNet, UNetWithoutAlignment, Up, UpWithoutAlignment
 from tutorials_pkg.definition import count_parameters
 
 
@@ -63,6 +68,23 @@ def test_unet_training_batch_of_one_at_the_smallest_size_is_refused():
         model(torch.randn(1, 3, 16, 16))
     assert model(torch.randn(2, 3, 16, 16)).shape == (2, 2, 16, 16)
     assert model(torch.randn(1, 3, 16, 32)).shape == (1, 2, 16, 32)
+
+
+@pytest.mark.parametrize("kwargs", [{"n_channels": 0}, {"n_classes": 0}, {"n_classes": -1}])
+def test_unet_refuses_no_channels_or_no_classes_when_built(kwargs):
+    with pytest.raises(ValueError, match="n_channels and n_classes must be at least 1"):
+        UNet(**kwargs)
+
+
+def test_up_without_alignment_computes_the_padding_and_throws_it_away():
+    """The tutorial's `X1 = F.pad(x1, ...)`: padded under a new name, the unpadded map used."""
+    up, wrong = Up(128, 64, bilinear=False).eval(), UpWithoutAlignment(128, 64, bilinear=False).eval()
+    wrong.load_state_dict(up.state_dict())
+    x, skip = torch.randn(1, 128, 4, 4), torch.randn(1, 64, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(wrong(x, skip), up(x, skip))  # nothing to pad: the same block
+        with pytest.raises(RuntimeError, match="Sizes of tensors must match"):
+            wrong(x, torch.randn(1, 64, 9, 9))
 
 
 def test_unet_without_alignment_breaks_on_odd_sizes_only():
@@ -139,16 +161,106 @@ def test_mobilenet_v1_refuses_a_non_positive_width():
         MobileNetV1(width_mult=0)
 
 
-def test_broken_mobilenet_v1_fails_at_the_classifier_and_the_fix_runs():
+@pytest.mark.parametrize("model, last_map, features", [
+    (MobileNetV1WithFixedPool, 4, 4096), (MobileNetV1WithFixedPoolAndLastStride1, 7, 9216),
+], ids=["hand-written", "loop"])
+def test_fixed_pool_mobilenets_fail_at_fc_on_224(model, last_map, features):
+    model = model().eval()
     x = torch.randn(1, 3, 224, 224)
-    broken = MobileNetV1WithCifarStem().eval()
     with torch.no_grad():
-        assert broken.avgpool(broken.features(x)).shape == (1, 1024, 2, 2)
-        with pytest.raises(RuntimeError, match=r"1x4096 and 1024x1000"):
-            broken(x)
-        fixed = MobileNetV1().eval()
-        assert fixed(x).shape == (1, 1000)
-        assert fixed(torch.randn(1, 3, 320, 320)).shape == (1, 1000)  # adaptive pooling
+        assert model.features(x).shape == (1, 1024, last_map, last_map)
+        with pytest.raises(RuntimeError, match=rf"\(1x{features} and 1024x10\)"):
+            model(x)
+
+
+@pytest.mark.parametrize("model, fits", [
+    (MobileNetV1WithFixedPool, range(65, 193)), (MobileNetV1WithFixedPoolAndLastStride1, range(33, 97)),
+], ids=["hand-written", "loop"])
+def test_fixed_pool_mobilenets_fit_only_a_band_of_input_sizes(model, fits):
+    model = model().eval()
+    with torch.no_grad():
+        for size in (fits.start - 1, fits.start, fits.stop - 1, fits.stop):
+            x = torch.randn(1, 3, size, size)
+            if size in fits:
+                assert model(x).shape == (1, 10), size
+            else:
+                with pytest.raises(RuntimeError):  # too small for the pool, or too many features
+                    model(x)
+
+
+def test_the_loop_refactor_changes_the_last_stride_and_only_the_structure_check_sees_it():
+    hand, loop = MobileNetV1WithFixedPool().eval(), MobileNetV1WithFixedPoolAndLastStride1().eval()
+    assert hand.features[13].depthwise[0].stride == (2, 2)
+    assert loop.features[13].depthwise[0].stride == (1, 1)
+    loop.load_state_dict(hand.state_dict(), strict=True)  # loading does not see strides
+    x = torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        assert hand(x).shape == loop(x).shape == (2, 10)
+    with pytest.raises(AssertionError, match=r"different layers:\n  \('features\.13\.depthwise\.0'"
+                                             r".*stride=\(2, 2\).*\n.*stride=\(1, 1\)"):
+        assert_same_network(hand, loop, x)
+
+
+def test_assert_same_network_passes_for_the_same_network_and_catches_a_different_forward():
+    x = torch.randn(1, 3, 64, 64)
+    assert_same_network(MobileNetV1(), MobileNetV1Flat(), x)
+    assert_same_network(MobileNetV1Flat(), MobileNetV1(), x)
+
+    class MaxPooled(MobileNetV1Flat):  # same layers, a different forward
+        def forward(self, x):
+            return self.classifier(torch.flatten(torch.amax(self.features(x), dim=(2, 3)), 1))
+
+    with pytest.raises(AssertionError, match=r"same layers and weights, different outputs: avgpool and classifier"):
+        assert_same_network(MobileNetV1Flat(), MaxPooled(), x)
+    deeper = MobileNetV1Flat()
+    deeper.features.add_module("block14", DepthwiseSeparableConv(1024, 1024, 1))
+    with pytest.raises(AssertionError, match=r"different layers:\n  \('avgpool'.*\n  \('features\.block14'"):
+        assert_same_network(MobileNetV1Flat(), deeper, x)
+
+
+def test_assert_same_network_compares_every_layer_not_only_the_output():
+    """A fresh MobileNet's activations vanish in eval mode: its output is about the fc bias."""
+    model = MobileNetV1().eval()
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 224, 224))
+    assert (out[0] - model.classifier.bias).abs().max() < 1e-8
+
+    class FeaturesDoubled(MobileNetV1Flat):  # the same calls; twice the features
+        def forward(self, x):
+            x = self.features(x) * 2
+            return self.classifier(torch.flatten(self.avgpool(x), 1))
+
+    flat, doubled = MobileNetV1Flat().eval(), FeaturesDoubled().eval()
+    doubled.load_state_dict(flat.state_dict())
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(flat(x), doubled(x), rtol=0, atol=1e-8)  # the outputs cannot tell
+    with pytest.raises(AssertionError, match="different outputs: avgpool and avgpool"):
+        assert_same_network(flat, doubled, x)
+
+
+def test_the_fixed_mobilenet_v1_runs_at_any_size():
+    fixed = MobileNetV1(num_classes=10).eval()
+    with torch.no_grad():
+        for size in (96, 224, 320):
+            assert fixed(torch.randn(1, 3, size, size)).shape == (1, 10)
+
+
+@pytest.mark.parametrize("model", [MobileNetV1, MobileNetV1Flat, MobileNetV2])
+def test_mobilenets_refuse_no_classes_when_built(model):
+    for num_classes in (0, -3):
+        with pytest.raises(ValueError, match=f"num_classes must be at least 1, got {num_classes}"):
+            model(num_classes=num_classes)
+
+
+@pytest.mark.parametrize("model", [MobileNetV1, MobileNetV1Flat, MobileNetV2])
+def test_mobilenet_training_batch_of_one_small_image_gets_a_clear_error(model):
+    model = model(num_classes=10).train()
+    with pytest.raises(ValueError, match="batch of 1 needs H or W of at least 33, got 32x20"):
+        model(torch.randn(1, 3, 32, 20))
+    assert model(torch.randn(1, 3, 33, 20)).shape == (1, 10)  # a 2x1 map: two values per channel
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    assert model.eval()(torch.randn(1, 3, 32, 32)).shape == (1, 10)
 
 
 # --- MobileNet v2 ---------------------------------------------------------------------
@@ -173,6 +285,10 @@ def test_mobilenet_v2_parameters_and_macs_match_the_references():
     theirs = torchvision.models.mobilenet_v2(weights=None).eval()
     macs = count_macs(ours, x)
     assert macs == count_macs(theirs, x)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        ours(x)
+    assert counter.get_total_flops() == 2 * macs  # FLOPs: a multiply and an add per mult-add
     assert round(macs / 1e9, 3) == meta["_ops"]       # torchvision: 0.301 G
     assert abs(macs / 300e6 - 1) < 0.01               # Sandler et al. 2018: 300 M
 

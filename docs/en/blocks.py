@@ -25,8 +25,11 @@
 # built, on the versions printed below.
 
 # %%
+import torch
+
 from tutorials_pkg.runtime import default_device, describe_runtime
 
+torch.manual_seed(0)  # the random weights and inputs below
 print(describe_runtime())
 device = default_device()
 
@@ -94,7 +97,9 @@ device = default_device()
 # the channels, so the deepest blocks are built half as wide (`factor`).
 # `forward` first checks the input and raises a `ValueError` that says what
 # size or channel count is needed, before any layer runs. The source below
-# holds the four blocks and the model, with the imports they need:
+# holds the four blocks and the model, with the imports they need. (`UNet`
+# also refuses `n_channels` or `n_classes` below 1 when it is built, with a
+# `ValueError`, instead of a model that fails later or returns no classes.)
 
 # %%
 from tutorials_pkg.blocks.unet import UNet
@@ -120,6 +125,24 @@ assert count_parameters(unet) == 31_037_698
 assert count_parameters(unet_bilinear) == 17_263_042
 
 # %% [markdown]
+# ### Skip connections concatenate
+#
+# U-Net's skip connections *concatenate* the encoder's map with the decoder's;
+# they do not add them. Adding a block's input to its output is the *residual*
+# connection of ResNet (He et al., 2015), whose paper introduced it against the
+# degradation problem (deeper plain networks training to a higher error); a
+# tutorial that credits U-Net with it mixes up the two. The channel counts
+# show the concatenation: `up4`'s first convolution takes 128 channels, the 64
+# of the skip connection from `inc` and the 64 of the upsampled map. An
+# addition would have left 64.
+
+# %%
+first_conv = unet.up4.conv.double_conv[0]
+print("up4 takes", first_conv.in_channels, "channels:",
+      unet.inc.double_conv[3].out_channels, "(skip) +", unet.up4.up.out_channels, "(upsampled)")
+assert first_conv.in_channels == unet.inc.double_conv[3].out_channels + unet.up4.up.out_channels
+
+# %% [markdown]
 # ### Every stage's output shape
 #
 # torchinfo's `summary` runs one input through the model and records what
@@ -130,7 +153,6 @@ assert count_parameters(unet_bilinear) == 17_263_042
 # torchinfo's parameter total is a third count that agrees.
 
 # %%
-import torch
 from torchinfo import summary
 
 unet = unet.eval().to(device)
@@ -211,21 +233,44 @@ from tutorials_pkg.blocks.mobilenet import MobileNetV1
 show_source(MobileNetV1)
 
 # %% [markdown]
+# Batch norm in training mode needs more than one value per channel, and five
+# stride-2 layers take an image of 32×32 or less to 1×1. So a batch of one
+# such image would stop in the first batch norm that sees the 1×1 map, with
+# torch's own message; `check_training_batch` (which `MobileNetV2` calls too)
+# stops it before any layer runs, with a `ValueError` that says what to
+# change, as `UNet` does. A `num_classes` below 1 is refused when the model
+# is built.
+
+# %% tags=["raises-exception"] raises="ValueError"
+MobileNetV1(num_classes=10).train()(torch.randn(1, 3, 32, 32))
+
+# %% [markdown]
 # ### The two versions are the same network
 #
-# Same printed structure, same `state_dict` keys and shapes (the weights of
-# one load into the other with `strict=True`, which also checks every
-# shape), and then the same output; each `assert` below would stop the page
-# otherwise:
+# `assert_same_network` checks three things and stops at the first
+# difference. The same layers: every submodule's name, type and settings
+# (what `print(model)` shows, strides included), in order. The same weights'
+# names and shapes: one model's `state_dict` loads into the other with
+# `strict=True`. And the same output, from every layer, on the same input,
+# recorded with forward hooks. Every layer's, not only the last one's: a
+# freshly built MobileNet in eval mode has batch-norm statistics still at
+# their initial mean 0 and variance 1, and with PyTorch's default weights the
+# activations shrink layer after layer, so the final output is the
+# classifier's bias give or take 1e-10, whatever came before it.
+
+# %%
+from tutorials_pkg.blocks.mobilenet import assert_same_network
+
+show_source(assert_same_network)
 
 # %%
 loop, flat = MobileNetV1().eval(), MobileNetV1Flat().eval()
-assert repr(loop.features) == repr(flat.features)     # same structure
-flat.load_state_dict(loop.state_dict(), strict=True)  # same names and shapes
 x = torch.randn(1, 3, 224, 224)
 with torch.no_grad():
-    assert torch.equal(loop(x), flat(x))              # same output
-print(f"parameters: loop {count_parameters(loop):,}, flat {count_parameters(flat):,}")
+    out = loop(x)
+print(f"output minus the classifier's bias: at most {(out[0] - loop.classifier.bias).abs().max().item():.1e}")
+assert_same_network(loop, flat, x)
+print(f"same network; parameters: loop {count_parameters(loop):,}, flat {count_parameters(flat):,}")
 assert count_parameters(loop) == count_parameters(flat)
 
 # %% [markdown]
@@ -278,7 +323,10 @@ show_source(MobileNetV2)
 
 # %% [markdown]
 # The `state_dict` keys are torchvision's, so weights move both ways with
-# `strict=True`, and on the same input the two models give the same output:
+# `strict=True`, and on the same input the two models compute the same
+# features (the classifier's input) and the same output, bit for bit. The
+# features are compared too because, as above, the output of a fresh model
+# says little on its own:
 
 # %%
 import torchvision
@@ -289,36 +337,51 @@ print(list(ours.state_dict())[:5])
 x = torch.randn(2, 3, 224, 224, device=device)
 theirs.load_state_dict(ours.state_dict(), strict=True)  # ours -> torchvision
 with torch.no_grad():
-    assert torch.allclose(ours(x), theirs(x))
+    assert torch.equal(ours.features(x), theirs.features(x)) and torch.equal(ours(x), theirs(x))
 other = torchvision.models.mobilenet_v2(weights=None).eval().to(device)
 ours.load_state_dict(other.state_dict(), strict=True)  # torchvision -> ours
 with torch.no_grad():
-    assert torch.allclose(ours(x), other(x))
-print("same output both ways")
+    assert torch.equal(ours.features(x), other.features(x)) and torch.equal(ours(x), other(x))
+print("same features and output both ways")
 
 # %% [markdown]
-# The size checks: torchvision records 3,504,872 parameters and 0.301 billion
-# operations for this model in its weights metadata (which needs no download),
-# and the MobileNet v2 paper gives 300 million multiply-adds at 224×224:
+# The size checks: torchvision records 3,504,872 parameters and 0.301 G
+# operations for this model in its weights metadata (which needs no
+# download), and the MobileNet v2 paper gives 300 million multiply-adds at
+# 224×224. torchvision's documentation heads that column "GFLOPS", but its
+# 0.301 G are multiply-adds too: counted as floating-point operations, each
+# multiply-add is two (a multiply and an add), which is what
+# `FlopCounterMode` reports (its formula for a convolution ends in `* 2`),
+# 0.602 G here; `count_macs` halves it.
 
 # %%
+from torch.utils.flop_counter import FlopCounterMode
+
 meta = torchvision.models.MobileNet_V2_Weights.IMAGENET1K_V1.meta
-macs = count_macs(ours, torch.randn(1, 3, 224, 224, device=device))
+x1 = torch.randn(1, 3, 224, 224, device=device)
+macs = count_macs(ours, x1)
+counter = FlopCounterMode(display=False)
+with counter, torch.no_grad():
+    ours(x1)
 print(f"parameters: {count_parameters(ours):,} (torchvision: {meta['num_params']:,})")
 print(f"mult-adds:  {macs / 1e6:.1f} M (torchvision: {meta['_ops']} G, paper: 300 M)")
+print(f"FLOPs:      {counter.get_total_flops() / 1e9:.3f} G, two per mult-add")
 assert count_parameters(ours) == count_parameters(theirs) == meta["num_params"] == 3_504_872
 assert round(macs / 1e9, 3) == meta["_ops"] and abs(macs / 300e6 - 1) < 0.01
+assert counter.get_total_flops() == 2 * macs
 
 # %% [markdown]
 # ## What goes wrong in the wild
 #
 # ### A U-Net without size alignment fails on odd sizes
 #
-# A decoder block that concatenates the upsampled map and the skip connection
-# directly works while every size on the way down is even, which is why the
-# mistake survives testing on 64×64 or 256×256 images. `UpWithoutAlignment`
-# is `Up` without the padding, and `UNetWithoutAlignment` a `UNet` built from
-# it:
+# A widely read U-Net tutorial computes the padding, but assigns it to a new
+# name (`X1 = F.pad(x1, ...)`) and then concatenates the unpadded `x1`: the
+# padding is thrown away, and the block concatenates the upsampled map and the
+# skip connection as they are. That works while every size on the way down
+# is even, which is why the mistake survives testing on 64×64 or 256×256
+# images. `UpWithoutAlignment` is `Up` with that mistake, and
+# `UNetWithoutAlignment` a `UNet` built from it:
 
 # %%
 from tutorials_pkg.blocks.unet import UNetWithoutAlignment, UpWithoutAlignment
@@ -339,13 +402,28 @@ with torch.no_grad():
     unaligned(torch.randn(1, 3, 65, 65))
 
 # %% [markdown]
-# `Up`'s `F.pad` is the fix: `UNet`, with the same weights, handles 65×65:
+# `Up` assigns the padded map back to `x` and concatenates that: `UNet`, with
+# the same weights, handles 65×65:
 
 # %%
 aligned = UNet(bilinear=True).eval()
 aligned.load_state_dict(unaligned.state_dict())
 with torch.no_grad():
     print(aligned(torch.randn(1, 3, 65, 65)).shape)
+
+# %% [markdown]
+# The same tutorial reads the sizes with `x1.size[2]`. `size` is a method, and
+# indexing a method raises a `TypeError`:
+
+# %% tags=["raises-exception"] raises="TypeError"
+x1 = torch.randn(1, 64, 33, 33)
+x1.size[2]
+
+# %% [markdown]
+# Call it, `x1.size(2)`, as `Up` does, or index the shape, `x1.shape[2]`:
+
+# %%
+print(x1.size(2), x1.shape[2])
 
 # %% [markdown]
 # ### A depthwise convolution without `groups`
@@ -423,47 +501,150 @@ assert flags == [b.use_res_connect for b in theirs.features[1:-1]]
 print(block(x16).shape)
 
 # %% [markdown]
-# ### The widely copied MobileNet v1 fails at the classifier
+# ### Building the list of layers with `+=`
 #
-# Many copies of MobileNet v1 code go back to versions adapted for 32×32 CIFAR images:
-# the first convolution has stride 1 instead of 2 (see
-# [kuangliu/pytorch-cifar#99](https://github.com/kuangliu/pytorch-cifar/issues/99)),
-# and the pooling before the classifier has a fixed kernel. Copied into a
-# model for 224×224 images, the two together break it. Our reconstruction of
-# that mistake, a `MobileNetV1` with those two layers swapped in:
+# A loop that builds the layers usually collects them in a list first. `+=`
+# on a list *extends* it with the items of what is on the right, so a layer
+# on its own fails with a `TypeError`: an `nn.Conv2d` is not a sequence of
+# items.
 
-# %%
-from tutorials_pkg.blocks.mobilenet import MobileNetV1WithCifarStem
+# %% tags=["raises-exception"] raises="TypeError"
+from collections import OrderedDict
 
-SourceBlock(inspect.getsource(MobileNetV1WithCifarStem))
+from tutorials_pkg.blocks.mobilenet import BasicConv2d, DepthwiseSeparableConv
+
+layers = []
+layers += nn.Conv2d(3, 32, 3, stride=2, padding=1)
 
 # %% [markdown]
-# It builds without complaint, and fails only at the last layer, with a
-# `RuntimeError` from the matrix multiply of the classifier:
+# A container is iterable, though, so the same line with a `BasicConv2d` (an
+# `nn.Sequential`) raises nothing: it splices in the three layers inside it,
+# and they lose the block they belonged to.
+
+# %%
+layers = []
+layers += BasicConv2d(3, 32, 3, stride=2)
+print([type(item).__name__ for item in layers])
+assert len(layers) == 3
+
+# %% [markdown]
+# A `(name, module)` pair on the right is a sequence of two items, so `+=`
+# quietly adds the name and the module as two separate items; only building
+# the `OrderedDict` from the list fails, with a `ValueError` (the string
+# `"stem"` is taken as a pair, and it has four characters):
+
+# %% tags=["raises-exception"] raises="ValueError"
+layers = []
+layers += ("stem", BasicConv2d(3, 32, 3, stride=2))
+print([type(item).__name__ for item in layers])
+nn.Sequential(OrderedDict(layers))
+
+# %% [markdown]
+# Add one item, the pair, with `append` (as `MobileNetV1` does), or with
+# `+=` and a list around it:
+
+# %%
+layers = []
+layers.append(("stem", BasicConv2d(3, 32, 3, stride=2)))
+layers += [("block1", DepthwiseSeparableConv(32, 64, 1))]
+print(list(nn.Sequential(OrderedDict(layers))._modules))
+
+# %% [markdown]
+# ### A MobileNet v1 "refactored" into a loop is another network, and neither fits 224×224
+#
+# A widely read post builds MobileNet v1 twice for CIFAR-style training: first
+# written out layer by layer, then "refactored" into a loop over a config list
+# in which a plain number means stride 1 and a tuple gives the stride. Both end
+# as code for 32×32 images often does: a fixed `F.avg_pool2d(x, 2)`, then
+# `nn.Linear(1024, num_classes)`, which fits only the one map size the author
+# had in mind. Our reconstruction of the two, with the blocks of this page:
+
+# %%
+from tutorials_pkg.blocks.mobilenet import (
+    MobileNetV1WithFixedPool,
+    MobileNetV1WithFixedPoolAndLastStride1,
+)
+
+SourceBlock(inspect.getsource(MobileNetV1WithFixedPool) + "\n\n"
+            + inspect.getsource(MobileNetV1WithFixedPoolAndLastStride1))
+
+# %% [markdown]
+# The hand-written version gives the last block stride 2, as the misprinted
+# row of the paper's Table 1 does; the config list gives it stride 1. On a
+# 96×96 image both run, and the usual quick checks pass: the weights of one
+# load into the other with `strict=True` (shapes do not depend on a stride),
+# the outputs have the same shape, and they even agree to within 1e-9,
+# because the output of a fresh model is little more than its classifier's
+# bias:
+
+# %%
+hand = MobileNetV1WithFixedPool().eval()
+refactored = MobileNetV1WithFixedPoolAndLastStride1().eval()
+refactored.load_state_dict(hand.state_dict(), strict=True)
+x96 = torch.randn(2, 3, 96, 96)
+with torch.no_grad():
+    difference = (hand(x96) - refactored(x96)).abs().max().item()
+    print(hand(x96).shape, refactored(x96).shape, f"largest difference: {difference:.1e}")
+assert difference < 1e-9
+
+# %% [markdown]
+# `assert_same_network` finds the difference at the layer where it is: the
+# depthwise convolution of the last block, stride 2 in one, 1 in the other
+# (an `AssertionError`):
+
+# %% tags=["raises-exception"] raises="AssertionError"
+assert_same_network(hand, refactored, x96)
+
+# %% [markdown]
+# At 224×224, the size MobileNet is made for, both fail at the last layer with
+# a `RuntimeError` from the classifier's matrix multiply. The hand-written
+# version, with six stride-2 layers, ends at 4×4; pooled 2×2, that is
+# 1024 × 2 × 2 = 4,096 features:
 
 # %% tags=["raises-exception"] raises="RuntimeError"
-broken = MobileNetV1WithCifarStem().eval()
+x224 = torch.randn(1, 3, 224, 224)
 with torch.no_grad():
-    broken(torch.randn(1, 3, 224, 224))
+    hand(x224)
 
 # %% [markdown]
-# With stride 1 in the stem, the four stride-2 layers left take 224 to 14, not 7;
-# `AvgPool2d(7)` turns 14×14 into 2×2; flattened, that is 4,096 features where
-# the classifier expects 1,024:
+# The loop version, with five, ends at 7×7; pooled with a 2×2 window and
+# stride 2, that is 3×3 and 1024 × 3 × 3 = 9,216 features (the `RuntimeError`
+# again):
 
-# %%
+# %% tags=["raises-exception"] raises="RuntimeError"
 with torch.no_grad():
-    pooled = broken.avgpool(broken.features(torch.randn(1, 3, 224, 224)))
-print(tuple(pooled.shape), "->", pooled.flatten(1).shape[1], "features")
-print("classifier:", broken.classifier)
-assert pooled.flatten(1).shape[1] == 4 * broken.classifier.in_features
+    refactored(x224)
 
 # %% [markdown]
-# The fix, as in `MobileNetV1` above: the stem at stride 2, as in the paper's
-# Table 1, and `nn.AdaptiveAvgPool2d(1)`, which pools any map to 1×1, so the
-# classifier gets its 1,024 features at any input size:
+# Where the feature counts come from, and which input sizes each version
+# takes at all: `F.avg_pool2d(x, 2)` halves the last map, rounding down, and
+# the classifier gets its 1,024 features only when that leaves 1×1, that is
+# from a last map of 2×2 or 3×3 (a 1×1 map cannot be pooled at all). The
+# hand-written version takes 65 to 192 pixels, the loop version 33 to 96:
 
 # %%
-fixed = MobileNetV1().eval()
+import torch.nn.functional as F
+
+sizes = (32, 33, 64, 65, 96, 97, 192, 193, 224)
 with torch.no_grad():
-    print(fixed(torch.randn(1, 3, 224, 224)).shape, fixed(torch.randn(1, 3, 320, 320)).shape)
+    for model in (hand, refactored):
+        pooled = F.avg_pool2d(model.features(x224), 2)
+        last = {size: model.features(torch.zeros(1, 3, size, size)).shape[-1] for size in sizes}
+        print(f"{type(model).__name__}: 224 -> {model.features(x224).shape[-1]} -> pooled "
+              f"{pooled.shape[-1]}: {pooled.flatten(1).shape[1]:,} features")
+        print(f"  last map side, by input size: {last}")
+        print(f"  sizes that fit: {[size for size in sizes if last[size] in (2, 3)]}")
+assert F.avg_pool2d(hand.features(x224), 2).flatten(1).shape[1] == 4 * 1024
+assert F.avg_pool2d(refactored.features(x224), 2).flatten(1).shape[1] == 9 * 1024
+
+# %% [markdown]
+# The fix is `MobileNetV1` above: one config table, so there is no second
+# version to keep in step (and the written-out one is checked against it with
+# `assert_same_network`); the last stride as the paper's sizes give it (1);
+# and `nn.AdaptiveAvgPool2d(1)`, which pools any map to 1×1, so the classifier
+# gets its 1,024 features at any input size:
+
+# %%
+fixed = MobileNetV1(num_classes=10).eval()
+with torch.no_grad():
+    print([tuple(fixed(torch.randn(1, 3, size, size)).shape) for size in (96, 224, 320)])

@@ -13,13 +13,16 @@
 # %% [markdown]
 # # 用模型块搭建 U-Net 与 MobileNet
 #
-# 大型网络通常写成几个小模块（block）：每个模块是一个只含几层的 `nn.Module`，再由一个模型类把这些模块连起来。本页用这种方式搭建两个著名的网络：U-Net，它的模块之间由跳跃连接（skip connection）相连；MobileNet，它的几十层由一个遍历配置表的循环生成。两者都与外部数字核对：一个广泛使用的 U-Net 实现的参数量、MobileNet 论文中的表格，以及 torchvision 自带的 MobileNet v2。
+# 大型网络通常写成几个小模块（block）：每个模块是一个只含几层的 `nn.Module`，再由一个模型类把这些模块连起来。本页用这种方式搭建两个著名的网络：U-Net，它的模块之间由跳跃连接（skip connection）相连；MobileNet，它的几十层由一个遍历配置表的循环生成。两者的数字都有外部来源可以对照：一个广泛使用的 U-Net 实现给出的参数量、MobileNet 论文中的表格，以及 torchvision 自带的 MobileNet v2。
 #
 # 本页的每一段输出，都是构建网站时真正运行代码得到的，运行环境就是下面打印的版本。
 
 # %%
+import torch
+
 from tutorials_pkg.runtime import default_device, describe_runtime
 
+torch.manual_seed(0)  # the random weights and inputs below
 print(describe_runtime())
 device = default_device()
 
@@ -60,11 +63,11 @@ device = default_device()
 # %% [markdown]
 # ### 四个模块
 #
-# `DoubleConv` 是两个 3×3 卷积，每个后面跟着 batch norm 和 ReLU；padding 为 1，高和宽保持不变。`Down` 是一个 2×2 最大池化（奇数尺寸向下取整）加一个 `DoubleConv`。`OutConv` 是 1×1 的输出头。`Up` 把尺寸加倍，可以用双线性插值（没有参数），也可以用可学习的 2×2 转置卷积；然后先把结果**填充**（pad）到跳跃连接的尺寸，再拼接：奇数尺寸在编码时被向下取整，加倍后回不到原来的大小，`F.pad` 补上缺的那一行或一列。
+# `DoubleConv` 是两个 3×3 卷积，每个后面跟着 batch norm 和 ReLU；padding 为 1，高和宽保持不变。`Down` 是一个 2×2 最大池化（奇数尺寸向下取整）加一个 `DoubleConv`。`OutConv` 是 1×1 的分类头，给每个像素的每个类别打分。`Up` 把尺寸加倍，可以用双线性插值（没有参数），也可以用可学习的 2×2 转置卷积；然后先把结果**填充**（pad）到跳跃连接的尺寸，再拼接：奇数尺寸在编码时被向下取整，加倍后回不到原来的大小，`F.pad` 补上缺的那一行或一列。
 #
 # ### 组装好的模型
 #
-# `UNet` 按通道数创建各个模块，并在 `forward` 里把它们连起来：编码器的输出 `x1` … `x4` 被保留下来，交给解码器的模块。用双线性上采样时，上采样这一步无法把通道数减半，所以最深的几个模块只建一半宽（`factor`）。`forward` 先检查输入：在任何一层运行之前，就抛出说明需要什么尺寸或通道数的 `ValueError`。下面的源代码包含四个模块和模型本身，以及它们需要的 import：
+# `UNet` 按通道数创建各个模块，并在 `forward` 里把它们连起来：编码器的输出 `x1` … `x4` 被保留下来，交给解码器的模块。用双线性上采样时，上采样这一步无法把通道数减半，所以最深的几个模块只建一半宽（`factor`）。`forward` 先检查输入：在任何一层运行之前，就抛出说明需要什么尺寸或通道数的 `ValueError`。下面的源代码包含四个模块和模型本身，以及它们需要的 import。（`n_channels` 或 `n_classes` 小于 1 时，`UNet` 在构建时就抛出 `ValueError`，而不是造出一个之后才出错、或者根本不输出任何类别的模型。）
 
 # %%
 from tutorials_pkg.blocks.unet import UNet
@@ -88,12 +91,22 @@ assert count_parameters(unet) == 31_037_698
 assert count_parameters(unet_bilinear) == 17_263_042
 
 # %% [markdown]
-# ### 每一级的输出形状
+# ### 跳跃连接是拼接
 #
-# torchinfo 的 `summary` 让一个输入流过模型，记录每个子模块的返回值（用前向钩子实现，用完即移除）；`depth=1` 只保留模型的直接子模块，也就是各级。一张 65×65 的图就能看出取整：编码器依次得到 65 → 32 → 16 → 8 → 4，解码器加倍回到 8、16、32、64，`up4` 再把 64 填充到跳跃连接的 65。torchinfo 统计的参数总数是第三个一致的数字。
+# U-Net 的跳跃连接把编码器的特征图和解码器的特征图**拼接**起来，而不是相加。把模块的输入加到输出上，是 ResNet（He 等，2015）的**残差连接**；ResNet 的论文提出它，针对的是退化问题（更深的普通网络训练误差反而更高）。有教程说 U-Net 用残差连接解决了退化问题，是把两者混为一谈。通道数就能看出是拼接：`up4` 的第一个卷积接收 128 个通道，其中 64 个来自 `inc` 的跳跃连接，64 个来自上采样的结果；如果是相加，就仍然是 64 个。
 
 # %%
-import torch
+first_conv = unet.up4.conv.double_conv[0]
+print("up4 takes", first_conv.in_channels, "channels:",
+      unet.inc.double_conv[3].out_channels, "(skip) +", unet.up4.up.out_channels, "(upsampled)")
+assert first_conv.in_channels == unet.inc.double_conv[3].out_channels + unet.up4.up.out_channels
+
+# %% [markdown]
+# ### 每一级的输出形状
+#
+# torchinfo 的 `summary` 让一个输入流过模型，记录每个子模块的返回值（用前向钩子（forward hook）实现，用完即移除）；`depth=1` 只保留模型的直接子模块，也就是各级。一张 65×65 的图就能看出取整：编码器依次得到 65 → 32 → 16 → 8 → 4，解码器加倍回到 8、16、32、64，`up4` 再把 64 填充到跳跃连接的 65。torchinfo 统计的参数总数是第三个一致的数字。
+
+# %%
 from torchinfo import summary
 
 unet = unet.eval().to(device)
@@ -151,18 +164,29 @@ from tutorials_pkg.blocks.mobilenet import MobileNetV1
 show_source(MobileNetV1)
 
 # %% [markdown]
+# 训练模式下的 batch norm 要求每个通道不止一个值，而五个步长为 2 的层会把 32×32 及更小的图变成 1×1。所以只有一张这样的图的 batch，会停在第一个遇到 1×1 特征图的 batch norm 里，报的是 torch 自己的错误信息；`check_training_batch`（`MobileNetV2` 也调用它）在任何一层运行之前就拦下它，像 `UNet` 那样抛出说明该怎么改的 `ValueError`。`num_classes` 小于 1 时，模型在构建时就会被拒绝。
+
+# %% tags=["raises-exception"] raises="ValueError"
+MobileNetV1(num_classes=10).train()(torch.randn(1, 3, 32, 32))
+
+# %% [markdown]
 # ### 两个版本是同一个网络
 #
-# 打印出的结构相同，`state_dict` 的键和形状相同（一个的权重可以用 `strict=True` 加载进另一个，这一步也会检查每个形状），加载后输出也相同；否则下面的 `assert` 会让页面停下：
+# `assert_same_network` 检查三件事，遇到第一处不同就停下。层相同：按顺序比较每个子模块的名字、类型和设置（也就是 `print(model)` 显示的内容，步长也在其中）。权重的名字和形状相同：一个模型的 `state_dict` 能用 `strict=True` 加载进另一个。对同一个输入，每一层的输出都相同（用前向钩子记录）。之所以比较每一层而不只是最后一层：刚构建好的 MobileNet 处于评估模式时，batch norm 的统计量还是初始的均值 0、方差 1，而在 PyTorch 的默认初始化下，激活值一层比一层小，最终输出与分类器的偏置相差不过 1e-10，无论前面各层算了什么。
+
+# %%
+from tutorials_pkg.blocks.mobilenet import assert_same_network
+
+show_source(assert_same_network)
 
 # %%
 loop, flat = MobileNetV1().eval(), MobileNetV1Flat().eval()
-assert repr(loop.features) == repr(flat.features)     # same structure
-flat.load_state_dict(loop.state_dict(), strict=True)  # same names and shapes
 x = torch.randn(1, 3, 224, 224)
 with torch.no_grad():
-    assert torch.equal(loop(x), flat(x))              # same output
-print(f"parameters: loop {count_parameters(loop):,}, flat {count_parameters(flat):,}")
+    out = loop(x)
+print(f"output minus the classifier's bias: at most {(out[0] - loop.classifier.bias).abs().max().item():.1e}")
+assert_same_network(loop, flat, x)
+print(f"same network; parameters: loop {count_parameters(loop):,}, flat {count_parameters(flat):,}")
 assert count_parameters(loop) == count_parameters(flat)
 
 # %% [markdown]
@@ -203,7 +227,7 @@ from tutorials_pkg.blocks.mobilenet import MobileNetV2
 show_source(MobileNetV2)
 
 # %% [markdown]
-# `state_dict` 的键就是 torchvision 的键，所以权重可以用 `strict=True` 双向加载，同一输入下两个模型的输出相同：
+# `state_dict` 的键就是 torchvision 的键，所以权重可以用 `strict=True` 双向加载；对同一个输入，两个模型算出的特征（分类器的输入）和输出都逐位相同。之所以连特征也比较，是因为正如上面所见，刚构建的模型的输出本身说明不了多少：
 
 # %%
 import torchvision
@@ -214,30 +238,38 @@ print(list(ours.state_dict())[:5])
 x = torch.randn(2, 3, 224, 224, device=device)
 theirs.load_state_dict(ours.state_dict(), strict=True)  # ours -> torchvision
 with torch.no_grad():
-    assert torch.allclose(ours(x), theirs(x))
+    assert torch.equal(ours.features(x), theirs.features(x)) and torch.equal(ours(x), theirs(x))
 other = torchvision.models.mobilenet_v2(weights=None).eval().to(device)
 ours.load_state_dict(other.state_dict(), strict=True)  # torchvision -> ours
 with torch.no_grad():
-    assert torch.allclose(ours(x), other(x))
-print("same output both ways")
+    assert torch.equal(ours.features(x), other.features(x)) and torch.equal(ours(x), other(x))
+print("same features and output both ways")
 
 # %% [markdown]
-# 规模核对：torchvision 在权重的元数据（不需要下载）里记录这个模型有 3,504,872 个参数、0.301 G 次运算；MobileNet v2 论文给出 224×224 下 3 亿（300 M）次乘加：
+# 规模核对：torchvision 在权重的元数据（不需要下载）里记录这个模型有 3,504,872 个参数、0.301 G 次运算；MobileNet v2 论文给出 224×224 下 3 亿（300 M）次乘加。torchvision 的文档把这一栏标为 “GFLOPS”，但这 0.301 G 其实也是乘加次数：按浮点运算计，每次乘加是两次运算（一次乘、一次加），`FlopCounterMode` 报告的正是这个数（它给卷积的计算公式最后乘了 `* 2`），这里是 0.602 G；`count_macs` 把它除以 2。
 
 # %%
+from torch.utils.flop_counter import FlopCounterMode
+
 meta = torchvision.models.MobileNet_V2_Weights.IMAGENET1K_V1.meta
-macs = count_macs(ours, torch.randn(1, 3, 224, 224, device=device))
+x1 = torch.randn(1, 3, 224, 224, device=device)
+macs = count_macs(ours, x1)
+counter = FlopCounterMode(display=False)
+with counter, torch.no_grad():
+    ours(x1)
 print(f"parameters: {count_parameters(ours):,} (torchvision: {meta['num_params']:,})")
 print(f"mult-adds:  {macs / 1e6:.1f} M (torchvision: {meta['_ops']} G, paper: 300 M)")
+print(f"FLOPs:      {counter.get_total_flops() / 1e9:.3f} G, two per mult-add")
 assert count_parameters(ours) == count_parameters(theirs) == meta["num_params"] == 3_504_872
 assert round(macs / 1e9, 3) == meta["_ops"] and abs(macs / 300e6 - 1) < 0.01
+assert counter.get_total_flops() == 2 * macs
 
 # %% [markdown]
 # ## 实践中常见的错误
 #
 # ### 不对齐尺寸的 U-Net 遇到奇数尺寸就出错
 #
-# 解码模块如果直接拼接上采样结果和跳跃连接，只要编码路上每个尺寸都是偶数就能运行，所以这个错误在 64×64 或 256×256 的图上测试时不会暴露。`UpWithoutAlignment` 就是去掉填充的 `Up`，`UNetWithoutAlignment` 是用它搭建的 `UNet`：
+# 一篇广为流传的 U-Net 教程算出了填充，却把结果赋给了一个新名字（`X1 = F.pad(x1, ...)`），拼接时用的仍是没填充的 `x1`：填充被白白扔掉，这个模块把上采样结果和跳跃连接原样拼接。只要编码路上每个尺寸都是偶数，这样也能运行，所以这个错误在 64×64 或 256×256 的图上测试时不会暴露。`UpWithoutAlignment` 就是带着这个错误的 `Up`，`UNetWithoutAlignment` 是用它搭建的 `UNet`：
 
 # %%
 from tutorials_pkg.blocks.unet import UNetWithoutAlignment, UpWithoutAlignment
@@ -257,13 +289,26 @@ with torch.no_grad():
     unaligned(torch.randn(1, 3, 65, 65))
 
 # %% [markdown]
-# `Up` 里的 `F.pad` 就是修正：用同样权重的 `UNet` 能处理 65×65：
+# `Up` 把填充后的结果赋回 `x`，再拼接它：用同样权重的 `UNet` 能处理 65×65：
 
 # %%
 aligned = UNet(bilinear=True).eval()
 aligned.load_state_dict(unaligned.state_dict())
 with torch.no_grad():
     print(aligned(torch.randn(1, 3, 65, 65)).shape)
+
+# %% [markdown]
+# 同一篇教程用 `x1.size[2]` 读取尺寸。`size` 是方法，对方法做下标运算会抛出 `TypeError`：
+
+# %% tags=["raises-exception"] raises="TypeError"
+x1 = torch.randn(1, 64, 33, 33)
+x1.size[2]
+
+# %% [markdown]
+# 要么调用它，`x1.size(2)`（`Up` 就是这样写的），要么对形状做下标，`x1.shape[2]`：
+
+# %%
+print(x1.size(2), x1.shape[2])
 
 # %% [markdown]
 # ### 忘了 `groups` 的 depthwise 卷积
@@ -329,37 +374,115 @@ assert flags == [b.use_res_connect for b in theirs.features[1:-1]]
 print(block(x16).shape)
 
 # %% [markdown]
-# ### 广为流传的 MobileNet v1 在分类器处出错
+# ### 用 `+=` 搭建层的列表
 #
-# 很多 MobileNet v1 代码的副本源自为 32×32 的 CIFAR 图像改写过的版本：第一个卷积的步长是 1 而不是 2（见 [kuangliu/pytorch-cifar#99](https://github.com/kuangliu/pytorch-cifar/issues/99)），分类器前的池化用的是固定大小的核。复制到处理 224×224 图像的模型里，这两处合在一起就会出错。下面是我们对这种错误的重现，即换上了这两层的 `MobileNetV1`：
+# 用循环生成各层时，通常先把它们收集到一个列表里。对列表用 `+=`，是用右边对象里的**各个元素**扩展列表，所以单独一个层会引发 `TypeError`：`nn.Conv2d` 不是由元素组成的序列。
 
-# %%
-from tutorials_pkg.blocks.mobilenet import MobileNetV1WithCifarStem
+# %% tags=["raises-exception"] raises="TypeError"
+from collections import OrderedDict
 
-SourceBlock(inspect.getsource(MobileNetV1WithCifarStem))
+from tutorials_pkg.blocks.mobilenet import BasicConv2d, DepthwiseSeparableConv
+
+layers = []
+layers += nn.Conv2d(3, 32, 3, stride=2, padding=1)
 
 # %% [markdown]
-# 它能顺利构建，直到最后一层才出错：分类器做矩阵乘法时抛出 `RuntimeError`：
+# 不过容器是可迭代的，所以同一行代码换成 `BasicConv2d`（一个 `nn.Sequential`）就不会报错：它把里面的三层拆开塞进列表，这三层也就不再属于原来的模块。
+
+# %%
+layers = []
+layers += BasicConv2d(3, 32, 3, stride=2)
+print([type(item).__name__ for item in layers])
+assert len(layers) == 3
+
+# %% [markdown]
+# 右边若是一个 `(name, module)` 对，它是含两个元素的序列，于是 `+=` 悄悄把名字和模块当成两个独立的元素加进去；直到用这个列表构建 `OrderedDict` 时才出错，抛出 `ValueError`（字符串 `"stem"` 被当成一个键值对，而它有四个字符）：
+
+# %% tags=["raises-exception"] raises="ValueError"
+layers = []
+layers += ("stem", BasicConv2d(3, 32, 3, stride=2))
+print([type(item).__name__ for item in layers])
+nn.Sequential(OrderedDict(layers))
+
+# %% [markdown]
+# 要把这一对作为一个元素加进去：用 `append`（`MobileNetV1` 就是这样做的），或者在 `+=` 右边套上一个列表：
+
+# %%
+layers = []
+layers.append(("stem", BasicConv2d(3, 32, 3, stride=2)))
+layers += [("block1", DepthwiseSeparableConv(32, 64, 1))]
+print(list(nn.Sequential(OrderedDict(layers))._modules))
+
+# %% [markdown]
+# ### 把 MobileNet v1 “重构”成循环，得到的是另一个网络，而且两者都放不进 224×224
+#
+# 一篇广为流传的博客为 CIFAR 风格的训练搭了两遍 MobileNet v1：先逐层手写，再“重构”成遍历配置列表的循环，列表里单独一个数表示步长 1，元组则给出步长。两个版本的结尾都是为 32×32 图片写的代码常见的样子：固定的 `F.avg_pool2d(x, 2)`，再接 `nn.Linear(1024, num_classes)`，只适合作者设想的那一种特征图尺寸。下面是我们用本页的模块重现的这两个版本：
+
+# %%
+from tutorials_pkg.blocks.mobilenet import (
+    MobileNetV1WithFixedPool,
+    MobileNetV1WithFixedPoolAndLastStride1,
+)
+
+SourceBlock(inspect.getsource(MobileNetV1WithFixedPool) + "\n\n"
+            + inspect.getsource(MobileNetV1WithFixedPoolAndLastStride1))
+
+# %% [markdown]
+# 手写版本和论文表 1 中印错的那一行一样，给最后一个模块步长 2；配置列表给的是步长 1。在 96×96 的图上两者都能运行，常用的几项快速检查也都通过：一个的权重能用 `strict=True` 加载进另一个（形状与步长无关），输出形状相同，输出的差别甚至不超过 1e-9，因为刚构建的模型的输出与分类器的偏置相差无几：
+
+# %%
+hand = MobileNetV1WithFixedPool().eval()
+refactored = MobileNetV1WithFixedPoolAndLastStride1().eval()
+refactored.load_state_dict(hand.state_dict(), strict=True)
+x96 = torch.randn(2, 3, 96, 96)
+with torch.no_grad():
+    difference = (hand(x96) - refactored(x96)).abs().max().item()
+    print(hand(x96).shape, refactored(x96).shape, f"largest difference: {difference:.1e}")
+assert difference < 1e-9
+
+# %% [markdown]
+# `assert_same_network` 在差别所在的那一层找到了它：最后一个模块的 depthwise 卷积，一个步长为 2，一个为 1（抛出 `AssertionError`）：
+
+# %% tags=["raises-exception"] raises="AssertionError"
+assert_same_network(hand, refactored, x96)
+
+# %% [markdown]
+# 在 MobileNet 本来面向的 224×224 上，两者都在最后一层出错：分类器做矩阵乘法时抛出 `RuntimeError`。手写版本有六个步长为 2 的层，最后得到 4×4；池化成 2×2，就是 1024 × 2 × 2 = 4,096 个特征：
 
 # %% tags=["raises-exception"] raises="RuntimeError"
-broken = MobileNetV1WithCifarStem().eval()
+x224 = torch.randn(1, 3, 224, 224)
 with torch.no_grad():
-    broken(torch.randn(1, 3, 224, 224))
+    hand(x224)
 
 # %% [markdown]
-# 第一层步长为 1，剩下的四个步长为 2 的层把 224 变成 14，而不是 7；`AvgPool2d(7)` 把 14×14 变成 2×2；展平后是 4,096 个特征，而分类器需要 1,024 个：
+# 循环版本只有五个，最后得到 7×7；用 2×2、步长 2 的窗口池化成 3×3，就是 1024 × 3 × 3 = 9,216 个特征（同样是 `RuntimeError`）：
 
-# %%
+# %% tags=["raises-exception"] raises="RuntimeError"
 with torch.no_grad():
-    pooled = broken.avgpool(broken.features(torch.randn(1, 3, 224, 224)))
-print(tuple(pooled.shape), "->", pooled.flatten(1).shape[1], "features")
-print("classifier:", broken.classifier)
-assert pooled.flatten(1).shape[1] == 4 * broken.classifier.in_features
+    refactored(x224)
 
 # %% [markdown]
-# 修正与上面的 `MobileNetV1` 相同：第一层按论文表 1 用步长 2，并用 `nn.AdaptiveAvgPool2d(1)`，它把任意大小的特征图池化成 1×1，于是无论输入多大，分类器都能得到它的 1,024 个特征：
+# 特征数从哪里来，以及每个版本到底能接收哪些输入尺寸：`F.avg_pool2d(x, 2)` 把最后的特征图减半（向下取整），只有剩下 1×1 时分类器才得到它的 1,024 个特征，也就是最后的特征图必须是 2×2 或 3×3（1×1 的特征图根本无法池化）。手写版本能接收 65 到 192 像素，循环版本是 33 到 96：
 
 # %%
-fixed = MobileNetV1().eval()
+import torch.nn.functional as F
+
+sizes = (32, 33, 64, 65, 96, 97, 192, 193, 224)
 with torch.no_grad():
-    print(fixed(torch.randn(1, 3, 224, 224)).shape, fixed(torch.randn(1, 3, 320, 320)).shape)
+    for model in (hand, refactored):
+        pooled = F.avg_pool2d(model.features(x224), 2)
+        last = {size: model.features(torch.zeros(1, 3, size, size)).shape[-1] for size in sizes}
+        print(f"{type(model).__name__}: 224 -> {model.features(x224).shape[-1]} -> pooled "
+              f"{pooled.shape[-1]}: {pooled.flatten(1).shape[1]:,} features")
+        print(f"  last map side, by input size: {last}")
+        print(f"  sizes that fit: {[size for size in sizes if last[size] in (2, 3)]}")
+assert F.avg_pool2d(hand.features(x224), 2).flatten(1).shape[1] == 4 * 1024
+assert F.avg_pool2d(refactored.features(x224), 2).flatten(1).shape[1] == 9 * 1024
+
+# %% [markdown]
+# 修正就是上面的 `MobileNetV1`：只有一张配置表，不存在需要保持一致的第二个版本（逐层写出的版本用 `assert_same_network` 与它核对过）；最后一个步长按论文的尺寸一栏取 1；再用 `nn.AdaptiveAvgPool2d(1)` 把任意大小的特征图池化成 1×1，于是无论输入多大，分类器都能得到它的 1,024 个特征：
+
+# %%
+fixed = MobileNetV1(num_classes=10).eval()
+with torch.no_grad():
+    print([tuple(fixed(torch.randn(1, 3, size, size)).shape) for size in (96, 224, 320)])

@@ -7,16 +7,19 @@ is built by a loop over a config table. ``MobileNetV2`` follows Sandler et al.
 the two load each other's ``state_dict``.
 """
 
+import itertools
 from collections import OrderedDict
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 __all__ = [
     "MOBILENET_V1_CONFIG", "MOBILENET_V2_CONFIG", "BasicConv2d", "DepthwiseSeparableConv",
-    "InvertedResidual", "MobileNetV1", "MobileNetV1Flat", "MobileNetV1WithCifarStem", "MobileNetV2",
-    "count_macs",
+    "InvertedResidual", "MobileNetV1", "MobileNetV1Flat", "MobileNetV1WithFixedPool",
+    "MobileNetV1WithFixedPoolAndLastStride1", "MobileNetV2", "assert_same_network",
+    "check_training_batch", "count_macs", "layer_outputs",
 ]
 
 # MobileNet v1 (Howard et al. 2017, Table 1): (out_channels, stride) of each
@@ -43,10 +46,7 @@ MOBILENET_V2_CONFIG = [
 
 
 class BasicConv2d(nn.Sequential):
-    """Convolution (no bias), batch norm, activation: the unit of every MobileNet layer.
-
-    ``groups=in_channels`` makes it a depthwise convolution: one 3x3 filter per channel.
-    """
+    """Convolution (no bias), batch norm, activation: the unit of every MobileNet layer."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3,
                  stride: int = 1, groups: int = 1,
@@ -70,14 +70,21 @@ class DepthwiseSeparableConv(nn.Sequential):
         ]))
 
 
-class MobileNetV1(nn.Module):
-    """MobileNet v1: a stem, then 13 layers built by a loop over ``MOBILENET_V1_CONFIG``.
+def check_training_batch(x: torch.Tensor, training: bool) -> None:
+    """Refuse, before any layer runs, an input that leaves batch norm one value per channel."""
+    if training and x.dim() == 4 and x.size(0) == 1 and max(x.shape[2:]) <= 32:
+        # five stride-2 layers take 32x32 or less to 1x1
+        raise ValueError(f"in training mode a batch of 1 needs H or W of at least 33, got "
+                         f"{x.size(2)}x{x.size(3)}; use a batch of 2 or more, or model.eval()")
 
-    ``width_mult`` (the paper's alpha) scales every layer's channels.
-    """
+
+class MobileNetV1(nn.Module):
+    """MobileNet v1: a stem, then 13 layers built by a loop over ``MOBILENET_V1_CONFIG``."""
 
     def __init__(self, num_classes: int = 1000, width_mult: float = 1.0):
         super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be at least 1, got {num_classes}")
         if width_mult <= 0:
             raise ValueError(f"width_mult must be > 0 (1.0 is the full network), got {width_mult}")
         in_channels = max(1, int(32 * width_mult))
@@ -92,6 +99,7 @@ class MobileNetV1(nn.Module):
         self.classifier = nn.Linear(in_channels, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_training_batch(x, self.training)
         x = self.avgpool(self.features(x))
         return self.classifier(torch.flatten(x, 1))
 
@@ -101,6 +109,8 @@ class MobileNetV1Flat(nn.Module):
 
     def __init__(self, num_classes: int = 1000):
         super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be at least 1, got {num_classes}")
         self.features = nn.Sequential(OrderedDict([
             ("stem", BasicConv2d(3, 32, 3, stride=2)),         # 224 -> 112
             ("block1", DepthwiseSeparableConv(32, 64, 1)),
@@ -121,16 +131,13 @@ class MobileNetV1Flat(nn.Module):
         self.classifier = nn.Linear(1024, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_training_batch(x, self.training)
         x = self.avgpool(self.features(x))
         return self.classifier(torch.flatten(x, 1))
 
 
 class InvertedResidual(nn.Module):
-    """MobileNet v2 block: 1x1 expand, 3x3 depthwise, 1x1 project without activation.
-
-    The input is added back only where it has the output's shape: stride 1 and
-    the same number of channels.
-    """
+    """MobileNet v2 block: 1x1 expand, 3x3 depthwise, 1x1 project without activation."""
 
     def __init__(self, in_channels: int, out_channels: int, stride: int, expand_ratio: int):
         super().__init__()
@@ -163,6 +170,8 @@ class MobileNetV2(nn.Module):
 
     def __init__(self, num_classes: int = 1000):
         super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be at least 1, got {num_classes}")
         in_channels, last_channels = 32, 1280
         layers = [BasicConv2d(3, in_channels, 3, stride=2, activation_layer=nn.ReLU6)]
         for expand_ratio, out_channels, repeats, stride in MOBILENET_V2_CONFIG:
@@ -175,12 +184,45 @@ class MobileNetV2(nn.Module):
         self.classifier = nn.Sequential(nn.Dropout(p=0.2), nn.Linear(last_channels, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = nn.functional.adaptive_avg_pool2d(self.features(x), 1)
+        check_training_batch(x, self.training)
+        x = F.adaptive_avg_pool2d(self.features(x), 1)
         return self.classifier(torch.flatten(x, 1))
 
 
+def layer_outputs(model: nn.Module, x: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
+    """``(name, output)`` of every submodule that ``model(x)`` calls, in the order of the calls."""
+    outputs = []
+    handles = [module.register_forward_hook(
+                   lambda module, args, output, name=name: outputs.append((name, output.clone())))
+               for name, module in model.named_modules() if name]
+    try:
+        with torch.no_grad():
+            outputs.append(("(the model)", model(x)))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return outputs
+
+
+def assert_same_network(a: nn.Module, b: nn.Module, x: torch.Tensor) -> None:
+    """Raise an AssertionError at the first layer where ``a`` and ``b`` differ in structure or output.
+
+    ``b`` gets ``a``'s weights; both are put in eval mode.
+    """
+    layers_a = [(name, type(m).__name__, m.extra_repr()) for name, m in a.named_modules()][1:]
+    layers_b = [(name, type(m).__name__, m.extra_repr()) for name, m in b.named_modules()][1:]
+    for layer_a, layer_b in itertools.zip_longest(layers_a, layers_b):
+        assert layer_a == layer_b, f"different layers:\n  {layer_a}\n  {layer_b}"
+    b.load_state_dict(a.state_dict(), strict=True)  # same names and shapes
+    calls = itertools.zip_longest(layer_outputs(a.eval(), x), layer_outputs(b.eval(), x),
+                                  fillvalue=(None, None))
+    for (name_a, out_a), (name_b, out_b) in calls:  # every layer's output, not only the last
+        assert name_a == name_b and torch.equal(out_a, out_b), (
+            f"same layers and weights, different outputs: {name_a} and {name_b}")
+
+
 def count_macs(model: nn.Module, x: torch.Tensor) -> int:
-    """Multiply-adds of one forward pass: ``FlopCounterMode`` counts 2 FLOPs per multiply-add.
+    """Multiply-adds of one forward pass (``FlopCounterMode`` counts 2 FLOPs for each).
 
     Pass a model in eval mode: in training mode the pass would also update
     BatchNorm's running statistics.
@@ -193,16 +235,45 @@ def count_macs(model: nn.Module, x: torch.Tensor) -> int:
 
 # --- Wrong: what the page shows failing --------------------------------------------------
 
-class MobileNetV1WithCifarStem(MobileNetV1):
-    """Wrong, as in much copied MobileNet v1 code: a stride and a pooling error.
+class MobileNetV1WithFixedPool(nn.Module):
+    """Wrong: ends in ``F.avg_pool2d(x, 2)`` and ``Linear(1024, ...)``, which fit one map size."""
 
-    The stem has stride 1 (a change made for 32x32 CIFAR images), so a 224x224
-    input reaches the end as 14x14 instead of 7x7; the fixed ``AvgPool2d(7)``
-    (the paper's "Avg Pool 7x7") turns that into 2x2, and the flattened
-    1024 * 2 * 2 = 4096 features do not fit ``Linear(1024, ...)``.
-    """
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.features = nn.Sequential(
+            BasicConv2d(3, 32, 3, stride=2),
+            DepthwiseSeparableConv(32, 64, 1),
+            DepthwiseSeparableConv(64, 128, 2),
+            DepthwiseSeparableConv(128, 128, 1),
+            DepthwiseSeparableConv(128, 256, 2),
+            DepthwiseSeparableConv(256, 256, 1),
+            DepthwiseSeparableConv(256, 512, 2),
+            DepthwiseSeparableConv(512, 512, 1),
+            DepthwiseSeparableConv(512, 512, 1),
+            DepthwiseSeparableConv(512, 512, 1),
+            DepthwiseSeparableConv(512, 512, 1),
+            DepthwiseSeparableConv(512, 512, 1),
+            DepthwiseSeparableConv(512, 1024, 2),
+            DepthwiseSeparableConv(1024, 1024, 2),
+        )
+        self.fc = nn.Linear(1024, num_classes)
 
-    def __init__(self, num_classes: int = 1000):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.avg_pool2d(self.features(x), 2)  # a fixed 2x2 window, whatever the map's size
+        return self.fc(x.view(x.size(0), -1))
+
+
+class MobileNetV1WithFixedPoolAndLastStride1(MobileNetV1WithFixedPool):
+    """Wrong: the same model "refactored" into a loop whose config makes the last stride 1."""
+
+    # a number is (channels, stride 1), a tuple is (channels, stride)
+    config = [64, (128, 2), 128, (256, 2), 256, (512, 2), 512, 512, 512, 512, 512, (1024, 2), 1024]
+
+    def __init__(self, num_classes: int = 10):
         super().__init__(num_classes)
-        self.features.stem = BasicConv2d(3, 32, 3, stride=1)  # Table 1 says stride 2
-        self.avgpool = nn.AvgPool2d(7)  # right only for a 7x7 map
+        layers, in_channels = [BasicConv2d(3, 32, 3, stride=2)], 32
+        for item in self.config:
+            out_channels, stride = item if isinstance(item, tuple) else (item, 1)
+            layers.append(DepthwiseSeparableConv(in_channels, out_channels, stride))
+            in_channels = out_channels
+        self.features = nn.Sequential(*layers)

@@ -48,12 +48,7 @@ class Down(nn.Module):
 
 
 class Up(nn.Module):
-    """Double H and W, pad to the skip connection's size, concatenate, DoubleConv.
-
-    ``bilinear=True`` upsamples without parameters and lets the DoubleConv halve
-    the channels; ``bilinear=False`` learns the upsampling with a 2x2 transposed
-    convolution that halves the channels itself.
-    """
+    """Double H and W, pad to the skip connection's size, concatenate, DoubleConv."""
 
     def __init__(self, in_channels: int, out_channels: int, bilinear: bool = False):
         super().__init__()
@@ -85,15 +80,15 @@ class OutConv(nn.Module):
 
 
 class UNet(nn.Module):
-    """Encoder (inc, down1-4), decoder (up1-4) with skip connections, 1x1 head.
-
-    The output has the input's H and W for any H, W >= 16, odd sizes included.
-    """
+    """Encoder (inc, down1-4), decoder (up1-4) with skip connections, 1x1 head."""
 
     up_block = Up  # the decoder block; a subclass may swap it
 
     def __init__(self, n_channels: int = 3, n_classes: int = 2, bilinear: bool = False):
         super().__init__()
+        if n_channels < 1 or n_classes < 1:
+            raise ValueError(f"n_channels and n_classes must be at least 1, "
+                             f"got n_channels={n_channels}, n_classes={n_classes}")
         self.n_channels = n_channels
         self.n_classes = n_classes
         self.bilinear = bilinear
@@ -138,14 +133,18 @@ class UNet(nn.Module):
 # --- Wrong: what the page shows failing --------------------------------------------------
 
 class UpWithoutAlignment(Up):
-    """Wrong: concatenate without padding to the skip connection's size.
+    """Wrong: pads into a new name, then concatenates the unpadded map.
 
     Works only while every size on the way down was even (H and W divisible by
     16); any other size fails in ``torch.cat``.
     """
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        return self.conv(torch.cat([skip, self.up(x)], dim=1))
+        x = self.up(x)
+        diff_h = skip.size(2) - x.size(2)
+        diff_w = skip.size(3) - x.size(3)
+        padded = F.pad(x, [diff_w // 2, diff_w - diff_w // 2, diff_h // 2, diff_h - diff_h // 2])
+        return self.conv(torch.cat([skip, x], dim=1))  # x, not padded: the padding is lost
 
 
 class UNetWithoutAlignment(UNet):
