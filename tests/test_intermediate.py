@@ -1,8 +1,13 @@
+import re
+import warnings
+from collections import OrderedDict, namedtuple
+
 import pytest
 import torch
 from torch import nn
 from torch.fx.proxy import TraceError
 from torchvision.models import mobilenet_v2, resnet18
+from torchvision.models.detection import fasterrcnn_mobilenet_v3_large_fpn
 from torchvision.models.feature_extraction import get_graph_node_names
 
 from tutorials_pkg.digits import (
@@ -12,8 +17,10 @@ from tutorials_pkg.digits import (
     split_train_test,
     train_epoch,
 )
+from tutorials_pkg.blocks.unet import UNet
 from tutorials_pkg.intermediate import (
     EXTRACTORS,
+    KeywordAttentionNet,
     NoisyGatedNet,
     SignGate,
     build_fx_extractor,
@@ -22,9 +29,12 @@ from tutorials_pkg.intermediate import (
     by_hooks,
     by_hooks_without_clone_or_removal,
     by_layer_getter,
+    by_pre_hooks,
     extraction_costs,
     format_cost_table,
+    grads_by_hooks,
     plot_feature_maps,
+    svg_figure,
 )
 
 LAYERS = ["layer1", "layer2", "layer3", "layer4"]
@@ -46,8 +56,11 @@ def stem(model, x):
     return model.maxpool(model.relu(model.bn1(model.conv1(x))))
 
 
-def all_forward_hooks(model):
-    return [hook for module in model.modules() for hook in module._forward_hooks.values()]
+def all_hooks(model):
+    """Every forward, forward pre- and backward hook left on the model's modules."""
+    return [hook for module in model.modules()
+            for hooks in (module._forward_hooks, module._forward_pre_hooks, module._backward_hooks)
+            for hook in hooks.values()]
 
 
 @torch.no_grad()
@@ -161,11 +174,11 @@ def test_a_module_called_twice_keeps_its_last_output_with_hooks(resnet, image):
 
 
 def test_hooks_are_removed_even_when_forward_raises(resnet):
-    with pytest.raises(RuntimeError):
-        by_hooks(resnet, torch.randn(1, 1, 32, 32), ["layer1", "layer1.0.conv1"])  # 1 channel, not 3
-    assert all_forward_hooks(resnet) == []
+    with pytest.raises(RuntimeError, match="to have 3 channels, but got 1"):
+        by_hooks(resnet, torch.randn(1, 1, 32, 32), ["layer1", "layer1.0.conv1"])
+    assert all_hooks(resnet) == []
     by_hooks(resnet, torch.randn(1, 3, 32, 32), ["layer2"])
-    assert all_forward_hooks(resnet) == []
+    assert all_hooks(resnet) == []
 
 
 def test_naive_hooks_pile_up():
@@ -177,11 +190,13 @@ def test_naive_hooks_pile_up():
 
 @torch.no_grad()
 def test_children_methods_ignore_the_models_forward(resnet, image):
-    with pytest.raises(RuntimeError):
-        by_layer_getter(resnet, image, ["fc"])  # no flatten before fc
+    # no flatten before fc: avgpool's (2, 512, 1, 1) reaches fc as 1024 rows of 1 number
+    with pytest.raises(RuntimeError, match=r"shapes cannot be multiplied \(1024x1 and 512x1000\)"):
+        by_layer_getter(resnet, image, ["fc"])
     model = mobilenet_v2(weights=None).eval()
-    with pytest.raises(RuntimeError):
-        by_children(model, image, ["classifier"])  # forward pools before the classifier
+    # forward pools before the classifier: unpooled (2, 1280, 2, 2) reaches it as 5120 rows of 2
+    with pytest.raises(RuntimeError, match=r"shapes cannot be multiplied \(5120x2 and 1280x1000\)"):
+        by_children(model, image, ["classifier"])
     assert torch.equal(by_fx(model, image, ["classifier"])["classifier"], model(image))
 
 
@@ -189,7 +204,7 @@ def test_children_methods_ignore_the_models_forward(resnet, image):
 def test_fx_fails_on_data_dependent_control_flow_and_leaf_modules_fix_it():
     model = NoisyGatedNet().eval()
     x = torch.randn(4, 1, 8, 8)
-    with pytest.raises(TraceError):
+    with pytest.raises(TraceError, match=r"stopped in 'gate' \(SignGate.forward\); leaf_modules=\[SignGate\]"):
         by_fx(model, x, ["fc"])
     outputs = by_fx(model, x, ["conv", "gate", "fc"], leaf_modules=[SignGate])
     assert torch.equal(outputs["fc"], model(x))
@@ -226,7 +241,7 @@ class FlagNet(nn.Module):
 @torch.no_grad()
 def test_concrete_args_fix_control_flow_on_an_argument():
     model, x = FlagNet().eval(), torch.randn(5, 4)
-    with pytest.raises(TraceError):
+    with pytest.raises(TraceError, match=r"stopped in FlagNet.forward, the model's own code"):
         by_fx(model, x, ["head"])
     outputs = by_fx(model, x, ["body", "head"], concrete_args={"features_only": False})
     assert torch.equal(outputs["head"], model(x))
@@ -244,12 +259,15 @@ def test_digits_cnn_learns_and_all_four_agree_on_it():
     model.eval()
     assert accuracy(model, x_test, y_test) > 0.9
     names = ["relu1", "relu2", "fc"]
+    x = x_test[:16]
     with torch.no_grad():
-        results = [fn(model, x_test[:16], names) for fn in (by_children, by_fx, by_hooks)]
-        for outputs in results:
-            assert torch.equal(outputs["fc"], model(x_test[:16]))
-            assert outputs["relu1"].shape == (16, 8, 8, 8) and outputs["relu2"].shape == (16, 16, 4, 4)
-            assert torch.equal(outputs["relu2"], results[0]["relu2"])
+        relu1 = model.relu1(model.conv1(x))  # the layers by hand
+        relu2 = model.relu2(model.conv2(model.pool1(relu1)))
+        for fn in (by_children, by_fx, by_hooks):
+            outputs = fn(model, x, names)
+            assert torch.equal(outputs["fc"], model(x)), fn.__name__
+            assert torch.equal(outputs["relu1"], relu1) and torch.equal(outputs["relu2"], relu2), fn.__name__
+    assert relu1.shape == (16, 8, 8, 8) and relu2.shape == (16, 16, 4, 4)
 
 
 def test_plot_feature_maps_draws_the_input_and_every_channel():
@@ -258,11 +276,33 @@ def test_plot_feature_maps_draws_the_input_and_every_channel():
     import matplotlib.pyplot as plt
 
     maps = {"a": torch.rand(8, 8, 8), "b": torch.rand(16, 4, 4)}
-    figure = plot_feature_maps(torch.rand(1, 8, 8), maps)
+    figure = plot_feature_maps(torch.rand(1, 8, 8), maps, width_px=760)
     axes = figure.axes
     assert len(axes) == 4 * 8  # input row + 1 row for a + 2 rows for b
     assert sum(bool(ax.images) for ax in axes) == 1 + 8 + 16
+    assert figure.get_size_inches()[0] * 96 == pytest.approx(760)  # CSS pixels
+    titles = [ax.get_title(loc="left") for ax in axes if ax.get_title(loc="left")]
+    assert titles == ["input", "a: 8 channels, 8×8", "b: 16 channels, 4×4"]
     plt.close(figure)
+
+
+def test_svg_figure_is_inline_named_sharp_and_the_same_each_time():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def draw():
+        return plot_feature_maps(torch.ones(1, 8, 8), {"a": torch.arange(128.).reshape(2, 8, 8)})
+
+    svg = svg_figure(draw(), labelled_by="maps-caption").data
+    assert svg.startswith("<svg ") and "<?xml" not in svg  # inline in HTML, no prolog
+    assert 'role="img" aria-labelledby="maps-caption"' in svg.split(">", 1)[0]
+    assert re.search(r'width="570(\.\d+)?pt"', svg)  # 760 CSS px = 570 pt
+    images = re.findall(r"<image [^>]*>", svg)
+    assert len(images) == 3 and all("image-rendering:pixelated" in tag for tag in images)
+    assert "<text" in svg and ">input<" in svg  # text stays text
+    assert svg_figure(draw(), labelled_by="maps-caption").data == svg  # reproducible
+    assert plt.get_fignums() == []  # closed: the inline backend does not draw it again
 
 
 def test_extraction_costs_and_table():
@@ -292,7 +332,7 @@ def test_a_failed_by_fx_leaves_the_mode_as_it_was(resnet, image):
         by_fx(model, image, ["layer5"])
     assert not model.training
     gated = NoisyGatedNet().eval()
-    with pytest.raises(TraceError):
+    with pytest.raises(TraceError, match="cannot trace NoisyGatedNet"):
         by_fx(gated, torch.randn(1, 1, 8, 8), ["fc"])
     assert not gated.training
 
@@ -301,3 +341,292 @@ def test_sign_gate_flips_inputs_with_a_negative_mean():
     x = torch.tensor([[-3.0, 1.0]])
     assert torch.equal(SignGate()(x), -x)
     assert torch.equal(SignGate()(-x), -x)
+
+
+# --- inputs: by_pre_hooks ---------------------------------------------------------------
+
+@torch.no_grad()
+def test_pre_hooks_give_fc_the_penultimate_features(resnet, image):
+    h = stem(resnet, image)
+    for name in LAYERS:
+        h = getattr(resnet, name)(h)
+    features = torch.flatten(resnet.avgpool(h), 1)  # what resnet's forward hands to fc
+    got = by_pre_hooks(resnet, image, ["fc", "layer1"])
+    assert list(got) == ["fc", "layer1"] and got["fc"].shape == (2, 512)
+    assert torch.equal(got["fc"], features)
+    assert torch.equal(got["layer1"], stem(resnet, image))
+
+
+@torch.no_grad()
+def test_pre_hooks_copy_an_input_that_the_module_changes_in_place(resnet, image):
+    assert resnet.relu.inplace  # it overwrites its input, bn1's output
+    bn1 = resnet.bn1(resnet.conv1(image))
+    assert (bn1 < 0).any()
+    assert torch.equal(by_pre_hooks(resnet, image, "relu")["relu"], bn1)
+
+
+@torch.no_grad()
+def test_pre_hooks_find_an_input_passed_by_keyword():
+    torch.manual_seed(0)
+    model, tokens = KeywordAttentionNet().eval(), torch.randn(3, 5, 16)
+    seen = []  # a plain pre-hook sees only the positional arguments
+    handle = model.attn.register_forward_pre_hook(lambda module, args: seen.append(args))
+    model(tokens)
+    handle.remove()
+    assert seen == [()]
+    assert torch.equal(by_pre_hooks(model, tokens, ["attn"])["attn"], tokens)
+    assert torch.equal(by_pre_hooks(model, tokens, ["fc"])["fc"],
+                       model.attn(tokens, tokens, tokens, need_weights=False)[0].mean(dim=1))
+
+
+def test_pre_hooks_are_removed_even_when_forward_raises_and_unknown_names_are_listed(resnet):
+    with pytest.raises(RuntimeError, match="to have 3 channels, but got 1"):
+        by_pre_hooks(resnet, torch.randn(1, 1, 32, 32), ["layer1", "fc"])
+    assert all_hooks(resnet) == []
+    with pytest.raises(ValueError, match=r"by_pre_hooks: unknown names \['fc2'\].*\blayer4\.1\.bn2\b"):
+        by_pre_hooks(resnet, torch.randn(1, 3, 32, 32), ["fc", "fc2"])
+
+
+# --- gradients: grads_by_hooks ----------------------------------------------------------
+
+def first_logit(logits):
+    return logits[:, 0].sum()
+
+
+def test_grads_match_autograd_on_the_layer_computed_by_hand(resnet, image):
+    h = stem(resnet, image)
+    for name in LAYERS:
+        h = getattr(resnet, name)(h)
+    layer4 = h  # d loss / d layer4, by autograd on the layers chained by hand
+    expected = torch.autograd.grad(first_logit(resnet.fc(torch.flatten(resnet.avgpool(layer4), 1))), layer4)[0]
+    grads = grads_by_hooks(resnet, image, ["layer4", "fc"], first_logit)
+    assert list(grads) == ["layer4", "fc"]
+    torch.testing.assert_close(grads["layer4"], expected)
+    one_hot = torch.zeros(2, 1000)
+    one_hot[:, 0] = 1
+    assert torch.equal(grads["fc"], one_hot)  # d logits[:, 0].sum() / d logits
+
+
+def test_grads_leave_parameters_grad_and_hooks_as_they_were(resnet, image):
+    resnet.fc.weight.grad = marker = torch.full_like(resnet.fc.weight, 7.0)
+    try:
+        grads_by_hooks(resnet, image, ["layer4", "fc"], first_logit)
+        assert resnet.fc.weight.grad is marker and bool((marker == 7).all())
+        assert all(p.grad is None for n, p in resnet.named_parameters() if n != "fc.weight")
+    finally:
+        resnet.fc.weight.grad = None
+    assert all_hooks(resnet) == []
+    with pytest.raises(RuntimeError, match="to have 3 channels, but got 1"):
+        grads_by_hooks(resnet, torch.randn(1, 1, 32, 32), ["layer4"], first_logit)
+    assert all_hooks(resnet) == []
+
+
+class TwiceNet(nn.Module):
+    """One Linear used twice, and a model that changes its input in place."""
+
+    def __init__(self):
+        super().__init__()
+        self.shared = nn.Linear(3, 3)
+
+    def forward(self, x):
+        x.mul_(2)  # in place, on the input
+        return self.shared(torch.tanh(self.shared(x)))
+
+
+def test_grads_of_a_module_called_twice_are_its_last_calls_and_inplace_input_is_fine():
+    torch.manual_seed(0)
+    model, x = TwiceNet(), torch.randn(4, 3)
+    grads = grads_by_hooks(model, x, ["shared"], lambda out: (out ** 2).sum())
+    expected = 2 * model(x.clone())  # d sum(out^2) / d out, out being the last call's output
+    torch.testing.assert_close(grads["shared"], expected)
+    outputs = by_hooks(model, x.clone(), ["shared"])  # by_hooks keeps the last call too
+    torch.testing.assert_close(2 * outputs["shared"], grads["shared"])
+
+
+def test_grads_refuse_inplace_changes_clearly_and_tensor_hooks_follow_them(resnet, image):
+    with pytest.raises(RuntimeError, match=r"grads_by_hooks: 'relu' \(ReLU\) changed the input or output "
+                                           r"of a module among \['bn1'\] in place.*Tensor.register_hook"):
+        grads_by_hooks(resnet, image, ["bn1"], first_logit)
+    assert all_hooks(resnet) == []
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 5), nn.ReLU(inplace=True), nn.Linear(5, 3))
+    x = torch.randn(2, 4)
+    with pytest.raises(RuntimeError, match=r"'1' \(ReLU\) changed"):
+        grads_by_hooks(net, x, ["0"], torch.sum)
+    hidden, seen = net[0](x), []
+    hidden.register_hook(seen.append)  # a hook on the tensor: fires with d loss / d hidden
+    net[2](net[1](hidden)).sum().backward()
+    net[1].inplace = False
+    assert torch.equal(seen[0], grads_by_hooks(net, x, ["0"], torch.sum)["0"])
+
+
+def test_grads_refuse_integer_inputs_unknown_names_and_modules_the_loss_never_sees(resnet, image):
+    with pytest.raises(TypeError, match="x must be a floating-point tensor, got torch.int64"):
+        grads_by_hooks(resnet, torch.zeros(1, 3, 32, 32, dtype=torch.long), ["fc"], first_logit)
+    with pytest.raises(ValueError, match=r"grads_by_hooks: unknown names \['fc2'\]"):
+        grads_by_hooks(resnet, image, ["fc2"], first_logit)
+    two_heads = TwoHeads()
+    with pytest.raises(ValueError, match=r"no gradient recorded for \['b'\]: forward never called them, "
+                                         "or their output does not reach the loss"):
+        grads_by_hooks(two_heads, torch.randn(2, 3), ["a", "b"], lambda outputs: outputs[0].sum())
+    assert all_hooks(two_heads) == []
+    assert torch.equal(grads_by_hooks(two_heads, torch.randn(2, 3), ["a"], lambda outputs: outputs[0].sum())["a"],
+                       torch.ones(2, 2))
+
+
+class TwoHeads(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(3, 2), nn.Linear(3, 2)
+
+    def forward(self, x):
+        return self.a(x), self.b(x)
+
+
+def test_the_deprecated_backward_hook_reports_the_last_layers_gradients():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 3))
+    x = torch.randn(2, 4, requires_grad=True)
+    seen = []
+    handle = net.register_backward_hook(lambda module, grad_input, grad_output: seen.append(grad_input))
+    with pytest.warns(FutureWarning, match="non-full backward hook.*missing some grad_input"):
+        net(x).sum().backward()
+    handle.remove()
+    bias, last_input, weight = seen[0]
+    assert torch.equal(bias, net[2].bias.grad) and torch.equal(weight, net[2].weight.grad.T)
+    assert last_input.shape == (2, 5) and x.grad.shape == (2, 4)  # not the model input's
+    assert torch.equal(grads_by_hooks(net, x, ["2"], torch.sum)["2"], torch.ones(2, 3))
+
+
+# --- torch.compile, modules never called, models FX cannot trace ------------------------
+
+class Mlp(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(4, 8)
+        self.fc2 = nn.Linear(8, 2)
+        self.unused = nn.Linear(8, 8)  # registered, never called
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
+def listed_names(error):
+    return str(error.value).split("it can reach: ")[1].split(", ")
+
+
+@pytest.mark.parametrize("fn", [by_hooks, by_pre_hooks])
+def test_hook_methods_on_a_compiled_model_use_the_original_and_list_only_usable_names(fn):
+    torch.manual_seed(0)
+    model, x = Mlp(), torch.randn(3, 4)
+    compiled = torch.compile(model, backend="eager")
+    compiled(x)  # compiled and called once, as the issue found it
+    assert torch.equal(fn(compiled, x, ["fc1"])["fc1"], fn(model, x, ["fc1"])["fc1"])
+    with pytest.raises(ValueError, match=r"unknown names \['_orig_mod.fc1'\]") as error:
+        fn(compiled, x, ["_orig_mod.fc1"])
+    usable = [name for name in listed_names(error) if name != "unused"]
+    assert usable == ["fc1", "fc2"]
+    assert list(fn(compiled, x, usable)) == usable  # every name it listed works
+    grads = grads_by_hooks(compiled, x, ["fc2"], torch.sum)
+    assert torch.equal(grads["fc2"], torch.ones(3, 2))
+
+
+def test_fx_and_children_on_a_compiled_model():
+    torch.manual_seed(0)
+    model, x = Mlp(), torch.randn(3, 4)
+    compiled = torch.compile(model, backend="eager")
+    expected = model.fc1(x)
+    assert torch.equal(by_fx(compiled, x, ["fc1"])["fc1"], expected)
+    assert torch.equal(by_children(compiled, x, ["fc1"])["fc1"], expected)
+    assert torch.equal(by_layer_getter(compiled, x, ["fc1"])["fc1"], expected)
+
+
+def test_a_compiled_part_inside_a_model_is_hooked_as_a_whole_and_never_listed_inside():
+    torch.manual_seed(0)
+    model = nn.Sequential(torch.compile(nn.Sequential(nn.Linear(4, 8), nn.ReLU()), backend="eager"),
+                          nn.Linear(8, 2))
+    x = torch.randn(3, 4)
+    with pytest.raises(ValueError, match=r"unknown names \['0._orig_mod.0'\]") as error:
+        by_hooks(model, x, ["0._orig_mod.0"])  # hooks inside compiled code would never fire
+    assert listed_names(error) == ["0", "1"]
+    assert torch.equal(by_hooks(model, x, listed_names(error))["1"], model(x))
+
+
+@pytest.mark.parametrize("fn", [by_hooks, by_pre_hooks])
+def test_a_module_forward_never_calls_gets_a_clear_error(fn):
+    model, x = Mlp(), torch.randn(3, 4)
+    what = "output" if fn is by_hooks else "input"
+    with pytest.raises(ValueError, match=rf"{fn.__name__}: no {what} recorded for \['unused'\]: "
+                                         r"forward never called them for this input"):
+        fn(model, x, ["fc1", "unused"])
+    assert all_hooks(model) == []
+
+
+def test_a_branch_forward_skips_in_eval_mode_gets_the_same_error():
+    from torchvision.models import googlenet
+
+    model = googlenet(weights=None, aux_logits=True, init_weights=False)
+    x = torch.randn(2, 3, 64, 64)
+    with pytest.raises(ValueError, match=r"no output recorded for \['aux1'\].*if self.training:"):
+        by_hooks(model.eval(), x, ["aux1", "inception3a"])
+    assert by_hooks(model.train(), x, ["aux1"])["aux1"].shape == (2, 1000)  # called in training
+
+
+def test_fx_names_by_hooks_where_it_cannot_trace_the_packages_unet():
+    model, x = UNet(n_channels=3, n_classes=2).eval(), torch.randn(1, 3, 32, 32)
+    with pytest.raises(TraceError) as error:
+        by_fx(model, x, ["inc"])
+    message = str(error.value)
+    assert message.startswith("by_fx: torch.fx cannot trace UNet: tracing stopped in UNet.check_input")
+    assert "by_hooks(model, x, names)" in message
+    assert message.splitlines()[-1] == ("FX's message: TraceError: symbolically traced variables "
+                                        "cannot be used as inputs to control flow")
+    assert isinstance(error.value.__cause__, TraceError)  # FX's own error, chained
+    with torch.no_grad():  # and the method it names works
+        assert torch.equal(by_hooks(model, x, ["outc"])["outc"], model(x))
+
+
+@pytest.fixture(scope="module")
+def detector():
+    torch.manual_seed(0)
+    return fasterrcnn_mobilenet_v3_large_fpn(weights=None, weights_backbone=None,
+                                             min_size=160, max_size=160).eval()
+
+
+@torch.no_grad()
+def test_hooks_on_a_detectors_backbone_return_its_ordered_dict_of_feature_maps(detector):
+    images = [torch.rand(3, 120, 160), torch.rand(3, 160, 100)]
+    got = by_hooks(detector, images, ["backbone.body", "backbone"])
+    batch = detector.transform(images)[0].tensors  # resized, normalised, padded to one batch
+    expected = detector.backbone.body(batch)
+    assert type(got["backbone.body"]) is OrderedDict and list(got["backbone.body"]) == ["0", "1"]
+    for key, tensor in expected.items():
+        assert torch.equal(got["backbone.body"][key], tensor)
+    assert list(got["backbone"]) == ["0", "1", "pool"]  # the FPN's maps
+    with pytest.raises(TraceError, match=r"cannot trace FasterRCNN: tracing stopped in FasterRCNN.forward"
+                                         r"(.|\n)*by_hooks(.|\n)*Proxy object cannot be iterated"):
+        by_fx(detector, images, ["backbone.body"])
+
+
+Pair = namedtuple("Pair", "first second")
+
+
+def test_hooks_copy_every_tensor_in_a_structured_output():
+    class Wrapper(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = Splitter()
+
+        def forward(self, x):
+            pair = self.inner(x)
+            pair.second.zero_()  # changes the inner module's output in place
+            return pair.first
+
+    class Splitter(nn.Module):
+        def forward(self, x):
+            return Pair(*x.clone().chunk(2, dim=1))
+
+    x = torch.arange(8.).reshape(2, 4)
+    got = by_hooks(Wrapper(), x, ["inner"])["inner"]
+    assert type(got) is Pair
+    assert torch.equal(got.second, x[:, 2:])  # the copy, not the zeroed tensor
