@@ -1,5 +1,6 @@
 """tutorials_pkg.grad_fn."""
 
+import re
 
 import pytest
 import torch
@@ -12,8 +13,10 @@ from tutorials_pkg.grad_fn import (
     GRAD_FN_TYPES,
     ChannelGroup,
     MermaidDiagram,
+    SavedTensors,
     coupled_channel_groups,
     grad_fn_modules,
+    grad_fn_modules_keeping_only_the_last_hook,
     grad_fn_modules_without_checks,
     keep_input_channels,
     keep_output_channels,
@@ -69,7 +72,7 @@ def test_flags_modes_and_hooks_are_restored_when_forward_fails():
     model[0].weight.requires_grad_(False)
     before = model_state(model)
     flags = [p.requires_grad for p in model.parameters()]
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match=r"expected input\[1, 5, 16, 16\] to have 3 channels"):
         grad_fn_modules(model, torch.randn(1, 5, 16, 16))  # 5 channels: the first conv fails
     assert [p.requires_grad for p in model.parameters()] == flags
     assert_state_unchanged(model, before)
@@ -326,3 +329,137 @@ def test_a_group_without_a_channel_count_is_refused():
     assert group == ChannelGroup(["0"], ["1"])
     with pytest.raises(ValueError, match=r"group \['0'\] has no conv, linear or BatchNorm"):
         prune_channel_group(model, group, [0])
+
+
+class ScalesItsInputInPlace(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x):
+        x.mul_(2)  # in place, on the input itself
+        return self.conv(x)
+
+
+def test_a_model_that_changes_its_input_in_place_is_traced_on_a_copy():
+    model, x = ScalesItsInputInPlace(), torch.randn(1, 3, 8, 8)
+    original = x.clone()
+    trace = trace_grad_fn(model, x)
+    assert list(trace.nodes.values()) == [model.conv]
+    assert torch.equal(x, original)  # the caller's tensor is not changed
+    assert ("input", "conv") in module_graph(trace).edges  # the walk still ends at the input
+
+
+@pytest.mark.parametrize("types", [[nn.Conv2d, nn.Linear], (nn.Conv2d, nn.Linear),
+                                   {nn.Conv2d, nn.Linear}])
+def test_types_may_be_a_list_tuple_or_set(types):
+    model, x = tiny_resnet(), torch.randn(1, 3, 16, 16)
+    nodes = grad_fn_modules(model, x, types=types)
+    expected = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    assert sorted(map(id, nodes.values())) == sorted(map(id, expected))
+    assert len(expected) == 7  # by hand: six convolutions (one on the shortcut) and the fc
+
+
+def test_one_class_as_types():
+    model = tiny_resnet()
+    nodes = grad_fn_modules(model, torch.randn(1, 3, 16, 16), types=nn.Linear)
+    assert list(nodes.values()) == [model[7]]
+
+
+@pytest.mark.parametrize("types", ["Conv2d", [nn.Conv2d, 3], [], [torch.relu], [int]])
+def test_other_types_are_refused_by_name(types):
+    with pytest.raises(TypeError, match=r"types must be a module class or a list or tuple of "
+                                        rf"them, e\.g\. \(nn\.Conv2d, nn\.Linear\); got "):
+        grad_fn_modules(tiny_resnet(), torch.randn(1, 3, 16, 16), types=types)
+
+
+class Detector(nn.Module):
+    """One argument, a list of images, as torchvision's detection models take."""
+
+    def __init__(self):
+        super().__init__()
+        self.backbone = nn.Conv2d(3, 4, 3, padding=1)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, images):
+        return [{"scores": self.head(self.backbone(image[None]).mean((2, 3)))} for image in images]
+
+
+def test_a_list_of_images_is_passed_as_one_argument():
+    model = Detector()
+    images = [torch.randn(3, 8, 8), torch.randn(3, 6, 10)]
+    trace = trace_grad_fn(model, images)
+    assert [trace.names[m] for m in trace.nodes.values()] == ["backbone", "head"] * 2
+    assert isinstance(trace.input, list) and len(trace.input) == 2
+    assert all(t.requires_grad and t.is_leaf for t in trace.input)
+    graph = module_graph(trace)  # walks from the dicts of the output list back to both images
+    assert {("input", "backbone"), ("backbone", "head"), ("head", "output")} <= set(graph.edges)
+
+
+def test_a_tuple_is_the_models_positional_arguments():
+    class Two(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(3, 2), nn.Linear(5, 2)
+
+        def forward(self, x, y):
+            return self.a(x) + self.b(y)
+
+    model = Two()
+    tokens = torch.tensor([1, 2])
+    nodes = grad_fn_modules(model, (torch.randn(2, 3), torch.randn(2, 5)))
+    assert sorted(map(id, nodes.values())) == sorted([id(model.a), id(model.b)])
+    embed = nn.Sequential(nn.Embedding(4, 3), nn.Linear(3, 2))
+    assert list(grad_fn_modules(embed, tokens).values()) == [embed[1]]  # integers need no grad
+
+
+@pytest.mark.parametrize("x, problem", [
+    ([1.0, 2.0], "argument 0[0] is a float"), ((), "got an empty tuple"),
+    ("abc", "argument 0 is a str"), ({"images": []}, "argument 0['images'] is an empty list"),
+])
+def test_inputs_of_other_kinds_are_refused_by_name(x, problem):
+    with pytest.raises(TypeError, match=r"x must be what the model takes: a tensor, a list or "
+                                        rf"dict of tensors .*; {re.escape(problem)}$"):
+        grad_fn_modules(tiny_resnet(), x)
+
+
+def test_a_compiled_model_is_traced_through_its_original_module():
+    model = tiny_resnet()
+    compiled = torch.compile(model, backend="eager")
+    x = torch.randn(1, 3, 16, 16)
+    compiled(x)
+    trace = trace_grad_fn(compiled, x)
+    assert sorted(trace.names[m] for m in trace.nodes.values()) == sorted(
+        n for n, m in model.named_modules() if isinstance(m, GRAD_FN_TYPES))
+
+
+def test_the_tutorials_hook_list_removes_only_the_last_hook():
+    model, x = tiny_resnet(), torch.randn(1, 3, 16, 16)
+    nodes = grad_fn_modules_keeping_only_the_last_hook(model, x)
+    hooked = [name for name, m in model.named_modules() if m._forward_hooks]
+    assert len(nodes) == 13 and len(hooked) == 12 and "7" not in hooked  # the Linear: the last
+    model(x)  # any later forward pass, say a training step, is recorded too
+    assert len(nodes) == 13 + 12
+    grad_fn_modules(model, x)
+    assert len(nodes) == 13 + 12 * 2  # and grad_fn_modules removes only its own hooks
+    assert not any(m._forward_hooks for m in tiny_resnet().modules())
+
+
+def test_the_nodes_keep_the_saved_activations_until_released():
+    model, x = tiny_resnet(), torch.randn(2, 3, 16, 16)
+    with SavedTensors() as saved:
+        nodes = grad_fn_modules(model, x)
+    held = saved.kept_bytes()
+    assert held > 0 and saved.kept_bytes(activations_only=False) > held  # weights too
+    names = sorted(n for n, m in model.named_modules() if m in set(nodes.values()))
+    del nodes
+    assert saved.kept_bytes(activations_only=False) == 0
+    assert len(names) == 13  # names are all a later step needs, and hold no graph
+
+
+def test_saved_tensors_records_only_inside_its_block():
+    model, x = tiny_resnet(), torch.randn(2, 3, 16, 16)
+    with SavedTensors() as saved:
+        pass
+    kept = grad_fn_modules(model, x)
+    assert saved.kept_bytes(activations_only=False) == 0 and len(kept) == 13

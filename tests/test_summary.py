@@ -1,6 +1,7 @@
 """tutorials_pkg.summary."""
 
 import re
+from collections import OrderedDict
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ from torch import nn
 
 from handbook_tools import assert_state_unchanged, model_state, no_hooks_left
 from tutorials_pkg.definition import count_parameters
-from tutorials_pkg.demo_models import tiny_resnet
+from tutorials_pkg.demo_models import ResNet18Stem, ResNet18StemKeepingBaseModel, tiny_resnet
 from tutorials_pkg.summary import summary
 
 
@@ -207,24 +208,109 @@ def test_bad_input_size_is_named(size):
         summary(nn.Linear(3, 2), input_size=size)
 
 
-@pytest.mark.parametrize("data", [[1.0, 2.0], (), "abc"])
-def test_bad_input_data_is_named(data):
-    with pytest.raises(TypeError, match="input_data must be a tensor"):
+@pytest.mark.parametrize("data, got", [
+    ([1.0, 2.0], "got a list"), ((), "got an empty tuple"), ("abc", "got a str"),
+    ((torch.randn(1, 3), [torch.randn(1), 3]), "argument 1[1] is an int"),
+    ((torch.randn(1, 3), {}), "argument 1 is an empty dict"),
+])
+def test_bad_input_data_is_named(data, got):
+    with pytest.raises(TypeError, match=rf"input_data takes a tensor, or a tuple of the model's "
+                                        rf"positional arguments.*; {re.escape(got)}$"):
         summary(nn.Linear(3, 2), input_data=data)
 
 
-def test_too_small_an_input_names_the_shape_and_the_layer_and_removes_hooks():
+class Detector(nn.Module):
+    """Takes a list of images (3-D tensors) as one argument, as torchvision's detection models do."""
+
+    def __init__(self):
+        super().__init__()
+        self.backbone = nn.Conv2d(3, 4, 3, padding=1)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, images):
+        return [{"scores": self.head(self.backbone(image[None]).mean((2, 3)))} for image in images]
+
+
+def test_a_list_of_images_is_one_positional_argument():
+    images = [torch.randn(3, 8, 8), torch.randn(3, 6, 10)]
+    result = summary(Detector(), input_data=(images,))
+    rows = {row.name: row for row in result.rows}
+    assert result.input_shape == [[3, 8, 8], [3, 6, 10]]
+    assert rows["backbone"].calls == 2 and rows["backbone"].input_shape == [1, 3, 8, 8]
+    assert rows[""].output_shape == [{"scores": [1, 2]}, {"scores": [1, 2]}]
+    assert result.input_bytes == 4 * (3 * 8 * 8 + 3 * 6 * 10)
+
+
+def test_the_list_itself_as_input_data_is_refused_with_the_call_that_works():
+    with pytest.raises(TypeError, match=r"got a list of tensors: to pass it as the model's one "
+                                        r"argument .*write \(images,\)"):
+        summary(Detector(), input_data=[torch.randn(3, 8, 8)])
+
+
+def test_arguments_holding_dicts_and_tuples_of_tensors():
+    class Pair(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(3, 2)
+
+        def forward(self, batch, extra):
+            return self.fc(batch["x"]) + extra[0]
+
+    result = summary(Pair(), input_data=({"x": torch.randn(4, 3)}, (torch.randn(4, 2),)))
+    assert result.input_shape == [{"x": [4, 3]}, [[4, 2]]]
+    assert result.rows[1].input_shape == [4, 3]
+
+
+def test_inputs_passed_by_keyword_are_shown():
+    class Attention(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+            self.fc = nn.Linear(8, 8)
+
+        def forward(self, x):
+            x = self.fc(input=x)
+            return self.attn(query=x, key=x, value=x, need_weights=False)[0]
+
+    rows = {row.name: row for row in summary(Attention(), input_size=(1, 5, 8)).rows}
+    assert rows["fc"].input_shape == {"input": [1, 5, 8]}
+    assert rows["attn"].input_shape == {"query": [1, 5, 8], "key": [1, 5, 8], "value": [1, 5, 8]}
+    assert rows["attn"].output_shape == [[1, 5, 8], None]  # need_weights=False: no weights
+
+
+def test_positional_and_keyword_inputs_together():
+    class Scaled(nn.Module):
+        def forward(self, x, *, scale, note):
+            return x * scale
+
+    class Outer(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = Scaled()
+
+        def forward(self, x):
+            return self.inner(x, scale=torch.ones(3), note="not a tensor")
+
+    row = summary(Outer(), input_size=(2, 3)).rows[1]
+    assert row.input_shape == [[2, 3], {"scale": [3]}]  # the str keyword has no shape
+
+
+def test_too_small_an_input_keeps_torchs_error_and_adds_a_note_and_removes_hooks():
     model = torchvision.models.squeezenet1_1()
     before = model_state(model)
-    with pytest.raises(ValueError, match=r"failed in 'features\.\d+' \(MaxPool2d\) on input of "
-                                         r"shape \[1, 3, 16, 16\].*too small"):
+    with pytest.raises(RuntimeError, match=r"Output size is too small") as caught:
         summary(model, input_size=(1, 3, 16, 16))
+    assert type(caught.value) is RuntimeError
+    notes = caught.value.__notes__
+    assert re.fullmatch(r"summary: the model failed in 'features\.\d+' \(MaxPool2d\) on input "
+                        r"of shape \[1, 3, 16, 16\]", notes[0])
+    assert "too small for the model" in notes[1]
     assert no_hooks_left(model)
     assert_state_unchanged(model, before)
     assert summary(model, input_size=(1, 3, 64, 64)).total_params == count_parameters(model)
 
 
-def test_an_error_in_the_models_own_forward_is_reported_too():
+def test_an_error_in_the_models_own_forward_is_reported_without_the_too_small_hint():
     class Broken(nn.Module):
         def __init__(self):
             super().__init__()
@@ -234,8 +320,100 @@ def test_an_error_in_the_models_own_forward_is_reported_too():
             return self.fc(x).view(3, 5)
 
     model = Broken()
-    with pytest.raises(ValueError, match=r"the model failed on input of shape \[2, 4\]"):
+    with pytest.raises(RuntimeError, match=r"shape '\[3, 5\]' is invalid") as caught:
         summary(model, input_size=(2, 4))
+    assert caught.value.__notes__ == ["summary: the model failed on input of shape [2, 4]"]
     assert no_hooks_left(model)
 
 
+class Raises(nn.Module):
+    def __init__(self, error):
+        super().__init__()
+        self.fc, self.error = nn.Linear(3, 3), error
+
+    def forward(self, x):
+        raise self.error
+
+
+@pytest.mark.parametrize("error", [
+    torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+    NotImplementedError("this layer has no CPU kernel"),
+    KeyError("features"),
+])
+def test_errors_keep_their_type_and_message(error):
+    with pytest.raises(type(error), match=re.escape(str(error).strip("'"))) as caught:
+        summary(nn.Sequential(Raises(error)), input_size=(1, 3))
+    assert caught.value is error
+    assert caught.value.__notes__ == ["summary: the model failed in '0' (Raises) on input of "
+                                      "shape [1, 3]"]
+
+
+def test_a_missing_forward_is_a_not_implemented_error():
+    class NoForward(nn.Module):
+        pass
+
+    with pytest.raises(NotImplementedError, match='missing the required "forward" function'):
+        summary(nn.Sequential(nn.Linear(3, 3), NoForward()), input_size=(1, 3))
+
+
+def compiled_and_called():
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    compiled = torch.compile(model, backend="eager")
+    compiled.eval()
+    with torch.no_grad():  # the mode summary runs in: the compiled code is reused
+        compiled(torch.randn(2, 3))
+    return model, compiled
+
+
+def test_a_compiled_model_that_already_ran_is_summarised_through_its_original_module():
+    model, compiled = compiled_and_called()
+    result = summary(compiled, input_size=(2, 3))
+    assert [row.name for row in result.rows] == ["", "0", "1", "2"]
+    assert all(row.calls == 1 for row in result.rows)
+    assert result.compiled and str(result).startswith("Compiled with torch.compile")
+    assert result.total_params == count_parameters(model)
+    assert not summary(model, input_size=(2, 3)).compiled
+
+
+def test_a_compiled_submodule_is_refused_by_name():
+    _, compiled = compiled_and_called()
+    with pytest.raises(TypeError, match=r"submodule 'body' was compiled with torch\.compile"):
+        summary(nn.Sequential(OrderedDict(body=compiled)), input_size=(2, 3))
+
+
+def test_a_table_down_to_a_depth_counts_what_it_hides():
+    model = tiny_resnet()
+    result = summary(model, input_size=(1, 3, 16, 16))
+    top = result.table(max_depth=0).splitlines()
+    assert top[2].split()[:2] == ["Sequential", "[1,"] and f"{count_parameters(model):,}" in top[2]
+    shallow = result.table(max_depth=1)
+    assert f"{count_parameters(model[3]):,}" in shallow.splitlines()[2 + 4]  # the first BasicBlock
+    assert "3.conv1" not in shallow and "3.conv1" in str(result)
+    with pytest.raises(ValueError, match="max_depth must be None or an int >= 0"):
+        result.table(max_depth=-1)
+
+
+def test_long_shapes_are_cut_in_the_table_and_kept_in_the_rows():
+    images = [torch.randn(3, 8, 8)] * 12
+    result = summary(Detector(), input_data=(images,))
+    assert result.rows[0].input_shape == [[3, 8, 8]] * 12
+    cell = str(result).splitlines()[2].split("  ")
+    assert any(part.strip().endswith("...") and len(part.strip()) == 60 for part in cell)
+
+
+def test_the_qa_model_registers_resnet18_and_the_fix_registers_three_layers(capsys):
+    kept, fixed = ResNet18StemKeepingBaseModel(), ResNet18Stem()
+    used = count_parameters(fixed)
+    assert used == 64 * 3 * 7 * 7 + 2 * 64 == 9_536
+    assert count_parameters(kept) == 11_689_512 == count_parameters(kept.base_model)
+    assert len(kept.state_dict()) == len(kept.base_model.state_dict()) + 6 == 128
+    assert sorted(fixed.state_dict()) == [f"layer0.{k}" for k in sorted(
+        ["0.weight", "1.weight", "1.bias", "1.running_mean", "1.running_var",
+         "1.num_batches_tracked"])]
+    # torchsummary: conv1, bn1, relu hooked twice, once per parent
+    assert torchsummary_total(kept, (3, 32, 32), capsys)[0] == 2 * used
+    assert torchsummary_total(fixed, (3, 32, 32), capsys)[0] == used
+    rows = {row.name: row for row in summary(kept, input_size=(1, 3, 32, 32)).rows}
+    assert rows["base_model"].calls == 0 and rows["base_model.layer1"].calls == 0
+    assert rows["base_model.conv1"].calls == 1 and rows["base_model.conv1"].aliases == ["layer0.0"]
+    assert "not called" in summary(kept, input_size=(1, 3, 32, 32)).table(max_depth=1)

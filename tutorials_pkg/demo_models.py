@@ -1,9 +1,9 @@
 """Shared page code: small models that several pages and tests use."""
 
 from torch import Tensor, nn
-from torchvision.models.resnet import BasicBlock
+from torchvision.models.resnet import BasicBlock, resnet18
 
-__all__ = ["TiedEmbeddingNet", "tiny_resnet"]
+__all__ = ["ResNet18Stem", "ResNet18StemKeepingBaseModel", "TiedEmbeddingNet", "tiny_resnet"]
 
 
 def tiny_resnet(num_classes: int = 10) -> nn.Sequential:
@@ -35,3 +35,36 @@ class TiedEmbeddingNet(nn.Module):
 
     def forward(self, tokens: Tensor) -> Tensor:
         return self.out(self.embed(tokens))
+
+
+class ResNet18Stem(nn.Module):
+    """The first three layers of a resnet18 (conv1, bn1, relu), and nothing else registered.
+
+    Used by: summary.
+    """
+
+    def __init__(self):
+        super().__init__()
+        base_model = resnet18(weights=None)  # a local: its other layers are not kept
+        self.layer0 = nn.Sequential(*list(base_model.children())[:3])
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.layer0(x)
+
+
+# --- Wrong: a model that keeps what it does not use ----------------------------------------
+
+class ResNet18StemKeepingBaseModel(nn.Module):
+    """Wrong: keeps the whole resnet18 as ``self.base_model`` although forward uses three layers.
+
+    As in a widely read Q&A on torchsummary's duplicate rows. Used by: summary.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.base_model = resnet18(weights=None)  # registered: all of it, used or not
+        self.base_layers = list(self.base_model.children())  # a plain list: not registered
+        self.layer0 = nn.Sequential(*self.base_layers[:3])  # the same conv1, bn1, relu again
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.layer0(x)

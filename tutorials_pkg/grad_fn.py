@@ -8,6 +8,7 @@ layers whose channels a residual add ties together
 (``prune_channel_group``).
 """
 
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -15,13 +16,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from tutorials_pkg.summary import eval_mode
+from tutorials_pkg.summary import eval_mode, input_problem, uncompiled
 
 __all__ = [
-    "GRAD_FN_TYPES", "ChannelGroup", "MermaidDiagram", "ModuleGraph", "Trace",
+    "GRAD_FN_TYPES", "ChannelGroup", "MermaidDiagram", "ModuleGraph", "SavedTensors", "Trace",
     "check_autograd_is_on", "coupled_channel_groups", "grad_fn_modules",
-    "grad_fn_modules_without_checks", "keep_input_channels", "keep_output_channels",
-    "module_graph", "nodes_in_order", "prune_channel_group", "trace_grad_fn",
+    "grad_fn_modules_keeping_only_the_last_hook", "grad_fn_modules_without_checks",
+    "keep_input_channels", "keep_output_channels", "module_graph", "nodes_in_order",
+    "prune_channel_group", "trace_grad_fn",
 ]
 
 GRAD_FN_TYPES = (nn.Conv2d, nn.BatchNorm2d, nn.Linear, nn.PReLU)
@@ -52,6 +54,38 @@ def grad_enabled_parameters(model: nn.Module) -> Iterator[nn.Module]:
             param.requires_grad_(requires_grad)
 
 
+def tensors_in(value) -> list[torch.Tensor]:
+    """The tensors in ``value``: a tensor, or lists, tuples and dicts of them."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [t for item in value for t in tensors_in(item)]
+    if isinstance(value, dict):
+        return [t for item in value.values() for t in tensors_in(item)]
+    return []
+
+
+def map_tensors(fn, value):
+    """``value`` with ``fn`` applied to each tensor in it, lists, tuples and dicts kept."""
+    if isinstance(value, torch.Tensor):
+        return fn(value)
+    if isinstance(value, (list, tuple)):
+        return type(value)(map_tensors(fn, item) for item in value)
+    if isinstance(value, dict):
+        return type(value)((key, map_tensors(fn, item)) for key, item in value.items())
+    return value
+
+
+def type_tuple(types) -> tuple:
+    """``types`` (one module class, or a list, tuple or set of them) as a tuple for isinstance."""
+    found = (types,) if isinstance(types, type) else (
+        tuple(types) if isinstance(types, (list, tuple, set, frozenset)) else None)
+    if not found or not all(isinstance(t, type) and issubclass(t, nn.Module) for t in found):
+        raise TypeError("types must be a module class or a list or tuple of them, "
+                        f"e.g. (nn.Conv2d, nn.Linear); got {types!r}")
+    return found
+
+
 @dataclass
 class Trace:
     """One traced forward pass: the layer behind each node, and where the graph starts and ends."""
@@ -59,22 +93,33 @@ class Trace:
     nodes: dict                   # grad_fn node -> the module whose output it is
     names: dict[nn.Module, str]   # module -> its name in the model
     output: object                # the model's output
-    input: torch.Tensor           # the leaf the model ran on
+    input: object                 # the leaves the model's input was copied from, as x was given
 
 
-def trace_grad_fn(model: nn.Module, x: torch.Tensor, types=GRAD_FN_TYPES) -> Trace:
-    """Run ``model`` on a copy of ``x`` that requires grad; map layers' output nodes to layers.
+def trace_grad_fn(model: nn.Module, x, types=GRAD_FN_TYPES) -> Trace:
+    """Run ``model`` on a copy of ``x``; map the output node of each ``types`` layer to the layer.
 
-    The model runs in eval mode with every parameter requiring grad; modes
-    and flags are restored after, also when ``forward`` fails.
+    ``x`` is what the model takes: a tensor, a list or dict of tensors (one
+    argument: ``model(x)``), or a tuple of positional arguments
+    (``model(*x)``). Each floating-point tensor in it becomes a leaf that
+    requires grad, and the model gets a copy of that leaf, which it may change
+    in place.
     """
     check_autograd_is_on()
+    model = uncompiled(model)
+    types = type_tuple(types)
+    args = x if isinstance(x, tuple) else (x,)
+    problem = input_problem(args) if args else "got an empty tuple"
+    if problem is not None:
+        raise TypeError("x must be what the model takes: a tensor, a list or dict of tensors "
+                        "(one argument, e.g. a detection model's list of images), or a tuple of "
+                        f"positional arguments; {problem}")
     names = {module: name for name, module in model.named_modules()}
     nodes, collisions = {}, []
 
     def record(module, args, output):
-        for tensor in (output if isinstance(output, (tuple, list)) else [output]):
-            node = getattr(tensor, "grad_fn", None)
+        for tensor in tensors_in(output):
+            node = tensor.grad_fn
             if node is None:
                 continue
             if node in nodes and nodes[node] is not module:
@@ -82,11 +127,11 @@ def trace_grad_fn(model: nn.Module, x: torch.Tensor, types=GRAD_FN_TYPES) -> Tra
             else:
                 nodes[node] = module
 
-    x_leaf = x.detach().clone().requires_grad_(x.is_floating_point())
+    leaves = map_tensors(lambda t: t.detach().clone().requires_grad_(t.is_floating_point()), args)
     handles = [m.register_forward_hook(record) for m in model.modules() if isinstance(m, types)]
     try:
         with eval_mode(model), grad_enabled_parameters(model):
-            output = model(x_leaf)
+            output = model(*map_tensors(torch.Tensor.clone, leaves))
     finally:
         for handle in handles:
             handle.remove()
@@ -97,19 +142,58 @@ def trace_grad_fn(model: nn.Module, x: torch.Tensor, types=GRAD_FN_TYPES) -> Tra
             f"{node.name()} already belongs to {names[first]!r} ({type(first).__name__}): "
             "it passed its input through unchanged, as nn.Identity does, so grad_fn cannot tell "
             f"the two apart; leave {type(second).__name__} out of types")
-    return Trace(nodes, names, output, x_leaf)
+    return Trace(nodes, names, output, leaves if isinstance(x, tuple) else leaves[0])
 
 
-def grad_fn_modules(model: nn.Module, x: torch.Tensor, types=GRAD_FN_TYPES) -> dict:
+def grad_fn_modules(model: nn.Module, x, types=GRAD_FN_TYPES) -> dict:
     """Map the autograd node (``grad_fn``) of each output of a ``types`` layer to that layer.
 
-    Works with frozen parameters (grad is enabled for the trace and each
-    ``requires_grad`` restored after); raises a RuntimeError under
-    ``torch.no_grad()`` or ``torch.inference_mode()``, where no output has a
-    ``grad_fn``, and a ValueError when two layers share one node (an
-    ``nn.Identity`` in ``types`` returns its input's ``grad_fn``).
+    The nodes hold the graph, and the activations it saved for backward,
+    until the dict is released.
     """
     return trace_grad_fn(model, x, types).nodes
+
+
+class _Box:
+    __slots__ = ("tensor", "__weakref__")
+
+    def __init__(self, tensor: torch.Tensor):
+        self.tensor = tensor
+
+
+class SavedTensors:
+    """What autograd saves for backward inside ``with SavedTensors() as saved:``, and how much stays.
+
+    Uses ``torch.autograd.graph.saved_tensors_hooks``: each saved tensor is
+    kept in a small box, and a weak reference to the box says whether the
+    graph still holds it.
+    """
+
+    def __init__(self):
+        self._saved = []  # (weak reference to the box, bytes, an activation: made by autograd)
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
+
+    def _pack(self, tensor: torch.Tensor) -> _Box:
+        box = _Box(tensor.detach())
+        self._saved.append((weakref.ref(box), tensor.numel() * tensor.element_size(),
+                            tensor.grad_fn is not None))
+        return box
+
+    @staticmethod
+    def _unpack(box: _Box) -> torch.Tensor:
+        return box.tensor
+
+    def __enter__(self) -> "SavedTensors":
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._hooks.__exit__(*exc_info)
+
+    def kept_bytes(self, activations_only: bool = True) -> int:
+        """Bytes of saved tensors a graph still holds (activations: not parameters or inputs)."""
+        return sum(size for ref, size, activation in self._saved
+                   if ref() is not None and (activation or not activations_only))
 
 
 def node_inputs(node) -> list:
@@ -138,9 +222,8 @@ def nodes_in_order(roots) -> list:
 
 
 def output_nodes(output) -> list:
-    """The ``grad_fn`` of each tensor in a model's output."""
-    tensors = output if isinstance(output, (tuple, list)) else [output]
-    return [t.grad_fn for t in tensors if isinstance(t, torch.Tensor) and t.grad_fn is not None]
+    """The ``grad_fn`` of each tensor in a model's output (tensors, lists, tuples, dicts)."""
+    return list(dict.fromkeys(t.grad_fn for t in tensors_in(output) if t.grad_fn is not None))
 
 
 class MermaidDiagram:
@@ -188,12 +271,13 @@ def module_graph(trace: Trace) -> ModuleGraph:
     the graph as nodes: they are where a residual connection joins.
     """
     order = nodes_in_order(output_nodes(trace.output))
+    inputs = {id(t) for t in tensors_in(trace.input)}
     graph = ModuleGraph({"input": "input"}, [])
     kept = {}  # node -> the graph names its value comes from
     merges = 0
     for node in order:
         if is_leaf_node(node):
-            kept[node] = ["input"] if node.variable is trace.input else []
+            kept[node] = ["input"] if id(node.variable) in inputs else []
             continue
         sources = list(dict.fromkeys(s for parent in node_inputs(node) for s in kept[parent]))
         label = MERGE_LABELS.get(node.name())
@@ -392,4 +476,25 @@ def grad_fn_modules_without_checks(model: nn.Module, x: torch.Tensor, types=GRAD
     finally:
         for handle in handles:
             handle.remove()
+    return nodes
+
+
+def grad_fn_modules_keeping_only_the_last_hook(model: nn.Module, x: torch.Tensor,
+                                               types=GRAD_FN_TYPES) -> dict:
+    """Wrong: ``hooks = [register_forward_hook(...)]`` inside the loop keeps the last handle only.
+
+    Every other hook stays on its module after the call and records every
+    later forward pass into the returned dict, which keeps each pass's graph.
+    """
+    nodes = {}
+
+    def record(module, args, output):
+        nodes[output.grad_fn] = module
+
+    for module in model.modules():
+        if isinstance(module, types):
+            hooks = [module.register_forward_hook(record)]  # re-bound: the earlier handles are lost
+    model(x)
+    for handle in hooks:
+        handle.remove()
     return nodes
