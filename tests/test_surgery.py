@@ -5,15 +5,19 @@ import torch
 from torch import nn
 from torchvision.models import resnet18
 
+from tutorials_pkg.blocks.mobilenet import MobileNetV1, MobileNetV2
+from tutorials_pkg.demo_models import TiedEmbeddingNet
 from tutorials_pkg.surgery import (
     ExtraInputNet,
     ExtraOutputNet,
     ExtraOutputNetThatDropsHead,
+    ExtraOutputNetWithUnusedLayer,
     classifier_ending_in_softmax,
     classifier_head,
     expand_input_channels,
     freeze_except,
     get_module,
+    last_linear_name,
     module_names,
     replace_module,
     replace_modules_of_type,
@@ -88,6 +92,41 @@ def test_replace_modules_of_type_replaces_every_one_and_only_those():
     assert all("." not in key for key in model._modules)
 
 
+def test_replace_modules_of_type_replaces_a_shared_module_under_every_name_with_one_new_one():
+    shared = nn.ReLU()
+    model = nn.Sequential(nn.Linear(2, 2), shared, nn.Linear(2, 2), shared)
+    made = []
+    names = replace_modules_of_type(model, nn.ReLU, lambda old: made.append(old) or nn.SiLU())
+    assert names == ["1", "3"] and made == [shared]  # one call for the one module
+    assert isinstance(model[1], nn.SiLU) and model[1] is model[3]  # still shared
+
+
+def test_replace_modules_of_type_refuses_nested_matches_before_changing_anything():
+    model = resnet18(weights=None)
+    before = module_names(model)
+    with pytest.raises(ValueError, match=r"'layer2\.0\.downsample' is inside 'layer2', and both are Sequential"):
+        replace_modules_of_type(model, nn.Sequential, lambda old: nn.Identity())
+    assert module_names(model) == before and isinstance(model.layer2, nn.Sequential)
+
+
+def test_replace_modules_of_type_builds_every_replacement_before_changing_the_model():
+    model = resnet18(weights=None)
+    calls = []
+
+    def fails_on_the_third(old):
+        calls.append(old)
+        if len(calls) == 3:
+            raise RuntimeError("make_new failed")
+        return nn.SiLU()
+
+    with pytest.raises(RuntimeError, match="make_new failed"):
+        replace_modules_of_type(model, nn.ReLU, fails_on_the_third)
+    assert not any(isinstance(m, nn.SiLU) for m in model.modules())
+    with pytest.raises(TypeError, match="make_new must return an nn.Module, got str"):
+        replace_modules_of_type(model, nn.ReLU, lambda old: "silu")
+    assert not any(isinstance(m, nn.SiLU) for m in model.modules())
+
+
 def test_setattr_with_dotted_names_inside_the_loop_fails_and_damages_the_model():
     """The pitfall the page shows: nn.Module.__setattr__ does not split dotted names."""
     model = resnet18(weights=None)
@@ -102,6 +141,18 @@ def test_classifier_head_has_named_layers_and_the_right_sizes():
     head = classifier_head(512, 10, hidden=32)
     assert list(head._modules) == ["fc1", "relu", "dropout", "fc2"]
     assert head(torch.randn(2, 512)).shape == (2, 10)
+    with pytest.raises(ValueError, match="num_classes must be at least 1, got 0"):
+        classifier_head(512, 0)
+
+
+def test_assigning_a_head_keeps_the_attribute_name():
+    """The tutorial's `net.fc = classifier` does not rename the layer to `classifier`."""
+    model = resnet18(weights=None)
+    classifier = classifier_head(512, 10)
+    model.fc = classifier
+    assert list(model._modules)[-1] == "fc" and "fc.fc1.weight" in model.state_dict()
+    with pytest.raises(AttributeError, match="'ResNet' object has no attribute 'classifier'"):
+        model.classifier
 
 
 def test_freeze_except_trains_only_the_head_and_training_leaves_the_backbone(images):
@@ -125,9 +176,25 @@ def test_freeze_except_trains_only_the_head_and_training_leaves_the_backbone(ima
 
 def test_freeze_except_refuses_an_unknown_submodule_before_freezing():
     model = resnet18(weights=None)
-    with pytest.raises(AttributeError, match="head"):
-        freeze_except(model, "head")
+    with pytest.raises(KeyError, match=r"no submodule 'fc2'.*close names: \['fc'\]"):
+        freeze_except(model, "fc2")
     assert all(p.requires_grad for p in model.parameters())
+
+
+def test_freeze_except_refuses_the_empty_name_instead_of_freezing_everything():
+    model = resnet18(weights=None)
+    with pytest.raises(ValueError, match="trainable must name a submodule"):
+        freeze_except(model, "")
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_freeze_except_keeps_a_tied_head_trainable_under_both_names():
+    model = TiedEmbeddingNet()
+    assert freeze_except(model, "out") == ["embed.weight", "out.weight"]
+    assert model.out.weight.requires_grad
+    tokens = torch.tensor([[1, 2, 3]])
+    nn.functional.cross_entropy(model(tokens)[0], tokens[0]).backward()
+    assert model.out.weight.grad is not None
 
 
 def test_optimizer_built_before_the_swap_does_not_train_the_new_head(images):
@@ -201,8 +268,36 @@ def test_extra_input_net_checks_the_extra_shape_and_the_head(base, images):
         ExtraInputNet(copy.deepcopy(base), 1, head="avgpool")
     with pytest.raises(ValueError, match="at least 1"):
         ExtraInputNet(copy.deepcopy(base), 0)
-    with pytest.raises(AttributeError, match="classifier"):
-        ExtraOutputNet(copy.deepcopy(base), head="classifier")
+
+
+@pytest.mark.parametrize("wrapper", [ExtraOutputNet, lambda model, head: ExtraInputNet(model, 1, head)],
+                         ids=["ExtraOutputNet", "ExtraInputNet"])
+def test_wrappers_name_an_unknown_head_with_the_close_names(base, wrapper):
+    with pytest.raises(KeyError, match=r"no submodule 'fc1'.*close names: \['fc'\]"):
+        wrapper(copy.deepcopy(base), head="fc1")
+
+
+@pytest.mark.parametrize("model, head", [
+    (lambda: resnet18(weights=None, num_classes=10), "fc"),
+    (lambda: MobileNetV1(num_classes=10), "classifier"),
+    (lambda: MobileNetV2(num_classes=10), "classifier.1"),
+], ids=["resnet18", "MobileNetV1", "MobileNetV2"])
+def test_wrappers_default_to_the_last_linear_layer(model, head):
+    model = model().eval()
+    assert last_linear_name(model) == head
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = model(x)
+        logits, features = ExtraOutputNet(model)(x)
+        assert torch.equal(logits, expected)
+        assert features.shape == (2, model.get_submodule(head).in_features)
+        with_extra = ExtraInputNet(copy.deepcopy(model), 1).eval()
+        assert torch.allclose(with_extra(x, torch.randn(2)), expected, atol=1e-6)
+
+
+def test_wrappers_without_a_linear_layer_ask_for_the_head():
+    with pytest.raises(ValueError, match="Sequential has no nn.Linear; pass head="):
+        ExtraOutputNet(nn.Sequential(nn.Conv2d(3, 2, 1)))
 
 
 def test_extra_output_net_returns_the_base_logits_and_the_penultimate_features(base, images):
@@ -221,9 +316,53 @@ def test_extra_output_net_returns_the_base_logits_and_the_penultimate_features(b
     assert torch.equal(features, captured["x"]) and features.shape == (3, 512)
 
 
-def test_extra_output_net_keeps_the_classifier_in_its_state_dict(base):
-    keys = ExtraOutputNet(copy.deepcopy(base)).state_dict()
-    assert torch.equal(keys["head.weight"], base.fc.weight)
+def test_extra_output_net_returns_what_the_model_returns_when_forward_goes_on_after_the_head():
+    class LogSoftmaxNet(nn.Module):  # something after the head
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Linear(4, 3)
+            self.fc = nn.Linear(3, 2)
+
+        def forward(self, x):
+            return torch.log_softmax(self.fc(torch.relu(self.body(x))), dim=1) * 2
+
+    model, x = LogSoftmaxNet(), torch.randn(5, 4)
+    output, features = ExtraOutputNet(model)(x)
+    assert torch.equal(output, model(x))
+    assert torch.equal(features, torch.relu(model.body(x)))
+
+
+def test_extra_output_net_refuses_a_head_that_runs_twice():
+    class TwiceNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(3, 3)
+
+        def forward(self, x):
+            return self.fc(self.fc(x))
+
+    with pytest.raises(RuntimeError, match="'fc' ran 2 times in one forward pass"):
+        ExtraOutputNet(TwiceNet())(torch.randn(2, 3))
+
+
+def test_extra_output_net_keeps_the_model_and_its_state_dict_keys(base, images):
+    model = copy.deepcopy(base)
+    wrapped = ExtraOutputNet(model)
+    assert list(wrapped.state_dict()) == ["model." + key for key in base.state_dict()]
+    assert torch.equal(model(images), base(images))  # the model is left as it was
+    assert not model.fc._forward_pre_hooks  # the hook is removed after each call
+    wrapped(images)
+    assert not model.fc._forward_pre_hooks
+
+
+def test_the_tutorials_extra_output_model_never_uses_its_10_class_layer(images):
+    wrong = ExtraOutputNetWithUnusedLayer(resnet18(weights=None)).eval()
+    probabilities, x1000 = wrong(images, torch.zeros(3))
+    assert probabilities.shape == (3, 1000) and x1000.shape == (3, 1000)
+    assert torch.allclose(probabilities.sum(dim=1), torch.ones(3))
+    assert torch.equal(wrong(images, torch.ones(3))[0], probabilities)  # extra changes nothing
+    probabilities.log().mean().backward()
+    assert wrong.fc1.weight.grad is None and wrong.net.fc.weight.grad is not None
 
 
 def test_forgetful_wrapper_returns_features_as_logits_and_loses_the_classifier(base, images):
@@ -234,9 +373,9 @@ def test_forgetful_wrapper_returns_features_as_logits_and_loses_the_classifier(b
     assert not any("fc" in key for key in wrong.state_dict())
 
 
-def test_the_wrappers_take_the_model_over(base, images):
+def test_extra_input_net_takes_the_model_over(base, images):
     alias = copy.deepcopy(base)
-    ExtraOutputNet(alias)
+    ExtraInputNet(alias, 1)
     assert alias(images).shape == (3, 512)
 
 
@@ -275,3 +414,30 @@ def test_surgery_works_on_the_device(device, images):
     net = ExtraInputNet(copy.deepcopy(model), 1).eval()
     assert net.fc.weight.device.type == device.type
     assert net(torch.cat([x, x[:, :1]], dim=1), torch.ones(3, device=device)).shape == (3, 10)
+
+
+def test_pretrained_true_stands_for_the_v1_weights_not_the_default(monkeypatch):
+    """What the page says `pretrained=True` means, checked without a download."""
+    import warnings
+
+    from torchvision.models import ResNet50_Weights, resnet50
+    from torchvision.models._api import WeightsEnum
+
+    class Asked(Exception):
+        pass
+
+    def refuse_download(self, *args, **kwargs):
+        raise Asked(self)
+
+    monkeypatch.setattr(WeightsEnum, "get_state_dict", refuse_download)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        with pytest.raises(Asked) as asked:
+            resnet50(pretrained=True)
+    assert asked.value.args[0] is ResNet50_Weights.IMAGENET1K_V1
+    assert ResNet50_Weights.DEFAULT is ResNet50_Weights.IMAGENET1K_V2
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        resnet18(pretrained=False)
+    assert any(w.category is UserWarning and "'pretrained' is deprecated since 0.13" in str(w.message)
+               for w in caught)

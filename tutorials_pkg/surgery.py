@@ -14,9 +14,10 @@ import torch
 from torch import nn
 
 __all__ = [
-    "ExtraInputNet", "ExtraOutputNet", "ExtraOutputNetThatDropsHead", "classifier_ending_in_softmax",
-    "classifier_head", "expand_input_channels", "freeze_except", "get_module", "module_names",
-    "replace_module", "replace_modules_of_type", "trainable_parameter_names",
+    "ExtraInputNet", "ExtraOutputNet", "ExtraOutputNetThatDropsHead", "ExtraOutputNetWithUnusedLayer",
+    "classifier_ending_in_softmax", "classifier_head", "expand_input_channels", "freeze_except",
+    "get_module", "last_linear_name", "module_names", "replace_module", "replace_modules_of_type",
+    "trainable_parameter_names",
 ]
 
 
@@ -42,11 +43,7 @@ def get_module(model: nn.Module, name: str) -> nn.Module:
 
 
 def replace_module(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
-    """Put ``new`` where the submodule ``name`` (e.g. ``"layer1.0.conv1"``) is; return the old one.
-
-    The parent is found with ``get_submodule``, so any dotted name that
-    ``named_modules()`` prints works, ``Sequential`` indices included.
-    """
+    """Put ``new`` where the submodule ``name`` (e.g. ``"layer1.0.conv1"``) is; return the old one."""
     if not isinstance(new, nn.Module):
         raise TypeError(f"new must be an nn.Module, got {type(new).__name__}")
     old = get_module(model, name)
@@ -60,18 +57,31 @@ def replace_modules_of_type(model: nn.Module, kind: type[nn.Module],
                             make_new: Callable[[nn.Module], nn.Module]) -> list[str]:
     """Replace every ``kind`` submodule with ``make_new(old)``; return the names replaced.
 
-    The names are collected first and replaced afterwards, never while
-    ``named_modules()`` is being iterated.
+    A module registered under several names gets one new module under all of them.
     """
-    names = [name for name, module in model.named_modules() if name and isinstance(module, kind)]
-    for name in names:
-        model.set_submodule(name, make_new(model.get_submodule(name)), strict=True)
-    return names
+    olds = {name: module for name, module in model.named_modules(remove_duplicate=False)
+            if name and isinstance(module, kind)}
+    for outer in olds:
+        inner = next((name for name in olds if name.startswith(outer + ".")), None)
+        if inner:
+            raise ValueError(f"{inner!r} is inside {outer!r}, and both are {kind.__name__}: "
+                             "pass a kind that does not nest, or replace them by name")
+    new = {}  # one new module per old one, all made before the model changes
+    for old in olds.values():
+        if id(old) not in new:
+            new[id(old)] = make_new(old)
+            if not isinstance(new[id(old)], nn.Module):
+                raise TypeError(f"make_new must return an nn.Module, got {type(new[id(old)]).__name__}")
+    for name, old in olds.items():
+        model.set_submodule(name, new[id(old)], strict=True)
+    return list(olds)
 
 
 def classifier_head(in_features: int, num_classes: int, hidden: int = 256,
                     dropout: float = 0.2) -> nn.Sequential:
     """A small classifier with named layers, to put in place of a model's last layer."""
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be at least 1, got {num_classes}")
     return nn.Sequential(OrderedDict([
         ("fc1", nn.Linear(in_features, hidden)),
         ("relu", nn.ReLU(inplace=True)),
@@ -83,27 +93,27 @@ def classifier_head(in_features: int, num_classes: int, hidden: int = 256,
 def freeze_except(model: nn.Module, trainable: str) -> list[str]:
     """Stop gradients for every parameter outside submodule ``trainable``; return the trained names.
 
-    ``requires_grad`` only stops the weights from training: BatchNorm layers in
-    train mode still update their running statistics (call ``.eval()`` on them).
+    A parameter that ``trainable`` shares with other layers (tied weights) trains
+    everywhere it is used. BatchNorm layers in train mode still update their
+    running statistics (call ``.eval()`` on them).
     """
-    model.get_submodule(trainable)  # an unknown name fails here, before anything is frozen
-    prefix = trainable + "."
-    for name, parameter in model.named_parameters():
-        parameter.requires_grad_(name.startswith(prefix))
+    if not trainable:
+        raise ValueError("trainable must name a submodule, such as 'fc'; "
+                         "'' is the whole model, which would leave nothing frozen")
+    keep = {id(p) for p in get_module(model, trainable).parameters()}  # the objects, not names
+    for parameter in model.parameters():
+        parameter.requires_grad_(id(parameter) in keep)
     return trainable_parameter_names(model)
 
 
 def trainable_parameter_names(model: nn.Module) -> list[str]:
-    """Names of the parameters an optimizer would change (``requires_grad=True``)."""
-    return [name for name, parameter in model.named_parameters() if parameter.requires_grad]
+    """Names of the parameters an optimizer would change, a shared one under each of its names."""
+    return [name for name, parameter in model.named_parameters(remove_duplicate=False)
+            if parameter.requires_grad]
 
 
 def expand_input_channels(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
-    """A copy of ``conv`` that takes ``in_channels`` channels; the first ones keep their weights.
-
-    The weights for the new channels start at zero, so the new layer computes
-    exactly what ``conv`` did until training teaches it to use them.
-    """
+    """A copy of ``conv`` that takes ``in_channels`` channels; the new ones start with zero weights."""
     if not isinstance(conv, nn.Conv2d):
         raise TypeError(f"conv must be an nn.Conv2d, got {type(conv).__name__}")
     if conv.groups != 1:
@@ -123,20 +133,28 @@ def expand_input_channels(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
     return new
 
 
+def last_linear_name(model: nn.Module) -> str:
+    """Name of the last ``nn.Linear`` registered in ``model``: the classifier of torchvision's models."""
+    names = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+    if not names:
+        raise ValueError(f"{type(model).__name__} has no nn.Linear; pass head=, the name of "
+                         "the layer that computes the logits")
+    return names[-1]
+
+
 class ExtraInputNet(nn.Module):
     """``model`` that also takes a vector per sample, joined to the features before its last layer.
 
-    The last layer (``head``, an ``nn.Linear``) becomes a wider one that keeps
-    the old weights and has zero weights for the extra input, so the logits
-    start equal to the model's. ``model`` is taken over: its ``head`` becomes
-    ``nn.Identity`` (pass ``copy.deepcopy(model)`` to keep the original).
+    ``model`` is taken over: its ``head`` becomes ``nn.Identity`` (pass
+    ``copy.deepcopy(model)`` to keep the original).
     """
 
-    def __init__(self, model: nn.Module, extra_features: int, head: str = "fc"):
+    def __init__(self, model: nn.Module, extra_features: int, head: str | None = None):
         super().__init__()
         if extra_features < 1:
             raise ValueError(f"extra_features must be at least 1, got {extra_features}")
-        last = model.get_submodule(head)
+        head = head or last_linear_name(model)
+        last = get_module(model, head)
         if not isinstance(last, nn.Linear):
             raise TypeError(f"{head!r} must be an nn.Linear, got {type(last).__name__}")
         model.set_submodule(head, nn.Identity(), strict=True)  # the body now ends at the features
@@ -162,32 +180,32 @@ class ExtraInputNet(nn.Module):
 
 
 class ExtraOutputNet(nn.Module):
-    """``model`` that returns its logits and the features its last layer (``head``) sees.
+    """``model`` that returns its own output and the input of its last layer (``head``)."""
 
-    ``model`` is taken over: its ``head`` moves to ``self.head`` and becomes
-    ``nn.Identity`` in the body (pass ``copy.deepcopy(model)`` to keep the original).
-    """
-
-    def __init__(self, model: nn.Module, head: str = "fc"):
+    def __init__(self, model: nn.Module, head: str | None = None):
         super().__init__()
-        self.head = model.get_submodule(head)
-        model.set_submodule(head, nn.Identity(), strict=True)  # the body now ends at the features
-        self.body = model
+        self.head = head or last_linear_name(model)
+        get_module(model, self.head)  # an unknown name fails here, with the close names
+        self.model = model
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        features = self.body(x)
-        return self.head(features), features
+        seen = []
+        head = self.model.get_submodule(self.head)
+        handle = head.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+        try:
+            output = self.model(x)
+        finally:
+            handle.remove()
+        if len(seen) != 1:
+            raise RuntimeError(f"{self.head!r} ran {len(seen)} times in one forward pass; "
+                               "ExtraOutputNet needs a head that runs once")
+        return output, seen[0]
 
 
 # --- Wrong: what the page shows failing --------------------------------------------------
 
 class ExtraOutputNetThatDropsHead(nn.Module):
-    """Wrong: removes the classifier to reach the features, and never keeps it.
-
-    Its "logits" are the features themselves (512 numbers for a ResNet-18, not
-    one per class), and the trained classifier is gone from its ``state_dict``.
-    Use ``ExtraOutputNet``, which keeps the classifier and applies it.
-    """
+    """Wrong: removes the classifier to reach the features, and never keeps it."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
@@ -199,11 +217,21 @@ class ExtraOutputNetThatDropsHead(nn.Module):
         return features, features
 
 
-def classifier_ending_in_softmax(in_features: int, num_classes: int) -> nn.Sequential:
-    """Wrong for training with ``CrossEntropyLoss``: the model ends in a softmax.
+class ExtraOutputNetWithUnusedLayer(nn.Module):
+    """Wrong: defines the 10-class layer ``fc1`` and never calls it; ``extra`` is ignored too."""
 
-    ``CrossEntropyLoss`` applies ``log_softmax`` itself, so the softmax is
-    applied twice. Return logits; apply ``torch.softmax`` outside the model
-    when you need probabilities.
-    """
+    def __init__(self, model: nn.Module, num_classes: int = 10):
+        super().__init__()
+        self.net = model
+        self.fc1 = nn.Linear(1000, num_classes)
+        self.output = nn.Softmax(dim=1)
+
+    def forward(self, x: torch.Tensor, extra: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x1000 = self.net(x)
+        x10 = self.output(x1000)  # fc1 is never applied: a softmax over 1000 values
+        return x10, x1000
+
+
+def classifier_ending_in_softmax(in_features: int, num_classes: int) -> nn.Sequential:
+    """Wrong for training with ``CrossEntropyLoss``, which applies ``log_softmax`` itself."""
     return nn.Sequential(nn.Linear(in_features, num_classes), nn.Softmax(dim=1))

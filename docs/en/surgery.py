@@ -58,6 +58,28 @@ print([name for name, _ in model.named_children()])
 print(model.fc)
 
 # %% [markdown]
+# Older code, and many tutorials, write `resnet18(pretrained=True)`. The
+# `pretrained` argument has been deprecated since torchvision 0.13: it still
+# works, with the two `UserWarning`s below, and `pretrained=True` stands for
+# `weights=ResNet18_Weights.IMAGENET1K_V1`, the first weights torchvision
+# published. That is not always what `"DEFAULT"` gives today: for ResNet-50,
+# `pretrained=True` means `IMAGENET1K_V1` while `DEFAULT` is the better
+# `IMAGENET1K_V2`. `pretrained=False` stands for `weights=None`, which is what
+# this cell passes, so nothing is downloaded:
+
+# %%
+import warnings
+
+from torchvision.models import ResNet50_Weights
+
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    resnet18(pretrained=False)
+for warning in caught:
+    print(f"{warning.category.__name__}: {warning.message}")
+print("ResNet50_Weights.DEFAULT is", ResNet50_Weights.DEFAULT.name)
+
+# %% [markdown]
 # The data is real: scikit-learn's 8×8 handwritten digits, scaled up to 32×32
 # and repeated over three channels so that they look like small RGB images.
 
@@ -99,6 +121,20 @@ old_fc = replace_module(model, "fc", classifier_head(model.fc.in_features, 10))
 print("old:", old_fc)
 print("new:", model.fc)
 print(model(images[:4]).shape)
+
+# %% [markdown]
+# The layer keeps the name of the place it was put: it is still `fc`, and
+# its weights are saved as `fc.fc1.weight` and so on. A widely read tutorial
+# builds such a head in a variable called `classifier`, assigns it with
+# `net.fc = classifier`, and says the layer is now called `classifier`; but
+# PyTorch never sees the variable's name, only the attribute's, so
+# `model.classifier` raises an `AttributeError`:
+
+# %%
+print(list(model._modules)[-1], [key for key in model.state_dict() if key.startswith("fc.")][:2])
+
+# %% tags=["raises-exception"] raises="AttributeError"
+model.classifier
 
 # %% [markdown]
 # ### A layer deep inside, by its dotted name
@@ -160,6 +196,19 @@ total = sum(p.numel() for p in model.parameters())
 trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
 print(f"trainable: {trainable:,} of {total:,} parameters")
 assert trainable == 512 * 256 + 256 + 256 * 10 + 10
+
+# %% [markdown]
+# `freeze_except` goes by the parameters themselves, not by their names. So a
+# layer whose weight is tied to another one (a language model's output layer
+# and its input embedding share one matrix) stays trainable, and the shared
+# weight is listed under both of its names: training the head also changes
+# the embedding. An empty name would mean the whole model, and is refused
+# with a `ValueError`; a misspelt one gets `replace_module`'s `KeyError`.
+
+# %%
+from tutorials_pkg.demo_models import TiedEmbeddingNet
+
+print(freeze_except(TiedEmbeddingNet(), "out"))
 
 # %% [markdown]
 # Two more things make the backbone really stay put:
@@ -259,7 +308,9 @@ rgbd(x)
 #
 # `ExtraInputNet` does this. Its new `fc` keeps the old weights for the 512
 # features and has zero weights for the extra inputs, so it starts as the
-# model it wraps.
+# model it wraps. Without `head=`, it takes the model's last `nn.Linear`,
+# found by `last_linear_name`; in torchvision's classification models that is
+# the classifier.
 
 # %%
 from tutorials_pkg.surgery import ExtraInputNet
@@ -289,11 +340,32 @@ assert difference < 1e-5
 with_extra(images[:4], torch.zeros(4, 3))
 
 # %% [markdown]
+# The last `nn.Linear` is `fc` in a ResNet, `classifier` in the blocks page's
+# `MobileNetV1`, and `classifier.1` (after a dropout) in `MobileNetV2` and
+# torchvision's `mobilenet_v2`; so `head="fc"` as a default would fit only
+# the first. A `head=` that is not there gets the `KeyError` of
+# `replace_module`, with the close names:
+
+# %%
+from tutorials_pkg.blocks.mobilenet import MobileNetV1, MobileNetV2
+from tutorials_pkg.surgery import last_linear_name
+
+for built in (base, MobileNetV1(), MobileNetV2()):
+    print(type(built).__name__, "->", last_linear_name(built))
+
+# %% tags=["raises-exception"] raises="KeyError"
+ExtraInputNet(MobileNetV2(), extra_features=1, head="classifier.2")
+
+# %% [markdown]
 # ## An extra output
 #
 # To get the penultimate features next to the logits (for embeddings, a
-# second loss, or a nearest-neighbour search), `ExtraOutputNet` takes the
-# classifier out of the body and applies it itself:
+# second loss, or a nearest-neighbour search), `ExtraOutputNet` runs the model
+# unchanged and records what its last layer receives, with a forward
+# pre-hook (a function that runs just before the layer's `forward`, given its
+# inputs), removed after every call. So the first output is exactly the
+# model's, whatever its `forward` does after the last layer (a
+# `log_softmax`, a scale), and the model itself is left as it was:
 
 # %%
 from tutorials_pkg.surgery import ExtraOutputNet
@@ -305,14 +377,16 @@ two_outputs = ExtraOutputNet(copy.deepcopy(base)).eval()
 logits, features = two_outputs(images[:4])
 print(logits.shape, features.shape)
 assert torch.equal(logits, base(images[:4]))
-print([key for key in two_outputs.state_dict() if not key.startswith("body.")])
+print(list(two_outputs.state_dict())[:2], "...", list(two_outputs.state_dict())[-2:])
+assert list(two_outputs.state_dict()) == ["model." + key for key in base.state_dict()]
 
 # %% [markdown]
-# The wrappers take the model over: their body is the model itself, with its
-# last layer replaced. That is why every example passes
-# `copy.deepcopy(base)`; the last section shows what happens without it. Their
-# `state_dict` keys start with `body.` (and `head.` or `fc.`), so load trained
-# weights into the model first and wrap it afterwards.
+# `ExtraInputNet`, on the other hand, takes the model over: its body is the
+# model itself, with the last layer replaced. That is why its examples pass
+# `copy.deepcopy(base)`; the last section shows what happens without it. Its
+# `state_dict` keys start with `body.` and `fc.`, and those of
+# `ExtraOutputNet` with `model.`, so load trained weights into the model first
+# and wrap it afterwards.
 
 # %% [markdown]
 # ## What goes wrong in the wild
@@ -400,7 +474,43 @@ assert not any(key.startswith("fc.") or ".fc." in key for key in forgetful.state
 
 # %%
 logits, _ = ExtraOutputNet(copy.deepcopy(base))(images[:4])
-assert logits.shape[1] == 10 and "head.weight" in ExtraOutputNet(copy.deepcopy(base)).state_dict()
+assert logits.shape[1] == 10 and "model.fc.weight" in ExtraOutputNet(copy.deepcopy(base)).state_dict()
+
+# %% [markdown]
+# ### An extra-output model that never uses its 10-class layer
+#
+# A widely read tutorial's extra-output model defines a 10-class layer `fc1`
+# and never calls it; its `forward` also takes an extra input it never uses.
+# Our reconstruction of that mistake:
+
+# %%
+from tutorials_pkg.surgery import ExtraOutputNetWithUnusedLayer
+
+show_source(ExtraOutputNetWithUnusedLayer)
+
+# %% [markdown]
+# Nothing raises. The "10-class" output is a softmax over the 1,000 outputs
+# of the ImageNet `fc`, the extra input changes nothing, and `fc1` gets no
+# gradient, so training never changes it:
+
+# %%
+unused = ExtraOutputNetWithUnusedLayer(resnet18(weights=None)).eval()
+probabilities, _ = unused(images[:4], ink)
+print(probabilities.shape, [round(total, 4) for total in probabilities.sum(dim=1).tolist()])
+assert torch.equal(unused(images[:4], torch.zeros(4))[0], probabilities)  # extra is ignored
+probabilities.log().mean().backward()
+print("fc1 gradient:", unused.fc1.weight.grad)
+assert probabilities.shape[1] == 1000 and unused.fc1.weight.grad is None
+
+# %% [markdown]
+# The fix: give the model the 10 classes it is for (or put a 10-class head in
+# its `fc`, as in the first section), let the loss apply the softmax, and use
+# `ExtraOutputNet` for the features. `ExtraInputNet` is the model for an extra
+# input that is actually used.
+
+# %%
+logits, features = ExtraOutputNet(resnet18(weights=None, num_classes=10))(images[:4])
+print(logits.shape, features.shape)
 
 # %% [markdown]
 # ### An optimizer built before the swap
@@ -452,9 +562,10 @@ assert "layer1.0.relu" in broken._modules and isinstance(broken.layer1[0].relu, 
 
 # %% [markdown]
 # What happens on this torch version with a correct replacement inside the
-# loop? `_modules` is a plain `dict`, and giving an existing key a new value
-# does not change its size, so Python does not complain. The generator has
-# already read the module it just handed out, and goes on into that old
+# loop? `_modules` is a plain `dict` (insertion-ordered), and giving an
+# existing key a new value does not change its size, so Python does not
+# complain. The generator has already read the module it just handed out,
+# and goes on into that old
 # module's children; the replacement put under the same name is not visited,
 # so a replacement that contains the old module is not wrapped again and
 # again. That this works is a detail of `named_modules()`; a replacement that
@@ -488,6 +599,16 @@ assert not any(isinstance(m, nn.ReLU) for m in fixed.modules())
 print(fixed(images[:2]).shape)
 
 # %% [markdown]
+# A module registered under two names is replaced under both, by one new
+# module, so what was shared stays shared. Every new module is made before
+# the model changes, and matches nested in one another (here every
+# `Sequential`, where `layer2` holds `layer2.0.downsample`) are refused with a
+# `ValueError` before anything is replaced:
+
+# %% tags=["raises-exception"] raises="ValueError"
+replace_modules_of_type(fixed, nn.Sequential, lambda old: nn.Identity())
+
+# %% [markdown]
 # ### An alias instead of a copy
 #
 # Assignment does not copy a model: `finetuned = base` is a second name for
@@ -501,12 +622,12 @@ print(base.fc)
 assert base.fc.out_features == 10  # the original lost its 1,000-class head
 
 # %% [markdown]
-# The wrappers on this page take over the model they get, so an alias there
-# changes what the original computes: it now returns features.
+# `ExtraInputNet` takes over the model it gets, so an alias there changes
+# what the original computes: it now returns features.
 
 # %%
 base = resnet18(weights=None).eval()
-wrapped = ExtraOutputNet(base)
+wrapped = ExtraInputNet(base, extra_features=1)
 assert base(images[:2]).shape == (2, 512)  # not logits any more
 
 # %% [markdown]
@@ -515,7 +636,7 @@ assert base(images[:2]).shape == (2, 512)  # not logits any more
 
 # %%
 base = resnet18(weights=None).eval()
-wrapped = ExtraOutputNet(copy.deepcopy(base))
+wrapped = ExtraInputNet(copy.deepcopy(base), extra_features=1)
 assert base(images[:2]).shape == (2, 1000)
 assert all(p.data_ptr() != q.data_ptr() for p, q in zip(base.parameters(), wrapped.parameters()))
 print(base.fc)

@@ -30,9 +30,9 @@ print(describe_runtime())
 # ```python
 # from torchvision.models import resnet18, ResNet18_Weights
 #
-# model = resnet18(weights="DEFAULT")            # the best weights torchvision has
-# model = resnet18(weights=ResNet18_Weights.IMAGENET1K_V1)   # or name them
-# preprocess = ResNet18_Weights.DEFAULT.transforms()         # the matching input transform
+# model = resnet18(weights="DEFAULT")            # torchvision 现有最好的权重
+# model = resnet18(weights=ResNet18_Weights.IMAGENET1K_V1)   # 或者指名要哪一份
+# preprocess = ResNet18_Weights.DEFAULT.transforms()         # 与之配套的输入预处理
 # ```
 #
 # 模型是一棵由具名模块组成的树。`named_children()` 列出第一层；最后一层 `fc` 是 ImageNet 1,000 个类别的分类器。
@@ -48,6 +48,21 @@ print([name for name, _ in model.named_children()])
 print(model.fc)
 
 # %% [markdown]
+# 较早的代码和许多教程写的是 `resnet18(pretrained=True)`。`pretrained` 参数从 torchvision 0.13 起已被弃用：它仍然能用，但会给出下面两条 `UserWarning`；`pretrained=True` 相当于 `weights=ResNet18_Weights.IMAGENET1K_V1`，即 torchvision 最早发布的那份权重。这不一定是今天 `"DEFAULT"` 给出的权重：对 ResNet-50 来说，`pretrained=True` 指的是 `IMAGENET1K_V1`，而 `DEFAULT` 是更好的 `IMAGENET1K_V2`。`pretrained=False` 相当于 `weights=None`，下面这个单元格传的就是它，所以什么也不会下载：
+
+# %%
+import warnings
+
+from torchvision.models import ResNet50_Weights
+
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    resnet18(pretrained=False)
+for warning in caught:
+    print(f"{warning.category.__name__}: {warning.message}")
+print("ResNet50_Weights.DEFAULT is", ResNet50_Weights.DEFAULT.name)
+
+# %% [markdown]
 # 数据是真实的：scikit-learn 自带的 8×8 手写数字，放大到 32×32，再复制成三个通道，看起来就像小的 RGB 图片。
 
 # %%
@@ -61,7 +76,7 @@ print(images.shape, labels.shape)
 # %% [markdown]
 # ## 换一个新的分类器
 #
-# 要分 10 个数字类别，1,000 路的 `fc` 就得让位给一个新的头。用 `OrderedDict` 构建的 `nn.Sequential` 会给每一层起名字，这些名字会出现在 `state_dict` 和错误信息里：
+# 要分的是 10 个数字类别，所以把输出 1,000 个类别的 `fc` 换成一个新的分类头。用 `OrderedDict` 构建的 `nn.Sequential` 会给每一层起名字，这些名字会出现在 `state_dict` 和错误信息里：
 
 # %%
 from tutorials_pkg.source import show_source
@@ -82,6 +97,15 @@ old_fc = replace_module(model, "fc", classifier_head(model.fc.in_features, 10))
 print("old:", old_fc)
 print("new:", model.fc)
 print(model(images[:4]).shape)
+
+# %% [markdown]
+# 这一层的名字取决于它被放到哪里：它仍然叫 `fc`，权重保存为 `fc.fc1.weight` 等。一篇广为流传的教程把这样的分类头建在一个名叫 `classifier` 的变量里，用 `net.fc = classifier` 赋值，然后说这一层现在叫 `classifier`；可 PyTorch 从来看不到变量名，只看得到属性名，所以 `model.classifier` 会抛出 `AttributeError`：
+
+# %%
+print(list(model._modules)[-1], [key for key in model.state_dict() if key.startswith("fc.")][:2])
+
+# %% tags=["raises-exception"] raises="AttributeError"
+model.classifier
 
 # %% [markdown]
 # ### 按点号名字替换深处的一层
@@ -116,9 +140,9 @@ print(list(other.layer4[1]._modules))
 assert "conv3" in other.layer4[1]._modules  # a new, unused layer; conv2 is unchanged
 
 # %% [markdown]
-# ## 只训练新的头
+# ## 只训练新的分类头
 #
-# 有训练好的权重时，常见的第一步是保持主干不变，只训练新的头。把参数的 `requires_grad` 设为 `False`，autograd 就不再计算它的梯度，任何优化器都不会改动它。`freeze_except` 对某个子模块以外的所有参数这样做：
+# 有训练好的权重时，常见的第一步是保持主干不变，只训练新的分类头。把参数的 `requires_grad` 设为 `False`，autograd 就不再计算它的梯度，任何优化器都不会改动它。`freeze_except` 对某个子模块以外的所有参数这样做：
 
 # %%
 from tutorials_pkg.surgery import freeze_except
@@ -134,10 +158,18 @@ print(f"trainable: {trainable:,} of {total:,} parameters")
 assert trainable == 512 * 256 + 256 + 256 * 10 + 10
 
 # %% [markdown]
+# `freeze_except` 认的是参数对象本身，而不是参数的名字。所以如果某一层的权重与另一层绑定（语言模型的输出层和输入嵌入共用一个矩阵），这一层仍然可以训练，共用的权重以它的两个名字都列出来：训练分类头也会改动嵌入。空名字表示整个模型，会被拒绝（`ValueError`）；拼错的名字则得到 `replace_module` 那样的 `KeyError`。
+
+# %%
+from tutorials_pkg.demo_models import TiedEmbeddingNet
+
+print(freeze_except(TiedEmbeddingNet(), "out"))
+
+# %% [markdown]
 # 还有两件事，才能让主干真正保持不动：
 #
-# - **在替换之后再创建优化器**，并且只传入需要训练的参数。优化器保存的是创建时交给它的那些参数张量；之后新建的头不在其中（最后一节会演示这样出错）。
-# - **让冻结的 BatchNorm 层保持评估模式。** `requires_grad` 只能让权重不动，处于训练模式的 BatchNorm 层在每个 batch 上仍然会更新 running mean 和 running variance。先 `model.eval()`，再 `model.fc.train()`，就只训练头。
+# - **在替换之后再创建优化器**，并且只传入需要训练的参数。优化器保存的是创建时交给它的那些参数张量；之后新建的分类头不在其中（最后一节会演示这样出错）。
+# - **让冻结的 BatchNorm 层保持评估模式。** `requires_grad` 只能让权重不动，处于训练模式的 BatchNorm 层在每个 batch 上仍然会更新滑动统计量（running mean 和 running variance）。先 `model.eval()`，再 `model.fc.train()`，就只训练分类头。
 #
 # 训练几步，然后检查主干的每一个张量（包括 buffer）都与原来逐位相同。（损失下降得慢，是因为这个主干是随机的；用 ImageNet 权重时它的特征要好得多。）
 
@@ -162,7 +194,7 @@ assert all(torch.equal(backbone_before[k], backbone_after[k]) for k in backbone_
 assert not torch.equal(model.fc.fc2.weight, head_before)
 
 # %% [markdown]
-# 如果在训练模式下跑同样的步骤，即使所有权重都冻结了，每个 BatchNorm 层的 running 统计量也会被改动：
+# 如果在训练模式下跑同样的步骤，即使所有权重都冻结了，每个 BatchNorm 层的滑动统计量也会被改动：
 
 # %%
 probe = copy.deepcopy(model).train()
@@ -207,12 +239,12 @@ rgbd(x)
 #
 # ```mermaid
 # flowchart LR
-#     img([image]) --> body["body: ResNet up to avgpool"] --> feat["512 features"]
-#     extra([extra, k numbers]) --> cat((concat))
-#     feat --> cat --> fc["fc: Linear(512 + k, classes)"] --> out([logits])
+#     img([图片]) --> body["body：ResNet（到 avgpool 为止）"] --> feat["512 个特征"]
+#     extra([extra：k 个数]) --> cat((拼接))
+#     feat --> cat --> fc["fc：Linear(512 + k, 类别数)"] --> out([logits])
 # ```
 #
-# `ExtraInputNet` 就是这样做的。它新的 `fc` 对 512 个特征保留原来的权重，对额外输入的权重为零，所以一开始它就等于被包装的模型。
+# `ExtraInputNet` 就是这样做的。它新的 `fc` 对 512 个特征保留原来的权重，对额外输入的权重为零，所以一开始它就等于被包装的模型。不传 `head=` 时，它取模型中最后一个 `nn.Linear`（由 `last_linear_name` 找出）；在 torchvision 的分类模型里，这就是分类器。
 
 # %%
 from tutorials_pkg.surgery import ExtraInputNet
@@ -238,9 +270,22 @@ assert difference < 1e-5
 with_extra(images[:4], torch.zeros(4, 3))
 
 # %% [markdown]
+# 最后一个 `nn.Linear` 在 ResNet 里是 `fc`，在 blocks 一页的 `MobileNetV1` 里是 `classifier`，在 `MobileNetV2` 和 torchvision 的 `mobilenet_v2` 里是（dropout 之后的）`classifier.1`；所以若以 `head="fc"` 为默认值，只适合第一种。`head=` 给的名字不存在时，会得到 `replace_module` 那样的 `KeyError`，并列出相近的名字：
+
+# %%
+from tutorials_pkg.blocks.mobilenet import MobileNetV1, MobileNetV2
+from tutorials_pkg.surgery import last_linear_name
+
+for built in (base, MobileNetV1(), MobileNetV2()):
+    print(type(built).__name__, "->", last_linear_name(built))
+
+# %% tags=["raises-exception"] raises="KeyError"
+ExtraInputNet(MobileNetV2(), extra_features=1, head="classifier.2")
+
+# %% [markdown]
 # ## 额外的输出
 #
-# 想在 logits 之外同时拿到倒数第二层的特征（用作嵌入向量、第二个损失或最近邻检索），`ExtraOutputNet` 把分类器从主体中取出来，由自己来调用：
+# 想在 logits 之外同时拿到倒数第二层的特征（用作嵌入向量、第二个损失或最近邻检索），`ExtraOutputNet` 原样运行模型，并用一个前向预钩子（forward pre-hook：在某层的 `forward` 之前运行、拿到该层输入的函数）记下最后一层收到的输入，每次调用后都把钩子移除。所以第一个输出就是模型自己的输出，无论它的 `forward` 在最后一层之后还做了什么（`log_softmax`、缩放），模型本身也保持原样：
 
 # %%
 from tutorials_pkg.surgery import ExtraOutputNet
@@ -252,10 +297,11 @@ two_outputs = ExtraOutputNet(copy.deepcopy(base)).eval()
 logits, features = two_outputs(images[:4])
 print(logits.shape, features.shape)
 assert torch.equal(logits, base(images[:4]))
-print([key for key in two_outputs.state_dict() if not key.startswith("body.")])
+print(list(two_outputs.state_dict())[:2], "...", list(two_outputs.state_dict())[-2:])
+assert list(two_outputs.state_dict()) == ["model." + key for key in base.state_dict()]
 
 # %% [markdown]
-# 这两个包装类会接管传给它们的模型：它们的主体就是这个模型本身，只是最后一层被替换了。所以每个例子都传入 `copy.deepcopy(base)`；最后一节会演示不这样做的后果。它们的 `state_dict` 键以 `body.`（以及 `head.` 或 `fc.`）开头，所以要先把训练好的权重加载进模型，再包装。
+# `ExtraInputNet` 则会接管传给它的模型：它的主体就是这个模型本身，只是最后一层被替换了。所以它的例子都传入 `copy.deepcopy(base)`；最后一节会演示不这样做的后果。它的 `state_dict` 键以 `body.` 和 `fc.` 开头，`ExtraOutputNet` 的则以 `model.` 开头，所以要先把训练好的权重加载进模型，再包装。
 
 # %% [markdown]
 # ## 实践中常见的错误
@@ -331,12 +377,41 @@ assert not any(key.startswith("fc.") or ".fc." in key for key in forgetful.state
 
 # %%
 logits, _ = ExtraOutputNet(copy.deepcopy(base))(images[:4])
-assert logits.shape[1] == 10 and "head.weight" in ExtraOutputNet(copy.deepcopy(base)).state_dict()
+assert logits.shape[1] == 10 and "model.fc.weight" in ExtraOutputNet(copy.deepcopy(base)).state_dict()
+
+# %% [markdown]
+# ### 定义了 10 类的层却从不使用的“额外输出”模型
+#
+# 一篇广为流传的教程里，额外输出的模型定义了一个 10 类的层 `fc1`，却从不调用它；它的 `forward` 还接收一个从不使用的额外输入。下面是我们对这个错误的重现：
+
+# %%
+from tutorials_pkg.surgery import ExtraOutputNetWithUnusedLayer
+
+show_source(ExtraOutputNetWithUnusedLayer)
+
+# %% [markdown]
+# 不会报任何错。所谓“10 类”的输出，其实是对 ImageNet `fc` 的 1,000 个输出做的 softmax；额外输入什么也不改变；`fc1` 得不到梯度，训练永远不会改动它：
+
+# %%
+unused = ExtraOutputNetWithUnusedLayer(resnet18(weights=None)).eval()
+probabilities, _ = unused(images[:4], ink)
+print(probabilities.shape, [round(total, 4) for total in probabilities.sum(dim=1).tolist()])
+assert torch.equal(unused(images[:4], torch.zeros(4))[0], probabilities)  # extra is ignored
+probabilities.log().mean().backward()
+print("fc1 gradient:", unused.fc1.weight.grad)
+assert probabilities.shape[1] == 1000 and unused.fc1.weight.grad is None
+
+# %% [markdown]
+# 修正：让模型直接输出它要分的 10 个类别（或者像第一节那样，把一个 10 类的分类头放进它的 `fc`），softmax 交给损失函数去做，特征则用 `ExtraOutputNet` 取出。真正用上额外输入的模型是 `ExtraInputNet`。
+
+# %%
+logits, features = ExtraOutputNet(resnet18(weights=None, num_classes=10))(images[:4])
+print(logits.shape, features.shape)
 
 # %% [markdown]
 # ### 在替换之前创建的优化器
 #
-# 优化器保存的是创建时交给它的参数张量。之后换上的头不在其中：它的梯度照样被算出来，然后没有任何人使用。
+# 优化器保存的是创建时交给它的参数张量。之后换上的分类头不在其中：它的梯度照样被算出来，然后没有任何人使用。
 
 # %%
 early = resnet18(weights=None, num_classes=10)
@@ -375,7 +450,7 @@ print(list(broken._modules))
 assert "layer1.0.relu" in broken._modules and isinstance(broken.layer1[0].relu, nn.ReLU)
 
 # %% [markdown]
-# 如果循环里用的是正确的替换方式，在这个 torch 版本上会怎样？`_modules` 是普通的 `dict`，给已有的键赋新值不会改变字典的大小，所以 Python 不会报错。生成器已经读出了它刚交给你的那个模块，接下来会进入这个旧模块的子模块；放在同一名字下的替换品不会被访问，所以包含旧模块的替换品不会被一遍又一遍地再包装。能这样工作，靠的是 `named_modules()` 的实现细节；新增或删除子模块的替换就会出错。
+# 如果循环里用的是正确的替换方式，在这个 torch 版本上会怎样？`_modules` 是普通的 `dict`（按插入顺序排列），给已有的键赋新值不会改变字典的大小，所以 Python 不会报错。生成器已经读出了它刚交给你的那个模块，接下来会进入这个旧模块的子模块；放在同一名字下的替换品不会被访问，所以包含旧模块的替换品不会被一遍又一遍地再包装。能这样工作，靠的是 `named_modules()` 的实现细节；新增或删除子模块的替换就会出错。
 
 # %%
 inside = resnet18(weights=None)
@@ -403,6 +478,12 @@ assert not any(isinstance(m, nn.ReLU) for m in fixed.modules())
 print(fixed(images[:2]).shape)
 
 # %% [markdown]
+# 一个模块若以两个名字注册，两个名字下都会被替换，而且换成同一个新模块，原来共用的仍然共用。所有新模块都在模型改动之前建好；彼此嵌套的匹配项（这里指所有 `Sequential`，`layer2` 里就装着 `layer2.0.downsample`）会在替换任何东西之前被拒绝，抛出 `ValueError`：
+
+# %% tags=["raises-exception"] raises="ValueError"
+replace_modules_of_type(fixed, nn.Sequential, lambda old: nn.Identity())
+
+# %% [markdown]
 # ### 别名而不是副本
 #
 # 赋值不会复制模型：`finetuned = base` 只是同一个对象的第二个名字，所以改动“新模型”也就改动了原模型。
@@ -415,11 +496,11 @@ print(base.fc)
 assert base.fc.out_features == 10  # the original lost its 1,000-class head
 
 # %% [markdown]
-# 本页的包装类会接管传给它们的模型，所以这里用别名会改变原模型的计算结果：它现在返回的是特征。
+# `ExtraInputNet` 会接管传给它的模型，所以这里用别名会改变原模型的计算结果：它现在返回的是特征。
 
 # %%
 base = resnet18(weights=None).eval()
-wrapped = ExtraOutputNet(base)
+wrapped = ExtraInputNet(base, extra_features=1)
 assert base(images[:2]).shape == (2, 512)  # not logits any more
 
 # %% [markdown]
@@ -427,7 +508,7 @@ assert base(images[:2]).shape == (2, 512)  # not logits any more
 
 # %%
 base = resnet18(weights=None).eval()
-wrapped = ExtraOutputNet(copy.deepcopy(base))
+wrapped = ExtraInputNet(copy.deepcopy(base), extra_features=1)
 assert base(images[:2]).shape == (2, 1000)
 assert all(p.data_ptr() != q.data_ptr() for p, q in zip(base.parameters(), wrapped.parameters()))
 print(base.fc)
