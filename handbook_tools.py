@@ -181,6 +181,19 @@ def code_cells_in_html(page_html: str) -> list[CodeCellHtml]:
 
 # --- checks that several test modules make ---------------------------------------------
 
+CHECK_NOT_IMPORTED = (
+    "\nimport sys as _sys\n"
+    "assert 'tutorials_pkg' not in _sys.modules, 'the copied code imported tutorials_pkg'\n")
+
+
+def run_copied_code(code: str, where: Path) -> subprocess.CompletedProcess:
+    """``code`` as a reader runs it after copying: a new interpreter, isolated from this
+    project's environment variables and working directory (``python -I`` in ``where``,
+    an empty directory); it fails if the code imported ``tutorials_pkg``."""
+    return subprocess.run([sys.executable, "-I", "-c", code + CHECK_NOT_IMPORTED], cwd=where,
+                          capture_output=True, text=True, timeout=300)
+
+
 def model_state(model) -> tuple[list[bool], dict]:
     """Every module's mode, and a copy of every buffer."""
     return ([m.training for m in model.modules()],

@@ -1,68 +1,220 @@
-"""Build times and page sizes of the site.
+"""Build times, reproducibility and page sizes of the site.
 
-Prints: cold build seconds (both languages, execution cache empty), warm
-rebuild seconds (nothing changed), seconds to execute every page once in one
-process, the ratio cold / one-process, and the largest and median HTML size of
-a tutorial page. Targets: warm rebuild <= 10 s; every tutorial page <= 200 KB.
+Prints:
+
+- L: seconds to execute every page once, in one process, one language (the
+  tests' page runner, no kernels);
+- the cold build (execution cache empty, both languages) and its ratio to L
+  (target <= 1.0 L; stretch <= 0.7 L);
+- a warm rebuild with nothing changed (target <= 3 s);
+- a rebuild after editing one chapter module, and after a prose-only edit of one
+  page, with the pages each executed;
+- code cells whose outputs differ between zh and en, and between two cold
+  builds (the second is the first ``mkdocs serve``), cells tagged ``measured``
+  excepted (target 0 and 0);
+- the first ``mkdocs serve`` until the site answers, and how long it then takes
+  to show a prose edit;
+- the largest and median tutorial page.
 
     python -m benchmarks.site_build
 
-It empties the execution cache (.cache/mkdocs-jupyter) for the cold build.
+Everything runs on a copy of the site in a temporary directory (pages, hooks,
+tutorials_pkg), so the repository and its .cache are left alone. It executes
+every page three times (L, the cold build, the first serve): minutes.
 """
 
 import os
+import re
 import shutil
+import signal
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
-from handbook_tools import ROOT, run_page, tutorial_pages  # the tests' page runner
+from handbook_tools import (LANGUAGES, build_env, code_cells_in_html, copy_machinery, copy_pages,
+                            page_ids, run_page, site_path, tutorial_pages)
+
+EXECUTED = re.compile(r"Pages executed: (.*?); from cache: (.*?) \((.*?) s\)")
+EDITED_MODULE = "surgery"   # a chapter module: only the pages that import it run again
+PROSE_PAGE = "definition"
 
 
-def build(site: Path) -> float:
-    env = dict(os.environ, NO_MKDOCS_2_WARNING="1", MKDOCS_JUPYTER_CACHE="true")
+def copy_site(where: Path) -> None:
+    stems = [Path(p).with_suffix("").as_posix() for p in page_ids()]
+    copy_machinery(where, stems)
+    copy_pages(where, stems)
+    for language in LANGUAGES:  # the real home pages
+        shutil.copy(Path(__file__).resolve().parent.parent / "docs" / language / "index.md",
+                    where / "docs" / language / "index.md")
+
+
+def env() -> dict[str, str]:
+    return {**build_env(), "MKDOCS_JUPYTER_CACHE": "true"}
+
+
+def build(site: Path) -> tuple[float, str]:
+    """Seconds of ``mkdocs build`` (cache on), and what the hook says it executed."""
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-q", "-d", str(site)],
-                   cwd=ROOT, env=env, check=True, capture_output=True)
-    return time.perf_counter() - start
+    result = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-d",
+                             str(site / "site")], cwd=site, env=env(), capture_output=True,
+                            text=True)
+    seconds = time.perf_counter() - start
+    if result.returncode:
+        sys.exit(f"build failed:\n{result.stderr[-6000:]}")
+    found = EXECUTED.search(result.stderr)
+    return seconds, f"executed: {found.group(1)}" if found else "?"
 
 
 def execute_all_pages_in_one_process() -> float:
     os.environ.setdefault("MPLBACKEND", "Agg")
     start = time.perf_counter()
-    for language in ("zh", "en"):
-        for page in tutorial_pages(language):
-            with tempfile.TemporaryDirectory() as scratch:
-                runs = run_page(page, Path(scratch))
-            failed = [r for r in runs if (r.error is None) == r.tagged]
-            assert not failed, f"{page}: cells {[r.index for r in failed]} did not run as tagged"
+    for page in tutorial_pages(LANGUAGES[-1]):  # one language: the code is the same in both
+        with tempfile.TemporaryDirectory() as scratch:
+            runs = run_page(page, Path(scratch))
+        failed = [r for r in runs if (r.error is None) == r.tagged]
+        assert not failed, f"{page}: cells {[r.index for r in failed]} did not run as tagged"
     return time.perf_counter() - start
 
 
-def main() -> None:
-    shutil.rmtree(ROOT / ".cache" / "mkdocs-jupyter", ignore_errors=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        site = Path(tmp) / "site"
-        cold = build(site)
-        warm = build(site)
-        pages = [site / p.relative_to(ROOT / "docs" / "zh").with_suffix("") / "index.html"
-                 for p in tutorial_pages("zh")]
-        pages += [site / "en" / p.relative_to(ROOT / "docs" / "en").with_suffix("") / "index.html"
-                  for p in tutorial_pages("en")]
-        sizes = {p.relative_to(site).as_posix(): p.stat().st_size for p in pages}
-    one_process = execute_all_pages_in_one_process()
+def page_url_paths() -> list[tuple[str, str, str]]:
+    """(language, page id, path of its index.html in the site) for every tutorial page."""
+    found = []
+    for language in LANGUAGES:
+        for page in page_ids():
+            stem = Path(page).with_suffix("").as_posix()
+            found.append((language, page, f"{stem}/" if language == "zh" else f"{language}/{stem}/"))
+    return found
 
+
+def outputs(html: str) -> list[list[str] | None]:
+    """Each code cell's output texts; None for a cell tagged measured."""
+    return [None if "measured" in cell.tags else [o.text for o in cell.outputs]
+            for cell in code_cells_in_html(html)]
+
+
+def differing(a: list, b: list) -> list[int]:
+    if len(a) != len(b):
+        return [-1]
+    return [i for i, (x, y) in enumerate(zip(a, b)) if x is not None and x != y]
+
+
+def first_difference(a: list[str], b: list[str]) -> str:
+    for x, y in zip("".join(a).splitlines(), "".join(b).splitlines()):
+        if x != y:
+            return f"{x[:70]!r} vs {y[:70]!r}"
+    return "different number of outputs or lines"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def fetch(url: str) -> str | None:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.read().decode("utf-8")
+    except OSError:
+        return None
+
+
+def wait_for(condition, timeout: float) -> float:
+    start = time.perf_counter()
+    while time.perf_counter() - start < timeout:
+        if condition():
+            return time.perf_counter() - start
+        time.sleep(0.5)
+    raise TimeoutError(f"still waiting after {timeout:.0f} s")
+
+
+def main() -> None:
+    lines = []
+
+    def report(text: str) -> None:
+        print(text, flush=True)
+        lines.append(text)
+
+    one_process = execute_all_pages_in_one_process()
+    report(f"L: every page executed once, 1 process, 1 language: {one_process:7.1f} s")
+
+    with tempfile.TemporaryDirectory(prefix="site-build-") as tmp:
+        site = Path(tmp) / "copy"
+        copy_site(site)
+        cold, ran = build(site)
+        report(f"cold build, cache empty, both languages:   {cold:7.1f} s   "
+               f"= {cold / one_process:.2f} L (target <= 1.0, stretch <= 0.7)")
+        first = {(lang, page): page_html for lang, page, path in page_url_paths()
+                 if (page_html := (site / "site" / path / "index.html").read_text(encoding="utf-8"))}
+        warm, ran = build(site)
+        report(f"warm rebuild, nothing changed:             {warm:7.1f} s   (target <= 3 s; {ran})")
+        module = site / "tutorials_pkg" / f"{EDITED_MODULE}.py"
+        module.write_text(module.read_text(encoding="utf-8") + "\n# edited\n", encoding="utf-8")
+        seconds, ran = build(site)
+        report(f"rebuild, tutorials_pkg/{EDITED_MODULE}.py edited:     {seconds:7.1f} s   ({ran})")
+        prose = site / "docs" / "en" / f"{PROSE_PAGE}.py"
+        prose.write_text(prose.read_text(encoding="utf-8").replace(
+            "\n# %% [markdown]\n", "\n# %% [markdown]\n# An edited sentence.\n#\n", 1), encoding="utf-8")
+        seconds, ran = build(site)
+        report(f"rebuild, prose of en/{PROSE_PAGE}.py edited:      {seconds:7.1f} s   ({ran})")
+
+        zh_en = []
+        for page in page_ids():
+            zh, en = outputs(first[("zh", page)]), outputs(first[("en", page)])
+            zh_en += [f"{page} cell {i}" for i in differing(zh, en)]
+        cells = sum(len(outputs(first[("en", page)])) for page in page_ids())
+        report(f"code cells whose outputs differ, zh vs en: {len(zh_en)} of {cells}"
+               f"{': ' + ', '.join(zh_en) if zh_en else ''}")
+
+        # The first mkdocs serve of a new user: nothing cached.
+        shutil.rmtree(site / ".cache")
+        shutil.rmtree(site / "site")
+        prose.write_text(prose.read_text(encoding="utf-8").replace("# An edited sentence.\n#\n", ""),
+                         encoding="utf-8")
+        port = free_port()
+        base = f"http://127.0.0.1:{port}/{site_path()}/"
+        server = subprocess.Popen([sys.executable, "-m", "mkdocs", "serve", "-a", f"127.0.0.1:{port}"],
+                                  cwd=site, env=env(), stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL, start_new_session=True)
+        try:
+            serve = wait_for(lambda: fetch(base) is not None, 1800)
+            report(f"first mkdocs serve until the site answers: {serve:7.1f} s")
+            cold_cold, cells = [], 0
+            for language, page, path in page_url_paths():
+                a, b = outputs(first[(language, page)]), outputs(fetch(base + path) or "")
+                cells += len(a)
+                cold_cold += [f"{language}/{page} cell {i} ({first_difference(a[i], b[i])})"
+                              if i >= 0 else f"{language}/{page}: cells differ in number"
+                              for i in differing(a, b)]
+            measured = sum(x is None for language, page, _ in page_url_paths()
+                           for x in outputs(first[(language, page)]))
+            report(f"code cells whose outputs differ, cold vs cold: {len(cold_cold)} of {cells} "
+                   f"({measured} measured cells excepted)")
+            for line in cold_cold:
+                report(f"    {line}")
+            prose.write_text(prose.read_text(encoding="utf-8").replace(
+                "\n# %% [markdown]\n", "\n# %% [markdown]\n# A sentence edited while serving.\n#\n", 1),
+                encoding="utf-8")
+            url = base + f"en/{PROSE_PAGE}/"
+            shown = wait_for(lambda: "A sentence edited while serving." in (fetch(url) or ""), 600)
+            report(f"mkdocs serve shows a prose edit after:     {shown:7.1f} s")
+        finally:
+            os.killpg(server.pid, signal.SIGINT)
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
+
+    sizes = {f"{lang}/{page}": len(text.encode()) for (lang, page), text in first.items()}
     largest = max(sizes, key=sizes.get)
-    print(f"tutorial pages (both languages): {len(sizes)}")
-    print(f"cold build, cache empty:          {cold:7.1f} s")
-    print(f"warm rebuild, nothing changed:    {warm:7.1f} s   (target <= 10 s)")
-    print(f"all pages executed in 1 process:  {one_process:7.1f} s")
-    print(f"cold build / one process:         {cold / one_process:7.2f}")
-    print(f"largest tutorial page HTML:       {sizes[largest] / 1024:7.1f} KB  ({largest}; target <= 200 KB)")
-    print(f"median tutorial page HTML:        {statistics.median(sizes.values()) / 1024:7.1f} KB")
+    report(f"largest tutorial page HTML:                {sizes[largest] / 1024:7.1f} KB  "
+           f"({largest}; target <= 200 KB)")
+    report(f"median tutorial page HTML:                 {statistics.median(sizes.values()) / 1024:7.1f} KB")
 
 
 if __name__ == "__main__":

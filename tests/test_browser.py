@@ -3,15 +3,13 @@
 import functools
 import os
 import shutil
-import subprocess
-import sys
 import threading
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlparse
 
 import pytest
 
-from handbook_tools import site_path
+from handbook_tools import run_copied_code, site_path
 
 pytestmark = [pytest.mark.site, pytest.mark.browser]
 
@@ -83,22 +81,39 @@ def test_zh_page_switches_to_en_and_shows_outputs(page, base_url):
     assert not off_site(page.requests), off_site(page.requests)
 
 
-def test_copy_button_copies_the_code_and_the_copy_runs(page, base_url):
-    page.goto(base_url + "en/definition/")
-    # The first source block the page shows (an output of show_source).
-    block = page.locator(".jp-OutputArea-output .highlight").first
+def copy_block(page, block) -> str:
+    """What Material's copy button on ``block`` puts on the clipboard."""
+    block.scroll_into_view_if_needed()
     block.hover()
-    block.locator('button[data-md-type="copy"]').click()  # Material's copy button
+    block.locator('button[data-md-type="copy"]').click()
     copied = page.evaluate("navigator.clipboard.readText()")
-    shown = block.locator("code").inner_text()
-    assert copied.strip() == shown.strip()
-    assert "def mlp_sequential" in copied
-    # Copied, it runs in a fresh interpreter.
-    check = copied + "\nprint(mlp_sequential())\n"
-    result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True,
-                            timeout=300)
-    assert result.returncode == 0, result.stderr
-    assert "Linear(in_features=64" in result.stdout
+    assert copied.strip() == block.locator("code").inner_text().strip()
+    return copied
+
+
+BLOCKS_PER_PAGE = 4
+
+
+@pytest.mark.parametrize("chapter", ["definition", "save_load"])
+def test_copy_button_copies_the_code_and_the_copy_runs(page, base_url, chapter, tmp_path):
+    """Blocks of shown source, copied with the button, run in an isolated interpreter
+    (``python -I`` in an empty directory) without tutorials_pkg."""
+    page.goto(base_url + f"en/{chapter}/")
+    blocks = page.locator(".jp-OutputArea-output .highlight")  # outputs of show_source
+    count = blocks.count()
+    assert count >= 2, f"{chapter} shows {count} source blocks"
+    for index in range(min(count, BLOCKS_PER_PAGE)):
+        copied = copy_block(page, blocks.nth(index))
+        workdir = tmp_path / f"block-{index}"
+        workdir.mkdir()
+        check = copied
+        if chapter == "definition" and index == 0:
+            assert "def mlp_sequential" in copied
+            check += "\nprint(mlp_sequential())\n"
+        result = run_copied_code(check, workdir)
+        assert result.returncode == 0, f"{chapter} block {index}:\n{copied}\n{result.stderr}"
+        if chapter == "definition" and index == 0:
+            assert "Linear(in_features=64" in result.stdout
     assert not off_site(page.requests), off_site(page.requests)
 
 

@@ -8,8 +8,8 @@ from handbook_tools import DOCS, LANGUAGES, RAISES_TAG, page_ids, read_cells, ru
 @pytest.mark.parametrize("page", page_ids())
 def test_page_runs_and_fails_only_where_it_says(page, tmp_path, monkeypatch):
     monkeypatch.setenv("MPLBACKEND", "Agg")
-    # zh and en code cells are identical (test_parity), so one language runs here;
-    # the site build runs both.
+    # zh and en code cells are identical (test_parity), so each page runs once here,
+    # in one language, as the site build runs it once for both.
     runs = run_page(DOCS / "en" / page, tmp_path)
     assert runs, f"{page} has no code cells"
     for run in runs:
@@ -35,3 +35,20 @@ def test_prose_names_each_intended_exception(page, language):
         prose = [c.source for c in cells[:index] if c.cell_type == "markdown"]
         assert prose and expected and expected in prose[-1], (
             f"{language}/{page}, cell {index}: the markdown before it should name {expected!r}")
+
+
+SHOWS_WARNING_TAG = "shows-warning"
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+@pytest.mark.parametrize("page", page_ids())
+def test_prose_names_each_warning_shown_on_purpose(page, language):
+    """The text just before a cell tagged shows-warning names the warning's category
+    (the build checks it names the category the cell really warns)."""
+    cells = read_cells(DOCS / language / page)
+    for index, cell in enumerate(cells):
+        if SHOWS_WARNING_TAG not in cell.metadata.get("tags", []):
+            continue
+        prose = [c.source for c in cells[:index] if c.cell_type == "markdown"]
+        assert prose and ("DeprecationWarning" in prose[-1] or "FutureWarning" in prose[-1]), (
+            f"{language}/{page}, cell {index}: the markdown before it should name the warning")

@@ -1,6 +1,7 @@
 """What a page shows with show_source runs on its own in a fresh interpreter."""
 
 import importlib
+import importlib.util
 import inspect
 import json
 import pkgutil
@@ -9,6 +10,7 @@ import sys
 
 import pytest
 
+from handbook_tools import run_copied_code
 from tutorials_pkg import definition
 from tutorials_pkg.source import show_source, source_with_imports
 
@@ -33,24 +35,75 @@ def public_objects(module_name):
 
 
 RUN_BLOCKS = """
-import json, sys
+import builtins, json, symtable, sys
+
+
+def names_looked_up_when_called(code):
+    \"\"\"Global names that the functions (and methods) of ``code`` read when they run.\"\"\"
+    found = set()
+
+    def walk(table):
+        if table.get_type() == "function":
+            found.update(s.get_name() for s in table.get_symbols()
+                         if s.is_global() and s.is_referenced())
+        for child in table.get_children():
+            walk(child)
+
+    walk(symtable.symtable(code, "<block>", "exec"))
+    return found
+
+
+failed = []
 for name, code in json.load(sys.stdin):
     namespace = {}
     exec(code, namespace)  # a fresh namespace for each block
     assert callable(namespace[name]), name
+    missing = sorted(n for n in names_looked_up_when_called(code)
+                     if n not in namespace and not hasattr(builtins, n))
+    if missing:
+        failed.append(f"{name}: the block does not define {', '.join(missing)} "
+                      f"(NameError when called)")
+assert not failed, "\\n".join(failed)
 assert "tutorials_pkg" not in sys.modules, "a block imported tutorials_pkg"
 """
 
 
+def run_blocks(blocks, where) -> subprocess.CompletedProcess:
+    """Run ``[(name, code), ...]`` in a new isolated interpreter (``python -I``) in ``where``."""
+    return subprocess.run([sys.executable, "-I", "-c", RUN_BLOCKS], input=json.dumps(blocks),
+                          capture_output=True, text=True, timeout=600, cwd=where)
+
+
 @pytest.mark.parametrize("module_name", CHAPTER_MODULES)
-def test_every_shown_block_runs_in_a_fresh_interpreter(module_name):
-    """One new interpreter per chapter, one new namespace per block."""
+def test_every_shown_block_runs_in_a_fresh_interpreter(module_name, tmp_path):
+    """One new interpreter per chapter, one new namespace per block; every name a function
+    reads when called is defined by the block or is a builtin."""
     blocks = [(obj.__name__, source_with_imports(obj)) for obj in public_objects(module_name)]
-    if not blocks:
-        pytest.skip(f"{module_name} defines no class or function")
-    result = subprocess.run([sys.executable, "-c", RUN_BLOCKS], input=json.dumps(blocks),
-                            capture_output=True, text=True, timeout=600)
+    assert blocks, (f"{module_name} shows nothing: it defines no public class or function "
+                    "(list it among the modules that serve the pages, or give it its API)")
+    result = run_blocks(blocks, tmp_path)
     assert result.returncode == 0, result.stderr
+
+
+def test_the_fresh_interpreter_check_catches_a_helper_left_out(tmp_path):
+    """Planted fault: strip_wrapper_prefixes copied without the constant it reads."""
+    from tutorials_pkg import save_load
+
+    shown = source_with_imports(save_load.strip_wrapper_prefixes)
+    helper = next(line for line in shown.splitlines() if line.startswith("WRAPPER_PREFIXES = "))
+    alone = shown.replace(helper + "\n", "")
+    exec(alone, {})  # defining it works: only calling it would fail
+    result = run_blocks([("strip_wrapper_prefixes", alone)], tmp_path)
+    assert result.returncode != 0
+    assert "strip_wrapper_prefixes: the block does not define WRAPPER_PREFIXES" in result.stderr
+
+
+def test_the_copied_code_check_catches_an_import_of_the_package(tmp_path):
+    """Planted fault: a copied block that leans on tutorials_pkg instead of carrying its code."""
+    result = run_copied_code("from tutorials_pkg.definition import mlp_sequential\n"
+                             "print(mlp_sequential())\n", tmp_path)
+    assert result.returncode != 0 and "imported tutorials_pkg" in result.stderr
+    assert run_copied_code("print(len('copied'))\n", tmp_path).stdout == "6\n"
 
 
 def test_imports_are_only_the_ones_used():
@@ -58,6 +111,21 @@ def test_imports_are_only_the_ones_used():
     assert "from collections import OrderedDict" in code
     assert "from torch import nn" in code
     assert "import torch\n" not in code  # the module imports torch, mlp_named does not use it
+
+
+def test_a_guarded_import_comes_along_as_written(tmp_path):
+    module = tmp_path / "guarded_demo.py"
+    module.write_text("try:\n    import fcntl\nexcept ImportError:  # not on Windows\n"
+                      "    fcntl = None\n\n\ndef has_locks():\n    return fcntl is not None\n")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        code = source_with_imports(importlib.import_module("guarded_demo").has_locks)
+    finally:
+        sys.path.remove(str(tmp_path))
+    assert code.startswith("try:\n    import fcntl\nexcept ImportError:  # not on Windows\n")
+    namespace = {}
+    exec(code, namespace)
+    assert namespace["has_locks"]() == (importlib.util.find_spec("fcntl") is not None)
 
 
 def test_module_level_helpers_come_along(tmp_path):

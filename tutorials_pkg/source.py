@@ -41,6 +41,15 @@ def _filtered_import(node: ast.Import | ast.ImportFrom, used: set[str]) -> str |
     return ast.unparse(ast.ImportFrom(module=node.module, names=keep, level=node.level))
 
 
+def _guarded_import(node: ast.stmt, used: set[str], lines: list[str]) -> str | None:
+    """A top-level ``try: import x / except ImportError: x = None``, as written, if ``x`` is used."""
+    if not (isinstance(node, ast.Try) and node.body
+            and all(isinstance(n, (ast.Import, ast.ImportFrom)) for n in node.body)):
+        return None
+    names = {a.asname or a.name.split(".")[0] for n in node.body for a in n.names}
+    return "\n".join(lines[node.lineno - 1:node.end_lineno]) if names & used else None
+
+
 PACKAGE = __name__.partition(".")[0]  # "tutorials_pkg"
 
 
@@ -98,6 +107,7 @@ def source_with_imports(*objects) -> str:
                     and not (isinstance(node, ast.ImportFrom)
                              and (node.module or "").split(".")[0] == PACKAGE)
                     if (text := _filtered_import(node, used))]
+        imports += [text for node in tree.body if (text := _guarded_import(node, used, lines))]
         for node in nodes:
             first = min([node.lineno] + [d.lineno for d in getattr(node, "decorator_list", [])])
             blocks.append("\n".join(lines[first - 1:node.end_lineno]))
