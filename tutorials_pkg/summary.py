@@ -101,7 +101,7 @@ class SummaryRow:
         return self.calls > 1
 
 
-def _cell(shape, width: int = 60) -> str:
+def _cell(shape, width: int = 44) -> str:
     text = "--" if shape is None else str(shape)
     return text if len(text) <= width else text[:width - 3] + "..."
 

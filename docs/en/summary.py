@@ -16,10 +16,11 @@
 # `print(model)` shows how a model is *built*; a summary shows what happens
 # when it *runs*: every layer with the shapes it sees, its parameters, and the
 # totals. It works by running one forward pass with a hook on every module.
-# That is simple enough to get wrong, and the popular `torchsummary` package
-# does get it wrong for a common kind of model. This page reproduces the bug,
-# explains it, and builds a summary that lists each module once, counts each
-# parameter once and leaves the model exactly as it found it.
+# The idea is simple, and the details are easy to get wrong: the popular
+# `torchsummary` package prints some layers twice for a common kind of model.
+# This page reproduces that report, fixes the model behind it, and builds a
+# summary that lists each module once, counts each parameter once and leaves
+# the model exactly as it found it.
 #
 # Every output on this page was produced by running the code when the site was
 # built, on the versions printed below.
@@ -32,61 +33,51 @@ print(describe_runtime())
 # %% [markdown]
 # ## The torchsummary double count
 #
-# A model often keeps a part under a name of its own, `self.base_model`, and
-# also inside a container that groups its stages. Both are registrations of the
-# *same* module: one set of weights.
+# A widely read question about `torchsummary` comes with a model like this
+# one: it builds a resnet18, keeps it as `self.base_model`, and takes its first
+# three layers (`conv1`, `bn1`, `relu`) into a `Sequential` called `layer0`.
+# `forward` uses `layer0` only.
 
 # %%
-import torch
-from torch import nn
+from tutorials_pkg.demo_models import ResNet18StemKeepingBaseModel
+from tutorials_pkg.source import show_source
 
-
-class TwoNames(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.base_model = nn.Sequential(
-            nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
-        self.stages = nn.ModuleList([self.base_model])  # the same module, a second name
-        self.head = nn.Linear(8, 10)
-
-    def forward(self, x):
-        return self.head(self.base_model(x).mean((2, 3)))
-
-
-model = TwoNames()
-unique = sum(p.numel() for p in model.parameters())
-print("parameters:", unique)
+show_source(ResNet18StemKeepingBaseModel)
 
 # %% [markdown]
-# `torchsummary` 1.5.1 (the last release on PyPI) prints every layer of
-# `base_model` twice, and its total adds their parameters twice:
+# `torchsummary` 1.5.1 (the last release on PyPI) prints each of the three
+# layers twice, and its total adds their parameters twice: 19,072 for the
+# 9,536 that `forward` uses.
 
 # %%
 import contextlib
 import io
 import re
 
+import torch
+from torch import nn
 from torchsummary import summary as torchsummary_summary
 
+torch.manual_seed(0)
+kept = ResNet18StemKeepingBaseModel()
 printed = io.StringIO()
 with contextlib.redirect_stdout(printed):
-    torchsummary_summary(model, (3, 16, 16), device="cpu")
+    torchsummary_summary(kept, (3, 32, 32), device="cpu")
 print(printed.getvalue())
 
 total_line = re.search(r"Total params: ([\d,]+)", printed.getvalue())
 reported = int(total_line.group(1).replace(",", ""))
-base = sum(p.numel() for p in model.base_model.parameters())
-assert reported == unique + base  # base_model counted once per name
-print(f"torchsummary: {reported:,}; the model has {unique:,}")
+used = sum(p.numel() for p in kept.layer0.parameters())
+assert reported == 2 * used == 19_072  # conv1, bn1 and relu hooked once per parent
 
 # %% [markdown]
 # ### Why: `model.apply` visits a module once per parent
 #
 # `torchsummary` registers its hook with `model.apply(register_hook)`.
 # `Module.apply` calls the function on every child, recursively, and
-# `children()` skips a repeated module only *within one parent*. `base_model`
-# has two parents (the model and the `ModuleList`), so `apply` reaches it, and
-# every layer inside it, twice. Each visit registers one more forward hook; in
+# `children()` skips a repeated module only *within one parent*. `conv1`,
+# `bn1` and `relu` have two parents (`base_model` and `layer0`), so `apply`
+# reaches each of them twice. Each visit registers one more forward hook; in
 # the forward pass every hook fires, and each adds a row and the layer's
 # `weight` and `bias` to the total. `model.modules()` and
 # `model.named_modules()`, by contrast, keep a set of the modules they have
@@ -94,19 +85,115 @@ print(f"torchsummary: {reported:,}; the model has {unique:,}")
 
 # %%
 visits = []
-model.apply(lambda module: visits.append(type(module).__name__))
-print("apply visits:   ", visits)
-print("modules() gives:", [type(m).__name__ for m in model.modules()])
-assert visits.count("Conv2d") == 2
-assert sum(isinstance(m, nn.Conv2d) for m in model.modules()) == 1
+kept.apply(lambda module: visits.append(type(module).__name__))
+print("apply visits Conv2d:   ", visits.count("Conv2d"), "times")
+print("modules() gives Conv2d:", sum(isinstance(m, nn.Conv2d) for m in kept.modules()), "times")
+assert visits.count("Conv2d") == 20 + 1  # resnet18 has 20 convolutions; conv1 a second time
+
+# %% [markdown]
+# ## Fix the model, not only the tool
+#
+# The answers to that question fix the tool (hook each module once). The
+# model has a bigger problem: `self.base_model = ...` *registers* the whole
+# resnet18. Its 11,689,512 parameters are in `parameters()`, so an optimizer
+# gets them all; all 122 of its `state_dict` entries are saved with every
+# checkpoint, beside `layer0`'s 6 copies of the same three layers. Our own
+# summary (next section) shows the diagnosis in one table: `base_model` holds
+# almost all the parameters and is `not called`. (`layer0`'s three layers are
+# counted where they were registered first, inside `base_model`, so `layer0`'s
+# own row shows `--`.)
+
+# %%
+from tutorials_pkg.summary import summary
+
+diagnosis = summary(kept, input_size=(1, 3, 32, 32))
+print(diagnosis.table(max_depth=1))
+rows = {row.name: row for row in diagnosis.rows}
+assert rows["base_model"].calls == 0 and diagnosis.total_params == 11_689_512
+print("state_dict entries:", len(kept.state_dict()))
+assert len(kept.state_dict()) == 128
+
+# %% [markdown]
+# The fix is to keep `base_model` in a local variable: the three layers that
+# `layer0` holds stay registered, the rest of the resnet18 is garbage once
+# `__init__` returns.
+
+# %%
+from tutorials_pkg.demo_models import ResNet18Stem
+
+show_source(ResNet18Stem)
+
+# %%
+fixed_stem = ResNet18Stem()
+print(summary(fixed_stem, input_size=(1, 3, 32, 32)).table(max_depth=1))
+print(sorted(fixed_stem.state_dict()))
+assert sum(p.numel() for p in fixed_stem.parameters()) == used == 9_536
+assert len(fixed_stem.state_dict()) == 6
+
+# %% [markdown]
+# Under `DistributedDataParallel` the unused parameters are an error, not only
+# waste: DDP waits for a gradient of every parameter, and the second training
+# step fails with a `RuntimeError` that asks for
+# `find_unused_parameters=True` (which would hide the problem at a cost in
+# every step). One process is enough to see it:
+
+# %% tags=["raises-exception"] raises="RuntimeError"
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+try:
+    ddp = DistributedDataParallel(ResNet18StemKeepingBaseModel())
+    for step in range(2):
+        ddp(torch.randn(2, 3, 32, 32)).sum().backward()
+finally:
+    dist.destroy_process_group()
+
+# %% [markdown]
+# The fixed model trains under DDP without that flag:
+
+# %%
+dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+try:
+    ddp = DistributedDataParallel(ResNet18Stem())
+    for step in range(2):
+        ddp(torch.randn(2, 3, 32, 32)).sum().backward()
+finally:
+    dist.destroy_process_group()
+print("two steps, no unused parameters")
+
+# %% [markdown]
+# ### torchsummary's defaults: `device="cuda"`, and no batch dimension
+#
+# Two more things to know before calling `torchsummary`. Its `device`
+# defaults to `"cuda"`: where CUDA is available it makes the random input on
+# the GPU, and a model left on the CPU fails (where CUDA is not available it
+# quietly uses the CPU). And its `input_size` has *no* batch dimension: it makes
+# a batch of 2 itself (`torch.rand(2, *input_size)`) and prints the batch as
+# `-1`. `torchinfo` and the summary below take the shape *with* the batch.
+
+# %%
+import inspect
+
+print(inspect.signature(torchsummary_summary))
+
+# %% [markdown]
+# Given a shape with the batch, as `torchinfo` takes it, `torchsummary` adds a
+# second batch dimension, and the first convolution raises a `RuntimeError`
+# about a 5-D input:
+
+# %% tags=["raises-exception"] raises="RuntimeError"
+torchsummary_summary(ResNet18Stem(), (1, 3, 32, 32), device="cpu")
 
 # %% [markdown]
 # ## A summary that counts each module once
 #
 # `tutorials_pkg.summary.summary` takes the model and exactly one of
-# `input_size` (a shape *with* the batch dimension, as in `torchinfo`; random
-# inputs are made on the model's device) or `input_data` (your own tensor, or a
-# tuple of tensors). What it does differently:
+# `input_size` (a shape *with* the batch dimension, as in `torchinfo`, or a
+# list of shapes; random inputs are made on the model's device) or
+# `input_data` (your own tensor, or a tuple of the model's positional
+# arguments, any of which may be a list, tuple or dict of tensors). What it
+# does differently:
 #
 # - one row per module, from `named_modules()` (each module once, under the
 #   first name it was registered with; the other names are noted);
@@ -114,33 +201,35 @@ assert sum(isinstance(m, nn.Conv2d) for m in model.modules()) == 1
 #   `sum(p.numel() for p in model.parameters())`, tied weights and parameters
 #   of the model itself included;
 # - one pre-hook and one hook per module: the hooks count calls (a module
-#   called twice in `forward` is marked) and record the shapes;
+#   called twice in `forward` is marked) and record the shapes, also of the
+#   inputs a module is given by keyword (`attn(query=x, key=x, value=x)`);
 # - the forward pass runs in eval mode under `torch.no_grad()`, and each
 #   module's own mode is put back afterwards; the hooks are removed in a
-#   `finally`, so also when the forward pass fails.
+#   `finally`, so also when the forward pass fails;
+# - a model compiled with `torch.compile` is summarised through the module it
+#   wraps (`_orig_mod`), run eagerly: once a compiled model has run, hooks
+#   added later are not seen by the compiled code it reuses, and every layer
+#   would read `not called`.
 
 # %%
-from tutorials_pkg.summary import summary
-from tutorials_pkg.source import show_source
-
 show_source(summary)
-
-# %%
-result = summary(model, input_size=(1, 3, 16, 16))
-print(result)
-assert result.total_params == unique
 
 # %% [markdown]
 # The rows are data, too: `name`, `type`, `input_shape`, `output_shape`,
 # `params`, `trainable_params`, `calls` (and `reused`, true when `calls > 1`),
-# `aliases`:
+# `aliases`. The first layer of the question's model is registered under two
+# names:
 
 # %%
-conv_row = result.rows[2]
+conv_row = diagnosis.rows[2]
 print(conv_row)
 print("reused:", conv_row.reused)
 
 # %% [markdown]
+# `str(result)` is the whole table; `result.table(max_depth=1)`, used above,
+# stops at a depth, and each row it shows then counts the parameters of the
+# rows it hides.
+#
 # ## ResNet-18, checked against torchinfo
 #
 # `torchinfo` is the maintained successor of `torchsummary`. On a plain model
@@ -178,6 +267,54 @@ assert ours.trainable_params == theirs.trainable_params == 512 * 1000 + 1000
 
 # %%
 print([row.name for row in ours.rows if row.reused])
+
+# %% [markdown]
+# ## A detection model: a list of images
+#
+# torchvision's detection models take one argument, a *list* of images
+# (3-D tensors, of any sizes), so the call passes that list as the one
+# positional argument: `input_data=(images,)`. Reusing a detector's backbone
+# is a common reason to look inside one. Faster R-CNN with a MobileNetV3
+# backbone (random weights; `weights_backbone=None` too, or the builder would
+# download ImageNet weights for the backbone), to depth 2: the `transform`
+# that resizes the images and batches them, the `backbone` (`body`, the
+# MobileNetV3 layers, and `fpn`, the feature pyramid that makes one map per
+# level), the region proposal network `rpn` with its `head`, and `roi_heads`
+# with the `box_head` and the `box_predictor`, which gives 91 class scores
+# (COCO's) and 4 box coordinates per class for each proposal. With random
+# weights no box passes the score threshold, so the output lists are empty
+# (`[0, 4]`). Long shapes are cut short in the table (`...`); the rows keep
+# them whole.
+
+# %%
+torch.manual_seed(0)
+detector = torchvision.models.get_model(
+    "fasterrcnn_mobilenet_v3_large_320_fpn", weights=None, weights_backbone=None)
+images = [torch.rand(3, 320, 320)]
+detection = summary(detector, input_data=(images,))
+print(detection.table(max_depth=2))
+
+# %% [markdown]
+# The count differs from the one torchvision publishes for the trained model
+# by exactly the BatchNorm weights and biases: built for training from
+# scratch the backbone uses `nn.BatchNorm2d`, and with pretrained weights
+# `FrozenBatchNorm2d`, whose scale and shift are buffers, not parameters.
+
+# %%
+weights = torchvision.models.detection.FasterRCNN_MobileNet_V3_Large_320_FPN_Weights.COCO_V1
+batchnorm = sum(p.numel() for m in detector.modules() if isinstance(m, nn.BatchNorm2d)
+                for p in m.parameters())
+print(f"ours {detection.total_params:,} = torchvision {weights.meta['num_params']:,} "
+      f"+ BatchNorm {batchnorm:,}")
+assert detection.total_params == weights.meta["num_params"] + batchnorm
+
+# %% [markdown]
+# Passing the list itself as `input_data` is ambiguous (one argument, or one
+# argument per image?), so `summary` refuses it with a `TypeError` that shows
+# the call that works:
+
+# %% tags=["raises-exception"] raises="TypeError"
+summary(detector, input_data=images)
 
 # %% [markdown]
 # ## Tied weights and a model's own parameters
@@ -258,7 +395,7 @@ print("modes and all", len(buffers), "buffers unchanged")
 #
 # ### A slice of a `Sequential` is a second name
 #
-# The double count needs no `ModuleList`: slicing an `nn.Sequential` makes a
+# The double count needs no `base_model`: slicing an `nn.Sequential` makes a
 # new `Sequential` that holds the *same* layers. Keeping the slice as an
 # attribute, a handy shortcut to the features, registers every layer in it
 # twice:
@@ -306,25 +443,28 @@ assert fixed.total_params == unique_aliased
 # model you had.
 
 # %%
-victim = TwoNames()
-running_mean = victim.base_model[1].running_mean.clone()
+torch.manual_seed(0)  # torchsummary's input is random
+victim = ResNet18Stem()
+batchnorm = victim.layer0[1]
+running_mean = batchnorm.running_mean.clone()
 with contextlib.redirect_stdout(io.StringIO()):
-    torchsummary_summary(victim, (3, 16, 16), device="cpu")
-moved = (victim.base_model[1].running_mean - running_mean).abs().max().item()
-print("running_mean moved by up to", moved)
-print("num_batches_tracked:", victim.base_model[1].num_batches_tracked.item())
-assert moved > 0 and victim.base_model[1].num_batches_tracked.item() == 1
+    torchsummary_summary(victim, (3, 32, 32), device="cpu")
+moved = (batchnorm.running_mean - running_mean).abs().max().item()
+print(f"running_mean moved by up to {moved:.4f}")
+print("num_batches_tracked:", batchnorm.num_batches_tracked.item())
+assert moved > 0 and batchnorm.num_batches_tracked.item() == 1
 
 # %% [markdown]
 # `summary` runs in eval mode under `torch.no_grad()`, as the section above
 # shows: the statistics stay where they were.
 
 # %%
-victim = TwoNames()
-running_mean = victim.base_model[1].running_mean.clone()
-summary(victim, input_size=(1, 3, 16, 16))
-assert torch.equal(victim.base_model[1].running_mean, running_mean)
-assert victim.base_model[1].num_batches_tracked.item() == 0 and victim.training
+victim = ResNet18Stem()
+batchnorm = victim.layer0[1]
+running_mean = batchnorm.running_mean.clone()
+summary(victim, input_size=(1, 3, 32, 32))
+assert torch.equal(batchnorm.running_mean, running_mean)
+assert batchnorm.num_batches_tracked.item() == 0 and victim.training
 
 # %% [markdown]
 # ### `model.eval()` without the way back
@@ -366,11 +506,14 @@ assert frozen_stem.training and not frozen_stem.bn1.training
 # ### An input too small for the model
 #
 # Every pooling layer halves the picture. SqueezeNet 1.1 given a 16×16 input
-# has nothing left by its third max-pool. PyTorch's own message comes from
-# deep inside the pooling layer; `summary` raises a `ValueError` that names the
-# layer that failed and the input shape it was given:
+# has nothing left by its third max-pool, and PyTorch raises a `RuntimeError`
+# from deep inside the pooling layer. `summary` raises that same error, type
+# and message unchanged (a CUDA out-of-memory error stays one, too), and adds
+# notes below it: the layer that failed and the input shape, and, because this
+# message says the output is too small, a hint to use a larger input. An
+# error of another kind gets the first note only.
 
-# %% tags=["raises-exception"] raises="ValueError"
+# %% tags=["raises-exception"] raises="RuntimeError"
 squeezenet = torchvision.models.squeezenet1_1(weights=None)
 summary(squeezenet, input_size=(1, 3, 16, 16))
 
