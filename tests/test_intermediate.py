@@ -301,6 +301,8 @@ def test_svg_figure_is_inline_named_sharp_and_the_same_each_time():
     images = re.findall(r"<image [^>]*>", svg)
     assert len(images) == 3 and all("image-rendering:pixelated" in tag for tag in images)
     assert "<text" in svg and ">input<" in svg  # text stays text
+    style = re.search(r"<style[^>]*>(.*?)</style>", svg, re.S).group(1)
+    assert style.startswith('svg[aria-labelledby="maps-caption"] *{')  # not every element of the page
     assert svg_figure(draw(), labelled_by="maps-caption").data == svg  # reproducible
     assert plt.get_fignums() == []  # closed: the inline backend does not draw it again
 
@@ -630,3 +632,14 @@ def test_hooks_copy_every_tensor_in_a_structured_output():
     got = by_hooks(Wrapper(), x, ["inner"])["inner"]
     assert type(got) is Pair
     assert torch.equal(got.second, x[:, 2:])  # the copy, not the zeroed tensor
+
+
+def test_grads_reach_every_layer_of_a_frozen_model():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3)).requires_grad_(False)
+    x = torch.randn(2, 4)
+    grads = grads_by_hooks(model, x, ["0", "2"], torch.sum)
+    assert torch.equal(grads["2"], torch.ones(2, 3))
+    hidden = model[0](x)
+    torch.testing.assert_close(grads["0"], (1 - torch.tanh(hidden) ** 2) * model[2].weight.sum(0))
+    assert not x.requires_grad and x.grad is None  # the caller's x is left alone

@@ -25,7 +25,9 @@
 #
 # `tutorials_pkg.intermediate` has all four with one signature,
 # `fn(model, x, names) -> dict[str, Tensor]`, so this page runs them side by
-# side: what each can reach, where each breaks, what each costs.
+# side: what each can reach, where each breaks, what each costs. Then two more
+# uses of hooks: the *input* of a layer (`by_pre_hooks`) and the gradient with
+# respect to its output (`grads_by_hooks`).
 #
 # Every output on this page was produced by running the code when the site was
 # built, on the versions printed below.
@@ -106,7 +108,9 @@ print(eval_nodes[:12], eval_nodes[-3:])
 # requested nodes and drops what they do not need. `build_fx_extractor` adds
 # two things: a copy of an output that a later operation also reads (an
 # in-place op could change it, see below), and a list of the valid nodes when
-# a name is wrong. Tracing takes time: to call it many times, build once.
+# a name is wrong. Where FX cannot trace the model, it says where tracing
+# stopped and names `by_hooks`, with FX's own message below (see below).
+# Tracing takes time: to call it many times, build once.
 
 # %%
 from tutorials_pkg.intermediate import build_fx_extractor, by_fx
@@ -124,8 +128,13 @@ print(build_fx_extractor(model, ["layer2"]).code.strip().splitlines()[-1])  # en
 # `register_forward_hook` asks a module to call a function with its output
 # each time it runs. The model runs unchanged, its own `forward` included, and
 # any module at any depth can be hooked. Two details make it correct: the hook
-# stores `output.clone()`, and the hooks are removed in `finally`, even when
-# `forward` raises.
+# stores a copy of the output (`_copy` clones every tensor in it, also inside
+# the dict a detector's backbone returns), and the hooks are removed in
+# `finally`, even when `forward` raises. A module that `forward` never calls
+# records nothing, and `by_hooks` says so with a `ValueError` instead of
+# failing on a missing key. A model wrapped by `torch.compile` is run as its
+# original module (`_orig_mod`), because hooks on the modules inside compiled
+# code never fire; its names are the original model's, without `_orig_mod.`.
 
 # %%
 from tutorials_pkg.intermediate import by_hooks
@@ -187,6 +196,18 @@ assert torch.equal(hooked["layer1.0.relu"], hooked["layer1.0"])
 print("hooked layer1.0.relu equals the output of layer1.0")
 
 # %% [markdown]
+# A registered module is not always called. GoogLeNet's auxiliary
+# classifiers `aux1` and `aux2` run in training mode only (`if self.training:`
+# in its `forward`), so in eval mode their hooks never fire, and `by_hooks`
+# raises a `ValueError` that says why:
+
+# %% tags=["raises-exception"] raises="ValueError"
+from torchvision.models import googlenet
+
+inception_net = googlenet(weights=None, aux_logits=True, init_weights=False).eval()
+by_hooks(inception_net, torch.randn(1, 3, 64, 64), ["aux1", "inception3a"])
+
+# %% [markdown]
 # ### The model's own `forward`
 #
 # `IntermediateLayerGetter` runs the children and nothing else. Without
@@ -246,8 +267,10 @@ from tutorials_pkg.intermediate import NoisyGatedNet, SignGate
 show_source(NoisyGatedNet)
 
 # %% [markdown]
-# Tracing stops at the gate's `if` with a `TraceError` ("symbolically traced
-# variables cannot be used as inputs to control flow"):
+# Tracing stops at the gate's `if`. `by_fx` raises a `TraceError` that says
+# where tracing stopped (`SignGate.forward`), which two ways out there are,
+# and ends with FX's own message ("symbolically traced variables cannot be
+# used as inputs to control flow"):
 
 # %% tags=["raises-exception"] raises="TraceError"
 gated = NoisyGatedNet().eval()
@@ -259,7 +282,10 @@ by_fx(gated, digits_like, ["fc"])
 # inside (so nothing inside it can be asked for). When the `if` is on an
 # argument of `forward` instead, such as `features_only: bool`, fix the
 # argument with `concrete_args={"features_only": False}`. `by_fx` passes both
-# on to torchvision.
+# on to torchvision. When the `if` is in the model's own `forward`, neither
+# helps: the package's own `UNet` checks its input's shape there
+# (`check_input`), and `by_fx` stops in `UNet.check_input` and points to
+# `by_hooks`.
 
 # %%
 outputs = by_fx(gated, digits_like, ["gate", "fc"], leaf_modules=[SignGate])
@@ -286,6 +312,188 @@ assert set(train_nodes) - set(eval_nodes) == {"randn_like", "mul", "add"}
 # torchvision's own `ValueError`, which suggests exactly that; in eval mode,
 # where the node does not exist, its own `ValueError` lists the nodes there are.
 #
+# ### A detector's backbone
+#
+# Reusing the backbone of a detection model is one of the most common reasons
+# to look inside one. torchvision's detectors take a *list* of images (sizes
+# may differ), resize and normalise them, batch them, and run
+# `backbone.body`, an `IntermediateLayerGetter` that returns an `OrderedDict`
+# of feature maps, then a feature pyramid (`backbone`). `by_hooks` records
+# both, as they are (random weights, `weights_backbone=None`: nothing is
+# downloaded; `min_size=224` keeps it quick):
+
+# %%
+from torchvision.models.detection import fasterrcnn_mobilenet_v3_large_fpn
+
+torch.manual_seed(0)
+detector = fasterrcnn_mobilenet_v3_large_fpn(
+    weights=None, weights_backbone=None, min_size=224, max_size=224).eval()
+images = [torch.rand(3, 180, 240), torch.rand(3, 240, 200)]  # a list, as detectors take
+with torch.no_grad():
+    feature_maps = by_hooks(detector, images, ["backbone.body", "backbone"])
+for name, maps_of_layer in feature_maps.items():
+    print(f"{name:13}", type(maps_of_layer).__name__,
+          {key: tuple(t.shape) for key, t in maps_of_layer.items()})
+
+# %% [markdown]
+# FX cannot trace the detector: its `forward` loops over the list of images,
+# and a traced value cannot be iterated. `by_fx` raises a `TraceError` that
+# says so and names `by_hooks`, FX's message ("Proxy object cannot be
+# iterated") below:
+
+# %% tags=["raises-exception"] raises="TraceError"
+by_fx(detector, images, ["backbone.body"])
+
+# %% [markdown]
+# ## Inputs and gradients
+#
+# ### The input of a layer: `by_pre_hooks`
+#
+# A forward hook also receives the module's input, as a tuple of the
+# positional arguments, which is what the source tutorial records for
+# `avgpool`. A *forward pre-hook* (`register_forward_pre_hook`) runs just
+# before the module, with the same arguments. The common use: the input of
+# `fc` is the penultimate feature vector, after resnet's `torch.flatten`,
+# an operation no hook can see. `by_pre_hooks` records the first input of each
+# named module, copied, with the hooks removed in `finally`:
+
+# %%
+from tutorials_pkg.intermediate import by_pre_hooks
+
+show_source(by_pre_hooks)
+
+# %%
+with torch.no_grad():
+    penultimate = by_pre_hooks(model, x, ["fc"])["fc"]
+    pooled = by_hooks(model, x, ["avgpool"])["avgpool"]
+assert torch.equal(penultimate, torch.flatten(pooled, 1))
+print("fc's input", tuple(penultimate.shape), "is avgpool's output", tuple(pooled.shape), "flattened")
+
+# %% [markdown]
+# A pre-hook gets only the positional arguments unless it is registered with
+# `with_kwargs=True`; then it is called as `hook(module, args, kwargs)`. That
+# matters for a module called with keyword arguments, as this small attention
+# net calls its `nn.MultiheadAttention`:
+
+# %%
+from tutorials_pkg.intermediate import KeywordAttentionNet
+
+show_source(KeywordAttentionNet)
+
+# %% [markdown]
+# A plain pre-hook on `attn` sees an empty tuple; `by_pre_hooks` (with
+# `with_kwargs=True`) takes the value of `forward`'s first parameter, `query`:
+
+# %%
+torch.manual_seed(0)
+attention_net = KeywordAttentionNet().eval()
+tokens = torch.randn(2, 5, 16)
+seen = []
+handle = attention_net.attn.register_forward_pre_hook(lambda module, args: seen.append(args))
+attention_net(tokens)
+handle.remove()
+print("a plain pre-hook gets args =", seen[0])
+assert torch.equal(by_pre_hooks(attention_net, tokens, ["attn"])["attn"], tokens)
+print("by_pre_hooks gets query:", tuple(tokens.shape))
+
+# %% [markdown]
+# ### The gradient at a layer: `grads_by_hooks`
+#
+# `register_full_backward_hook` asks a module to call
+# `hook(module, grad_input, grad_output)` during the backward pass:
+# `grad_output[0]` is the gradient of the loss with respect to the module's
+# output (what Grad-CAM needs at `layer4`). `grads_by_hooks` differentiates
+# `loss_fn(model(x))` with `torch.autograd.grad`, with respect to a copy of
+# `x`: unlike `loss.backward()`, that adds nothing to any parameter's
+# `.grad`, and gradients reach every layer even when the weights are frozen.
+
+# %%
+from tutorials_pkg.intermediate import grads_by_hooks
+
+show_source(grads_by_hooks)
+
+# %% [markdown]
+# With the loss `logits[:, 0].sum()`, the gradient at `fc` must be 1 for class
+# 0 and 0 elsewhere; `layer4`'s is what Grad-CAM averages per channel:
+
+# %%
+grads = grads_by_hooks(model, x, ["layer4", "fc"], lambda logits: logits[:, 0].sum())
+print({name: tuple(g.shape) for name, g in grads.items()})
+one_hot = torch.zeros(2, 1000)
+one_hot[:, 0] = 1
+assert torch.equal(grads["fc"], one_hot)
+assert all(p.grad is None for p in model.parameters())
+print("the gradient at fc is one-hot; no parameter's .grad was touched")
+
+# %% [markdown]
+# Full backward hooks have one limit: they wrap the module's inputs and
+# outputs, and autograd forbids changing those in place afterwards. resnet's
+# `bn1` is followed by `ReLU(inplace=True)`, so asking for `bn1` fails with a
+# `RuntimeError`, which `grads_by_hooks` turns into one that names the
+# module that made the change and what to do:
+
+# %% tags=["raises-exception"] raises="RuntimeError"
+grads_by_hooks(model, x, ["bn1"], lambda logits: logits[:, 0].sum())
+
+# %% [markdown]
+# For one tensor you hold, `Tensor.register_hook` is the simple tool: it is
+# called with the gradient with respect to that tensor, and it follows
+# in-place changes (it gets the gradient for the value it was registered on).
+# On a small chain with an in-place ReLU it gives what `grads_by_hooks` gives
+# once the ReLU is no longer in place:
+
+# %%
+from torch import nn
+
+torch.manual_seed(0)
+chain = nn.Sequential(nn.Linear(4, 5), nn.ReLU(inplace=True), nn.Linear(5, 3))
+inputs = torch.randn(2, 4)
+hidden, seen = chain[0](inputs), []
+hidden.register_hook(seen.append)  # called with d loss / d hidden
+chain[2](chain[1](hidden)).sum().backward()
+chain[1].inplace = False
+assert torch.equal(seen[0], grads_by_hooks(chain, inputs, ["0"], torch.sum)["0"])
+print("Tensor.register_hook and grads_by_hooks agree:", tuple(seen[0].shape))
+
+# %% [markdown]
+# The source tutorial mentions `register_backward_hook`, which is deprecated.
+# It hooks the *last* autograd node of the module's `forward`: on
+# `Sequential(Linear, ReLU, Linear)` that is the last `Linear`, so
+# `grad_input` holds that layer's bias gradient, the gradient with respect to
+# *its* input and its weight gradient (transposed), not the gradient with
+# respect to the module's input. torch says so with a `FutureWarning` ("Using
+# a non-full backward hook when the forward contains multiple autograd Nodes
+# is deprecated"), shown below:
+
+# %% tags=["shows-warning"]
+torch.manual_seed(0)
+net = nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 3))
+inputs = torch.randn(2, 4, requires_grad=True)
+seen = []
+handle = net.register_backward_hook(lambda module, grad_input, grad_output: seen.append(grad_input))
+net(inputs).sum().backward()
+handle.remove()
+bias, last_input, weight = seen[0]
+assert torch.equal(bias, net[2].bias.grad) and torch.equal(weight, net[2].weight.grad.T)
+print("grad_input:", [tuple(g.shape) for g in seen[0]], "; the input's gradient:", tuple(inputs.grad.shape))
+
+# %% [markdown]
+# `register_full_backward_hook` gives the documented `grad_input`: the
+# gradient with respect to the module's input. A module that has had the old
+# kind of hook refuses the new kind, even after `remove()`, so the same layers
+# go into a new `Sequential`:
+
+# %%
+full = []
+fixed = nn.Sequential(*net)  # the same layers, a container without the old hook
+handle = fixed.register_full_backward_hook(lambda module, grad_input, grad_output: full.append(grad_input))
+inputs.grad = None
+fixed(inputs).sum().backward()
+handle.remove()
+assert torch.equal(full[0][0], inputs.grad)
+print("full hook's grad_input[0] is the input's gradient:", tuple(full[0][0].shape))
+
+# %% [markdown]
 # ## What each costs, measured
 #
 # `extraction_costs` times each method on one request (median of 3 runs after
@@ -383,17 +591,23 @@ assert test_accuracy > 0.9
 # image, taken with hooks and drawn by `plot_feature_maps`: the first layer
 # responds to strokes and edges, the second combines them at a lower
 # resolution (some of its channels stay at zero for this digit).
+# `svg_figure` puts the figure in the page as SVG, sharp at any zoom, and
+# names it by the caption under it.
 
 # %%
-import matplotlib.pyplot as plt
-from tutorials_pkg.intermediate import plot_feature_maps
+from tutorials_pkg.intermediate import plot_feature_maps, svg_figure
 
 maps = by_hooks(cnn, x_test[:1], ["relu1", "relu2"])
 print("label", y_test[0].item(), "predicted", cnn(x_test[:1]).argmax().item())
-plot_feature_maps(x_test[0], {name: m[0] for name, m in maps.items()})
-plt.show()
+figure = plot_feature_maps(x_test[0], {name: m[0] for name, m in maps.items()})
+svg_figure(figure, labelled_by="feature-maps-caption")
 
 # %% [markdown]
+# <p id="feature-maps-caption">Figure: one test digit (top left), then the 8
+# feature maps of relu1 (8×8 each) and the 16 feature maps of relu2 (4×4
+# each) that the trained CNN computes for it; each map has its own colour
+# scale, brighter meaning a larger activation.</p>
+#
 # ## What goes wrong in the wild
 #
 # ### A hook without `clone()`
@@ -446,6 +660,54 @@ assert not any(module._forward_hooks for module in model.modules())
 print("no hooks left on the model")
 
 # %% [markdown]
+# ### `x.data` to keep a feature
+#
+# The source tutorial's first method keeps `x.data` at `layer1`. `.data` is
+# the same memory with autograd's bookkeeping cut off: change the kept
+# features in place, and a backward pass through the model silently uses the
+# changed values. Here the sigmoid's output is kept, then centred in place;
+# sigmoid's backward reads its output, so the gradient comes out wrong, with
+# no error:
+
+# %%
+torch.manual_seed(0)
+chain = nn.Sequential(nn.Linear(4, 3), nn.Sigmoid(), nn.Linear(3, 1))
+inputs = torch.randn(5, 4)
+hidden = chain[1](chain[0](inputs))  # the sigmoid's output, saved for backward
+loss = chain[2](hidden).sum()
+right = torch.autograd.grad(loss, chain[0].weight, retain_graph=True)[0]
+features = hidden.data  # as the tutorial keeps it
+features -= features.mean()  # centred in place, for another use
+wrong = torch.autograd.grad(loss, chain[0].weight)[0]
+print(f"gradient off by up to {(right - wrong).abs().max():.3f}, and no error")
+assert not torch.allclose(right, wrong)
+
+# %% [markdown]
+# `.detach()` shares the memory too, but autograd sees the change and refuses
+# with a `RuntimeError` ("one of the variables needed for gradient
+# computation has been modified by an inplace operation"):
+
+# %% tags=["raises-exception"] raises="RuntimeError"
+hidden = chain[1](chain[0](inputs))
+loss = chain[2](hidden).sum()
+features = hidden.detach()
+features -= features.mean()
+torch.autograd.grad(loss, chain[0].weight)
+
+# %% [markdown]
+# The fix is a copy, `.detach().clone()` (`by_children`, `by_fx` and
+# `by_hooks` copy what a later in-place op could change); under `torch.no_grad()` there is no graph to
+# protect, and a feature that needs gradients is kept as it is:
+
+# %%
+hidden = chain[1](chain[0](inputs))
+loss = chain[2](hidden).sum()
+features = hidden.detach().clone()
+features -= features.mean()
+assert torch.equal(torch.autograd.grad(loss, chain[0].weight)[0], right)
+print("with .detach().clone() the gradient is unchanged")
+
+# %% [markdown]
 # ### `nn.Sequential(*model.children())` is not the model
 #
 # Rebuilding a model from its children, to cut it or to loop over it, drops
@@ -453,8 +715,6 @@ print("no hooks left on the model")
 # `RuntimeError`:
 
 # %% tags=["raises-exception"] raises="RuntimeError"
-from torch import nn
-
 nn.Sequential(*model.children())(x)
 
 # %% [markdown]

@@ -20,7 +20,7 @@
 # 3. 用 `torch.fx` 把模型追踪（trace）成计算图，返回任意节点（torchvision 的 `create_feature_extractor`）；
 # 4. 模型照常运行，用前向钩子（forward hook）记录输出。
 #
-# `tutorials_pkg.intermediate` 里的四种方法签名相同：`fn(model, x, names) -> dict[str, Tensor]`，本页把它们放在一起比较：能取到什么、在哪里出错、代价多大。
+# `tutorials_pkg.intermediate` 里的四种方法签名相同：`fn(model, x, names) -> dict[str, Tensor]`，本页把它们放在一起比较：能取到什么、在哪里出错、代价多大。之后是钩子的另外两种用法：取某层的*输入*（`by_pre_hooks`），以及损失对某层输出的梯度（`grads_by_hooks`）。
 #
 # 本页的每一段输出，都是构建网站时真正运行代码得到的，运行环境就是下面打印的版本。
 
@@ -79,7 +79,7 @@ print(eval_nodes[:12], eval_nodes[-3:])
 # %% [markdown]
 # 节点包括模块（`layer1.0.conv1`）、`forward` 里的运算（`layer1.0.add` 是残差的 `+`，`flatten` 是 `torch.flatten`），调用两次的模块有两个节点（`layer1.0.relu`、`layer1.0.relu_1`）。`layer1` 这样的前缀表示其下最后一个节点。
 #
-# `create_feature_extractor` 把计算图变成返回所要节点的模块，并删掉用不到的部分。`build_fx_extractor` 另做两件事：之后还会被别的运算读取的输出先复制一份（否则原地运算可能改掉它，见下文）；名字写错时列出有效节点。追踪要花时间，多次调用时构建一次即可。
+# `create_feature_extractor` 把计算图变成返回所要节点的模块，并删掉用不到的部分。`build_fx_extractor` 另做两件事：之后还会被别的运算读取的输出先复制一份（否则原地运算可能改掉它，见下文）；名字写错时列出有效节点。FX 追踪不了模型时，它指出追踪停在哪里，并建议改用 `by_hooks`，下面附上 FX 自己的报错（见下文）。追踪要花时间，多次调用时构建一次即可。
 
 # %%
 from tutorials_pkg.intermediate import build_fx_extractor, by_fx
@@ -94,7 +94,7 @@ print(build_fx_extractor(model, ["layer2"]).code.strip().splitlines()[-1])  # en
 # %% [markdown]
 # ## 4. 前向钩子：`by_hooks`
 #
-# `register_forward_hook` 让模块每次运行时把输出交给一个函数。模型原样运行，包括它自己的 `forward`，任何深度的模块都能挂钩子。两个细节保证正确：钩子保存 `output.clone()`；钩子在 `finally` 里移除，`forward` 抛出异常时也一样。
+# `register_forward_hook` 让模块每次运行时把输出交给一个函数。模型原样运行，包括它自己的 `forward`，任何深度的模块都能挂钩子。两个细节保证正确：钩子保存输出的副本（`_copy` 复制其中的每个张量，检测模型主干网络返回的字典也不例外）；钩子在 `finally` 里移除，`forward` 抛出异常时也一样。`forward` 从未调用的模块什么也记录不到，`by_hooks` 会用 `ValueError` 说明原因，而不是因为缺键而出错。用 `torch.compile` 包装的模型按原模块（`_orig_mod`）运行，因为编译后的代码里，模块上的钩子永远不会触发；层的名字沿用原模型的，不带 `_orig_mod.` 前缀。
 
 # %%
 from tutorials_pkg.intermediate import by_hooks
@@ -150,6 +150,15 @@ assert torch.equal(hooked["layer1.0.relu"], hooked["layer1.0"])
 print("hooked layer1.0.relu equals the output of layer1.0")
 
 # %% [markdown]
+# 注册了的模块不一定会被调用。GoogLeNet 的辅助分类器 `aux1` 和 `aux2` 只在训练模式下运行（它的 `forward` 里有 `if self.training:`），所以在 eval 模式下它们的钩子从不触发，`by_hooks` 抛出 `ValueError` 并说明原因：
+
+# %% tags=["raises-exception"] raises="ValueError"
+from torchvision.models import googlenet
+
+inception_net = googlenet(weights=None, aux_logits=True, init_weights=False).eval()
+by_hooks(inception_net, torch.randn(1, 3, 64, 64), ["aux1", "inception3a"])
+
+# %% [markdown]
 # ### 模型自己的 `forward`
 #
 # `IntermediateLayerGetter` 只运行子模块。少了 resnet 的展平，`fc` 收到 4 维张量，抛出 `RuntimeError`：
@@ -198,7 +207,7 @@ from tutorials_pkg.intermediate import NoisyGatedNet, SignGate
 show_source(NoisyGatedNet)
 
 # %% [markdown]
-# 追踪停在门控的 `if` 上，抛出 `TraceError`（"symbolically traced variables cannot be used as inputs to control flow"）：
+# 追踪停在门控的 `if` 上。`by_fx` 抛出 `TraceError`，指出追踪停在哪里（`SignGate.forward`）、有哪两条出路，最后附上 FX 自己的报错（"symbolically traced variables cannot be used as inputs to control flow"）：
 
 # %% tags=["raises-exception"] raises="TraceError"
 gated = NoisyGatedNet().eval()
@@ -206,7 +215,7 @@ digits_like = torch.randn(4, 1, 8, 8)
 by_fx(gated, digits_like, ["fc"])
 
 # %% [markdown]
-# 解决办法是 `leaf_modules`：FX 把门控记成一次调用，不看内部（内部的东西也就取不到）。如果 `if` 判断的是 `forward` 的参数，比如 `features_only: bool`，就用 `concrete_args={"features_only": False}` 固定它。`by_fx` 把两者原样传给 torchvision。
+# 解决办法是 `leaf_modules`：FX 把门控记成一次调用，不看内部（内部的东西也就取不到）。如果 `if` 判断的是 `forward` 的参数，比如 `features_only: bool`，就用 `concrete_args={"features_only": False}` 固定它。`by_fx` 把两者原样传给 torchvision。如果 `if` 写在模型自己的 `forward` 里，这两招都没用：本项目自己的 `UNet` 就在那里检查输入的形状（`check_input`），`by_fx` 停在 `UNet.check_input`，并建议改用 `by_hooks`。
 
 # %%
 outputs = by_fx(gated, digits_like, ["gate", "fc"], leaf_modules=[SignGate])
@@ -226,6 +235,144 @@ assert set(train_nodes) - set(eval_nodes) == {"randn_like", "mul", "add"}
 # %% [markdown]
 # `create_feature_extractor` 两种模式都追踪，随 `.train()` / `.eval()` 切换。只在一种模式中存在的节点（这里的 `add`）要用 `train_return_nodes` 和 `eval_return_nodes` 请求。`by_fx` 在两种模式下请求同样的名字，所以取不到这种节点：在 train 模式下，它原样抛出 torchvision 的 `ValueError`，其中给的正是这个建议；在 eval 模式下这个节点根本不存在，它抛出自己的 `ValueError`，列出现有的节点。
 #
+# ### 检测模型的主干网络
+#
+# 复用检测模型的主干网络，是查看模型内部最常见的理由之一。torchvision 的检测模型接收图像的*列表*（尺寸可以不同），先缩放、归一化、拼成一批，再运行 `backbone.body`：一个 `IntermediateLayerGetter`，返回由特征图组成的 `OrderedDict`；之后是特征金字塔（`backbone`）。`by_hooks` 把两者原样记下（随机权重，`weights_backbone=None`，什么都不下载；`min_size=224` 让它跑得快）：
+
+# %%
+from torchvision.models.detection import fasterrcnn_mobilenet_v3_large_fpn
+
+torch.manual_seed(0)
+detector = fasterrcnn_mobilenet_v3_large_fpn(
+    weights=None, weights_backbone=None, min_size=224, max_size=224).eval()
+images = [torch.rand(3, 180, 240), torch.rand(3, 240, 200)]  # a list, as detectors take
+with torch.no_grad():
+    feature_maps = by_hooks(detector, images, ["backbone.body", "backbone"])
+for name, maps_of_layer in feature_maps.items():
+    print(f"{name:13}", type(maps_of_layer).__name__,
+          {key: tuple(t.shape) for key, t in maps_of_layer.items()})
+
+# %% [markdown]
+# FX 追踪不了这个检测模型：它的 `forward` 遍历图像列表，而追踪得到的值不能遍历。`by_fx` 抛出 `TraceError` 说明这一点并建议用 `by_hooks`，下面附上 FX 的报错（"Proxy object cannot be iterated"）：
+
+# %% tags=["raises-exception"] raises="TraceError"
+by_fx(detector, images, ["backbone.body"])
+
+# %% [markdown]
+# ## 输入与梯度
+#
+# ### 某层的输入：`by_pre_hooks`
+#
+# 前向钩子也能拿到模块的输入，是由位置参数组成的元组，原教程为 `avgpool` 记录的就是它。*前向预钩子*（forward pre-hook，`register_forward_pre_hook`）在模块运行之前被调用，拿到同样的参数。最常见的用法：`fc` 的输入就是倒数第二层的特征向量，已经过 resnet 的 `torch.flatten`，而这个运算任何钩子都看不到。`by_pre_hooks` 记录每个指定模块的第一个输入（复制一份），钩子在 `finally` 里移除：
+
+# %%
+from tutorials_pkg.intermediate import by_pre_hooks
+
+show_source(by_pre_hooks)
+
+# %%
+with torch.no_grad():
+    penultimate = by_pre_hooks(model, x, ["fc"])["fc"]
+    pooled = by_hooks(model, x, ["avgpool"])["avgpool"]
+assert torch.equal(penultimate, torch.flatten(pooled, 1))
+print("fc's input", tuple(penultimate.shape), "is avgpool's output", tuple(pooled.shape), "flattened")
+
+# %% [markdown]
+# 预钩子默认只拿到位置参数；用 `with_kwargs=True` 注册时，它以 `hook(module, args, kwargs)` 的形式被调用。模块用关键字参数调用时这一点就很要紧，比如这个小注意力网络调用它的 `nn.MultiheadAttention`：
+
+# %%
+from tutorials_pkg.intermediate import KeywordAttentionNet
+
+show_source(KeywordAttentionNet)
+
+# %% [markdown]
+# `attn` 上的普通预钩子看到的是空元组；`by_pre_hooks`（`with_kwargs=True`）取 `forward` 第一个参数 `query` 的值：
+
+# %%
+torch.manual_seed(0)
+attention_net = KeywordAttentionNet().eval()
+tokens = torch.randn(2, 5, 16)
+seen = []
+handle = attention_net.attn.register_forward_pre_hook(lambda module, args: seen.append(args))
+attention_net(tokens)
+handle.remove()
+print("a plain pre-hook gets args =", seen[0])
+assert torch.equal(by_pre_hooks(attention_net, tokens, ["attn"])["attn"], tokens)
+print("by_pre_hooks gets query:", tuple(tokens.shape))
+
+# %% [markdown]
+# ### 某层的梯度：`grads_by_hooks`
+#
+# `register_full_backward_hook` 让模块在反向传播时调用 `hook(module, grad_input, grad_output)`：`grad_output[0]` 是损失对模块输出的梯度（Grad-CAM 在 `layer4` 上要的就是它）。`grads_by_hooks` 用 `torch.autograd.grad` 对 `x` 的副本求 `loss_fn(model(x))` 的梯度：与 `loss.backward()` 不同，它不往任何参数的 `.grad` 里累加，权重冻结时梯度也照样传到每一层。
+
+# %%
+from tutorials_pkg.intermediate import grads_by_hooks
+
+show_source(grads_by_hooks)
+
+# %% [markdown]
+# 损失取 `logits[:, 0].sum()` 时，`fc` 处的梯度必然在类别 0 上为 1、其余为 0；`layer4` 处的梯度就是 Grad-CAM 按通道求平均的那个：
+
+# %%
+grads = grads_by_hooks(model, x, ["layer4", "fc"], lambda logits: logits[:, 0].sum())
+print({name: tuple(g.shape) for name, g in grads.items()})
+one_hot = torch.zeros(2, 1000)
+one_hot[:, 0] = 1
+assert torch.equal(grads["fc"], one_hot)
+assert all(p.grad is None for p in model.parameters())
+print("the gradient at fc is one-hot; no parameter's .grad was touched")
+
+# %% [markdown]
+# 完整反向钩子有一个限制：它包装了模块的输入和输出，而 autograd 不允许之后再原地修改它们。resnet 的 `bn1` 后面紧跟 `ReLU(inplace=True)`，所以请求 `bn1` 会得到 `RuntimeError`；`grads_by_hooks` 把它换成一条指明是哪个模块做了修改、该怎么办的报错：
+
+# %% tags=["raises-exception"] raises="RuntimeError"
+grads_by_hooks(model, x, ["bn1"], lambda logits: logits[:, 0].sum())
+
+# %% [markdown]
+# 对手头的某一个张量，`Tensor.register_hook` 最简单：它以损失对该张量的梯度被调用，并且能跟上原地修改（拿到的是注册时那个值的梯度）。在一个带原地 ReLU 的小网络上，它的结果与把 ReLU 改成非原地后 `grads_by_hooks` 的结果相同：
+
+# %%
+from torch import nn
+
+torch.manual_seed(0)
+chain = nn.Sequential(nn.Linear(4, 5), nn.ReLU(inplace=True), nn.Linear(5, 3))
+inputs = torch.randn(2, 4)
+hidden, seen = chain[0](inputs), []
+hidden.register_hook(seen.append)  # called with d loss / d hidden
+chain[2](chain[1](hidden)).sum().backward()
+chain[1].inplace = False
+assert torch.equal(seen[0], grads_by_hooks(chain, inputs, ["0"], torch.sum)["0"])
+print("Tensor.register_hook and grads_by_hooks agree:", tuple(seen[0].shape))
+
+# %% [markdown]
+# 原教程提到的 `register_backward_hook` 已被弃用。它挂在模块 `forward` 的*最后一个* autograd 节点上：对 `Sequential(Linear, ReLU, Linear)` 来说就是最后那个 `Linear`，所以 `grad_input` 里装的是这一层的偏置梯度、对*这一层*输入的梯度和（转置的）权重梯度，而不是对整个模块输入的梯度。torch 会为此给出 `FutureWarning`（"Using a non-full backward hook when the forward contains multiple autograd Nodes is deprecated"），见下：
+
+# %% tags=["shows-warning"]
+torch.manual_seed(0)
+net = nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 3))
+inputs = torch.randn(2, 4, requires_grad=True)
+seen = []
+handle = net.register_backward_hook(lambda module, grad_input, grad_output: seen.append(grad_input))
+net(inputs).sum().backward()
+handle.remove()
+bias, last_input, weight = seen[0]
+assert torch.equal(bias, net[2].bias.grad) and torch.equal(weight, net[2].weight.grad.T)
+print("grad_input:", [tuple(g.shape) for g in seen[0]], "; the input's gradient:", tuple(inputs.grad.shape))
+
+# %% [markdown]
+# `register_full_backward_hook` 给出文档所说的 `grad_input`：对模块输入的梯度。挂过旧式钩子的模块即使 `remove()` 之后也不接受新式钩子，所以把同样的层放进一个新的 `Sequential`：
+
+# %%
+full = []
+fixed = nn.Sequential(*net)  # the same layers, a container without the old hook
+handle = fixed.register_full_backward_hook(lambda module, grad_input, grad_output: full.append(grad_input))
+inputs.grad = None
+fixed(inputs).sum().backward()
+handle.remove()
+assert torch.equal(full[0][0], inputs.grad)
+print("full hook's grad_input[0] is the input's gradient:", tuple(full[0][0].shape))
+
+# %% [markdown]
 # ## 实测代价
 #
 # `extraction_costs` 在 `torch.no_grad()` 下给每种方法的每个请求计时（预热后 3 次取中位数，各项轮流运行）并测峰值内存，旁边是一次普通前向传播。CPU 上进程内存（RSS）还包括分配器释放后留着的块，所以 `peak_memory_bytes` 改用 profiler；CUDA 上分配器自己记录峰值（`torch.cuda.max_memory_allocated`）。
@@ -296,18 +443,19 @@ print(f"{len(x_train)} training, {len(x_test)} test images; loss {losses[0]:.3f}
 assert test_accuracy > 0.9
 
 # %% [markdown]
-# 一张测试图在 `relu1`（8 个通道，8×8）和 `relu2`（16 个通道，4×4）的输出，用钩子取得，由 `plot_feature_maps` 画出：第一层对笔画和边缘有响应，第二层在更低分辨率上组合它们（对这个数字，有些通道一直是零）。
+# 一张测试图在 `relu1`（8 个通道，8×8）和 `relu2`（16 个通道，4×4）的输出，用钩子取得，由 `plot_feature_maps` 画出：第一层对笔画和边缘有响应，第二层在更低分辨率上组合它们（对这个数字，有些通道一直是零）。`svg_figure` 把图以 SVG 放进页面，任意缩放都清晰，并用图下的说明文字为它命名。
 
 # %%
-import matplotlib.pyplot as plt
-from tutorials_pkg.intermediate import plot_feature_maps
+from tutorials_pkg.intermediate import plot_feature_maps, svg_figure
 
 maps = by_hooks(cnn, x_test[:1], ["relu1", "relu2"])
 print("label", y_test[0].item(), "predicted", cnn(x_test[:1]).argmax().item())
-plot_feature_maps(x_test[0], {name: m[0] for name, m in maps.items()})
-plt.show()
+figure = plot_feature_maps(x_test[0], {name: m[0] for name, m in maps.items()})
+svg_figure(figure, labelled_by="feature-maps-caption")
 
 # %% [markdown]
+# <p id="feature-maps-caption">图：一张测试数字（左上），以及训练好的 CNN 为它算出的 relu1 的 8 张特征图（每张 8×8）和 relu2 的 16 张特征图（每张 4×4）；每张图各用自己的色标，越亮表示激活值越大。</p>
+#
 # ## 实践中常见的错误
 #
 # ### 钩子没有 `clone()`
@@ -356,13 +504,50 @@ assert not any(module._forward_hooks for module in model.modules())
 print("no hooks left on the model")
 
 # %% [markdown]
+# ### 用 `x.data` 保存特征
+#
+# 原教程的第一种方法在 `layer1` 处保存 `x.data`。`.data` 与原张量共用内存，却切断了 autograd 的记录：之后原地修改保存的特征，模型的反向传播就会悄悄用上改过的值。下面保存 sigmoid 的输出，再原地减去均值；sigmoid 的反向传播要读它的输出，于是梯度算错了，却不报任何错：
+
+# %%
+torch.manual_seed(0)
+chain = nn.Sequential(nn.Linear(4, 3), nn.Sigmoid(), nn.Linear(3, 1))
+inputs = torch.randn(5, 4)
+hidden = chain[1](chain[0](inputs))  # the sigmoid's output, saved for backward
+loss = chain[2](hidden).sum()
+right = torch.autograd.grad(loss, chain[0].weight, retain_graph=True)[0]
+features = hidden.data  # as the tutorial keeps it
+features -= features.mean()  # centred in place, for another use
+wrong = torch.autograd.grad(loss, chain[0].weight)[0]
+print(f"gradient off by up to {(right - wrong).abs().max():.3f}, and no error")
+assert not torch.allclose(right, wrong)
+
+# %% [markdown]
+# `.detach()` 同样共用内存，但 autograd 能发现这次修改并拒绝计算，抛出 `RuntimeError`（"one of the variables needed for gradient computation has been modified by an inplace operation"）：
+
+# %% tags=["raises-exception"] raises="RuntimeError"
+hidden = chain[1](chain[0](inputs))
+loss = chain[2](hidden).sum()
+features = hidden.detach()
+features -= features.mean()
+torch.autograd.grad(loss, chain[0].weight)
+
+# %% [markdown]
+# 解决办法是复制一份：`.detach().clone()`（`by_children`、`by_fx` 和 `by_hooks` 都会复制可能被之后的原地运算改掉的输出）；在 `torch.no_grad()` 下没有计算图需要保护；需要梯度的特征则原样保留：
+
+# %%
+hidden = chain[1](chain[0](inputs))
+loss = chain[2](hidden).sum()
+features = hidden.detach().clone()
+features -= features.mean()
+assert torch.equal(torch.autograd.grad(loss, chain[0].weight)[0], right)
+print("with .detach().clone() the gradient is unchanged")
+
+# %% [markdown]
 # ### `nn.Sequential(*model.children())` 不等于原模型
 #
 # 用子模块重新拼模型（为了截断或遍历），会丢掉 `forward` 在子模块之间做的事。在 resnet 上缺少展平，抛出 `RuntimeError`：
 
 # %% tags=["raises-exception"] raises="RuntimeError"
-from torch import nn
-
 nn.Sequential(*model.children())(x)
 
 # %% [markdown]
