@@ -37,7 +37,7 @@ __all__ = [
 
 
 def _uncompiled(model: nn.Module) -> nn.Module:
-    """The module to run: for a ``torch.compile``'d model, its original (hooks inside compiled code never fire)."""
+    """The module to run: a ``torch.compile``'d model's original (hooks in compiled code never fire)."""
     original = getattr(model, "_orig_mod", None)
     return original if isinstance(original, nn.Module) else model
 
@@ -93,10 +93,7 @@ def _running_module(model: nn.Module, error: BaseException) -> tuple[str, nn.Mod
 
 
 def by_children(model: nn.Module, x: Tensor, names: Iterable[str]) -> dict[str, Tensor]:
-    """Run the model's top-level children in order, keeping the outputs of ``names``.
-
-    Stops after the last requested child.
-    """
+    """Run the model's top-level children in order, keeping the outputs of ``names``."""
     model, names = _uncompiled(model), _name_list(names)
     children = dict(model.named_children())
     unknown = [name for name in names if name not in children]
@@ -160,8 +157,7 @@ def build_fx_extractor(model: nn.Module, names: Iterable[str], *, leaf_modules: 
 
     ``leaf_modules`` are traced as one call (their ``forward`` may branch on data);
     ``concrete_args`` fixes arguments of ``forward`` that steer control flow
-    (``{"flag": False}``). Where tracing fails inside the model's code, a
-    ``TraceError`` says where and names ``by_hooks``.
+    (``{"flag": False}``).
     """
     model, names = _uncompiled(model), _name_list(names)
     training = model.training
@@ -385,6 +381,8 @@ def svg_figure(figure, labelled_by: str):
     plt.close(figure)
     svg = buffer.getvalue()
     svg = svg[svg.index("<svg"):]  # no XML prolog inside an HTML page
+    this = f'svg[aria-labelledby="{labelled_by}"]'
+    svg = svg.replace("*{", f"{this} *{{", 1)  # its style sheet would apply to the whole page
     return HTML(svg.replace("<svg ", f'<svg role="img" aria-labelledby="{labelled_by}" '
                             'style="max-width: 100%; height: auto" ', 1))
 
