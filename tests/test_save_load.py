@@ -1,11 +1,15 @@
+import argparse
 import io
 import os
+import pathlib
 import pickle
+import stat
 import subprocess
 import sys
 from collections import OrderedDict
 from unittest import mock
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -14,18 +18,30 @@ from tutorials_pkg.demo_models import TiedEmbeddingNet
 from tutorials_pkg.digits import digits_classifier, train_epoch
 from tutorials_pkg.save_load import (
     CheckpointMismatchError,
+    TruncatedCheckpointError,
+    convert_to_state_dicts,
     copy_state_dict,
+    digits_run,
+    drop_from_page_cache,
+    filter_state_dict,
+    in_page_cache,
     load_checkpoint,
     load_on_meta,
-    restore_rng_states,
-    rng_states,
+    misspelt_visible_devices,
+    restore_run_state,
+    run_state,
     save_atomically,
     save_checkpoint,
+    select_gpus,
     strip_prefix,
     strip_prefix_by_replacing_anywhere,
     strip_prefix_by_slicing_every_key,
+    strip_prefix_with_a_misspelt_name,
     strip_wrapper_prefixes,
+    touch_every_page,
+    train_run,
     unwrap_model,
+    warm_page_cache,
 )
 
 
@@ -44,9 +60,28 @@ def same_weights(a: nn.Module, b: nn.Module) -> bool:
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k].to(sa[k].device)) for k in sa)
 
 
+def unchanged(model: nn.Module, before: dict) -> bool:
+    return all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
 def encoder_net():
     encoder = nn.Sequential(OrderedDict(module=nn.Linear(6, 4), act=nn.ReLU()))
     return nn.Sequential(OrderedDict(encoder=encoder, head=nn.Linear(4, 2)))
+
+
+class WithExtraState(nn.Module):
+    """A module with state outside its tensors (``get_extra_state``)."""
+
+    def __init__(self, extra=None):
+        super().__init__()
+        self.fc = nn.Linear(2, 2)
+        self.extra = {"version": 1} if extra is None else extra
+
+    def get_extra_state(self):
+        return self.extra
+
+    def set_extra_state(self, state):
+        self.extra = state
 
 
 # --- saving -----------------------------------------------------------------
@@ -74,6 +109,28 @@ def test_saved_file_gets_the_usual_permissions(tmp_path):
     assert (atomic.stat().st_mode & 0o777) == (plain.stat().st_mode & 0o777)
 
 
+@pytest.mark.parametrize("mode", [0o600, 0o640])
+def test_overwriting_keeps_the_files_permissions(tmp_path, mode):
+    path = tmp_path / "ckpt.pt"
+    save_checkpoint(path, digits_classifier(), epoch=1)
+    os.chmod(path, mode)
+    save_checkpoint(path, digits_classifier(), epoch=2)
+    assert stat.S_IMODE(path.stat().st_mode) == mode
+    assert torch.load(path)["epoch"] == 2
+
+
+def test_saving_through_a_symlink_writes_the_file_it_points_to(tmp_path):
+    real = tmp_path / "runs" / "ckpt.pt"
+    real.parent.mkdir()
+    link = tmp_path / "latest.pt"
+    link.symlink_to(real)
+    save_checkpoint(link, digits_classifier(), epoch=1)  # a dangling link: creates the target
+    save_checkpoint(link, digits_classifier(), epoch=2)
+    assert link.is_symlink() and link.resolve() == real.resolve()
+    assert torch.load(real)["epoch"] == 2
+    assert sorted(p.name for p in real.parent.iterdir()) == ["ckpt.pt"]
+
+
 def half_then_fail(real_save):
     def save(obj, file):
         data = io.BytesIO()
@@ -88,7 +145,7 @@ def test_a_save_that_fails_half_way_leaves_the_previous_checkpoint(tmp_path):
     path = tmp_path / "ckpt.pt"
     save_checkpoint(path, old, epoch=1)
     new, _ = trained_model(seed=2)
-    with mock.patch("torch.save", half_then_fail(torch.save)), pytest.raises(OSError):
+    with mock.patch("torch.save", half_then_fail(torch.save)), pytest.raises(OSError, match="No space"):
         save_checkpoint(path, new, epoch=2)
     fresh = digits_classifier()
     assert load_checkpoint(path, fresh) == {"epoch": 1}
@@ -103,8 +160,46 @@ def test_the_same_failure_during_a_plain_save_destroys_the_checkpoint(tmp_path):
     torch.save({"model": old.state_dict()}, path)
     with open(path, "wb") as file, pytest.raises(OSError, match="No space"):
         half_then_fail(torch.save)({"model": old.state_dict()}, file)
-    with pytest.raises((RuntimeError, OSError)):
+    with pytest.raises(OSError, match=r"\[Errno 22\] Invalid argument"):  # torch's own message
         torch.load(path)
+    with pytest.raises(TruncatedCheckpointError, match=r"ckpt\.pt is cut short: its [\d,]+ bytes"):
+        load_checkpoint(path, digits_classifier())
+
+
+@pytest.mark.parametrize("keep", [0.9, 0.5, 0.1, 0.0])
+def test_a_truncated_or_empty_file_gets_an_error_that_names_it(tmp_path, keep):
+    path = tmp_path / "ckpt.pt"
+    save_checkpoint(path, digits_classifier())
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+    expected = "is empty" if keep == 0 else "is cut short"
+    with pytest.raises(TruncatedCheckpointError, match=rf"ckpt\.pt {expected}"):
+        load_checkpoint(path, digits_classifier())
+    with pytest.raises(TruncatedCheckpointError, match=rf"ckpt\.pt {expected}"):
+        load_on_meta(path, digits_classifier)
+
+
+def test_errors_that_are_not_truncation_keep_their_own_message(tmp_path):
+    with pytest.raises(FileNotFoundError, match="absent.pt"):
+        load_checkpoint(tmp_path / "absent.pt", digits_classifier())
+    path = tmp_path / "ckpt.pt"
+    save_checkpoint(path, digits_classifier())
+    with mock.patch("torch.load", side_effect=RuntimeError("Attempting to deserialize object on a CUDA device")):
+        with pytest.raises(RuntimeError, match="CUDA device"):  # a complete file: not called truncated
+            load_checkpoint(path, digits_classifier())
+
+
+def test_save_errors_name_the_callers_path_not_the_temporary_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"'[^']*/missing/ckpt\.pt'$"):
+        save_checkpoint(tmp_path / "missing" / "ckpt.pt", digits_classifier())
+
+
+def test_a_long_but_valid_file_name_saves(tmp_path):
+    name = "n" * 250 + ".pt"
+    torch.save({}, tmp_path / name)  # the control: the name itself is valid
+    save_checkpoint(tmp_path / name, digits_classifier(), epoch=1)
+    assert load_checkpoint(tmp_path / name, digits_classifier()) == {"epoch": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]
 
 
 KILLED_SAVE = """
@@ -129,24 +224,100 @@ save_checkpoint(sys.argv[1], digits_classifier(), epoch=2)
 """
 
 
+def start_killed_save(path):
+    process = subprocess.Popen([sys.executable, "-c", KILLED_SAVE, str(path)],
+                               stdout=subprocess.PIPE, text=True)
+    assert process.stdout.readline().strip() == "half written"
+    return process
+
+
+def stop(process):
+    process.kill()
+    process.wait(timeout=60)
+    process.stdout.close()
+
+
 def test_a_process_killed_in_the_middle_of_a_save_leaves_the_previous_checkpoint(tmp_path):
     old, _ = trained_model(seed=1)
     path = tmp_path / "ckpt.pt"
     save_checkpoint(path, old, epoch=1)
     before = path.read_bytes()
-    process = subprocess.Popen([sys.executable, "-c", KILLED_SAVE, str(path)],
-                               stdout=subprocess.PIPE, text=True)
-    try:
-        assert process.stdout.readline().strip() == "half written"
-    finally:
-        process.kill()
-        process.wait(timeout=60)
-        process.stdout.close()
+    stop(start_killed_save(path))
     leftovers = [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
     assert len(leftovers) == 1 and leftovers[0].stat().st_size > 0  # killed mid-write
     assert path.read_bytes() == before
     fresh = digits_classifier()
     assert load_checkpoint(path, fresh) == {"epoch": 1} and same_weights(fresh, old)
+    save_checkpoint(path, old, epoch=3)  # the next save removes what the killed one left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pt"]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="no advisory locks: leftovers are kept")
+def test_the_next_save_keeps_the_temporary_file_of_a_save_still_running(tmp_path):
+    path = tmp_path / "ckpt.pt"
+    running = start_killed_save(path)  # holds its lock while it sleeps
+    try:
+        save_checkpoint(path, digits_classifier(), epoch=1)
+        assert len([p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]) == 1
+    finally:
+        stop(running)
+    unrelated = tmp_path / ".ckpt.pt.backup.tmp"  # not a name save_atomically makes
+    unrelated.write_bytes(b"keep me")
+    save_checkpoint(path, digits_classifier(), epoch=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".ckpt.pt.backup.tmp", "ckpt.pt"]
+
+
+# --- saving: metadata the loader would refuse ---------------------------------------
+
+@pytest.mark.parametrize("value, kind, instead", [
+    (np.float64(0.9), "numpy.float64", "float(x) or int(x)"),
+    (np.zeros(3), "numpy.ndarray", "torch.from_numpy(x)"),
+    (pathlib.Path("data/train"), "pathlib.PosixPath" if os.name == "posix" else "pathlib.WindowsPath",
+     "str(path)"),
+    (argparse.Namespace(lr=0.1), "argparse.Namespace", "vars(args)"),
+], ids=["numpy-scalar", "numpy-array", "path", "namespace"])
+def test_meta_the_loader_would_refuse_is_refused_at_save_time(tmp_path, value, kind, instead):
+    path = tmp_path / "ckpt.pt"
+    save_checkpoint(path, digits_classifier(), epoch=1)
+    before = path.read_bytes()
+    with pytest.raises(TypeError) as error:
+        save_checkpoint(path, digits_classifier(), epoch=2, momentum=value)
+    message = str(error.value)
+    assert message.startswith(f"checkpoint['momentum'] is a {kind}, which torch.load(weights_only=True) refuses")
+    assert f"store {instead}" in message
+    assert path.read_bytes() == before and os.listdir(tmp_path) == ["ckpt.pt"]
+    with pytest.raises(pickle.UnpicklingError):  # the control: the loader does refuse it
+        buffer = io.BytesIO()
+        torch.save({"momentum": value}, buffer)
+        buffer.seek(0)
+        torch.load(buffer)
+
+
+def test_the_refused_entry_is_found_inside_containers_and_the_fixed_value_saves(tmp_path):
+    path = tmp_path / "ckpt.pt"
+    config = {"data": {"root": pathlib.Path("data"), "sizes": [1, np.int64(2)]}}
+    with pytest.raises(TypeError, match=r"^checkpoint\['config'\]\['data'\]\['root'\] is a pathlib"):
+        save_checkpoint(path, digits_classifier(), config=config)
+    config["data"]["root"] = str(config["data"]["root"])
+    with pytest.raises(TypeError, match=r"^checkpoint\['config'\]\['data'\]\['sizes'\]\[1\] is a numpy.int64"):
+        save_checkpoint(path, digits_classifier(), config=config)
+    config["data"]["sizes"] = [1, 2]
+    args = argparse.Namespace(lr=0.1, out=pathlib.Path("runs"))
+    save_checkpoint(path, digits_classifier(), config=config, args={**vars(args), "out": str(args.out)})
+    assert load_checkpoint(path, digits_classifier())["args"] == {"lr": 0.1, "out": "runs"}
+
+
+def test_extra_state_saves_loads_and_is_checked_like_the_rest(tmp_path):
+    model = WithExtraState({"version": 7})
+    path = tmp_path / "ckpt.pt"
+    save_checkpoint(path, model)
+    fresh = WithExtraState()
+    load_checkpoint(path, fresh)
+    assert fresh.extra == {"version": 7} and torch.equal(fresh.fc.weight, model.fc.weight)
+    torch.save(model.state_dict(), tmp_path / "bare.pt")  # a bare state_dict with extra state
+    load_checkpoint(tmp_path / "bare.pt", WithExtraState())
+    with pytest.raises(TypeError, match=r"checkpoint\['model'\]\['_extra_state'\]\['v'\] is a numpy"):
+        save_checkpoint(path, WithExtraState({"v": np.float32(1.0)}))
 
 
 # --- loading: security -----------------------------------------------------------
@@ -174,8 +345,40 @@ def test_a_checkpoint_that_would_run_code_is_refused_and_the_code_does_not_run(t
 def test_a_whole_pickled_model_is_refused(tmp_path):
     model, _ = trained_model()
     torch.save(model, tmp_path / "whole.pt")
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(pickle.UnpicklingError, match="torch.nn.modules.container.Sequential"):
         load_checkpoint(tmp_path / "whole.pt", digits_classifier())
+
+
+ALLOWED = [nn.Sequential, nn.Linear, nn.ReLU, nn.Dropout]
+
+
+@pytest.mark.parametrize("wrap", ["plain", "dataparallel"])
+def test_an_old_whole_model_file_converts_to_state_dicts_once(tmp_path, wrap):
+    model, optimizer = trained_model()
+    saved = nn.DataParallel(model) if wrap == "dataparallel" else model
+    old = tmp_path / "best.pt"
+    torch.save({"epoch": 9, "model": saved, "ema": saved, "optimizer": optimizer.state_dict()}, old)
+    new = tmp_path / "best-state.pt"
+    allowed = ALLOWED + ([nn.DataParallel] if wrap == "dataparallel" else [])
+    assert convert_to_state_dicts(old, new, allowed) == ["ema", "model"]
+    assert torch.serialization.get_unsafe_globals_in_checkpoint(new) == []
+    fresh = digits_classifier()
+    fresh_optimizer = torch.optim.Adam(fresh.parameters())
+    meta = load_checkpoint(new, fresh, fresh_optimizer)  # the defaults work from now on
+    assert same_weights(fresh, model) and meta["epoch"] == 9 and set(meta) == {"epoch", "ema"}
+
+
+def test_conversion_refuses_a_file_that_needs_more_than_allowed(tmp_path):
+    old = tmp_path / "best.pt"
+    torch.save({"model": digits_classifier(), "note": Payload(str(tmp_path / "ran"))}, old)
+    with pytest.raises(pickle.UnpicklingError, match=r"needs \['builtins.getattr'|needs \[.*os.makedirs"):
+        convert_to_state_dicts(old, tmp_path / "new.pt", ALLOWED)
+    assert not (tmp_path / "ran").exists() and not (tmp_path / "new.pt").exists()
+    torch.save(digits_classifier(), old)  # a bare pickled model is converted too
+    assert convert_to_state_dicts(old, tmp_path / "new.pt", ALLOWED) == ["model"]
+    torch.save(torch.zeros(2), old)
+    with pytest.raises(TypeError, match="holds a Tensor, neither a module nor a dictionary"):
+        convert_to_state_dicts(old, tmp_path / "new.pt", ALLOWED)
 
 
 # --- loading: prefixes ------------------------------------------------------
@@ -233,6 +436,13 @@ def test_strip_prefix_copies_and_keeps_metadata():
     assert list(strip_prefix({"_orig_mod.fc.weight": torch.zeros(1)}, "_orig_mod.")) == ["fc.weight"]
 
 
+def test_strip_prefix_takes_whole_names_with_or_without_the_dot():
+    state = nn.DataParallel(digits_classifier()).state_dict()
+    assert list(strip_prefix(state, "module")) == list(digits_classifier().state_dict())
+    assert list(strip_prefix({"modules.x": torch.zeros(1)}, "module")) == ["modules.x"]
+    assert list(strip_prefix(state, "")) == list(state)
+
+
 def test_strip_wrapper_prefixes_removes_nested_wrappers_in_any_order():
     model = digits_classifier()
     for prefix in ("module._orig_mod.", "_orig_mod.module.", "module.", "_orig_mod.", ""):
@@ -250,6 +460,16 @@ def test_the_wrong_prefix_strippers_damage_keys():
     result = net.load_state_dict(replaced, strict=False)
     assert result.missing_keys == ["encoder.module.weight", "encoder.module.bias"]
     assert not torch.equal(net.encoder.module.weight, saved["module.encoder.module.weight"])
+
+
+def test_the_misspelt_prefix_strips_nothing_and_strict_false_loads_nothing():
+    saved = nn.DataParallel(digits_classifier()).state_dict()
+    assert list(strip_prefix_with_a_misspelt_name(saved)) == list(saved)
+    net = digits_classifier()
+    before = copy_state_dict(net)
+    result = net.load_state_dict(strip_prefix_with_a_misspelt_name(saved), strict=False)
+    assert result.missing_keys == list(net.state_dict()) and result.unexpected_keys == list(saved)
+    assert unchanged(net, before)
 
 
 # --- loading: mismatches -------------------------------------------------------
@@ -270,18 +490,33 @@ def test_mismatch_error_lists_missing_unexpected_and_shapes(tmp_path):
     assert isinstance(error.value, ValueError)
 
 
-def test_non_strict_loads_what_fits_but_never_a_wrong_shape(tmp_path):
+def test_non_strict_loads_what_fits_says_what_it_skipped_and_never_a_wrong_shape(tmp_path):
     model, _ = trained_model()
     state = model.state_dict()
     del state["fc2.bias"]
+    state["head.weight"] = torch.zeros(2)
     path = tmp_path / "ckpt.pt"
     torch.save(state, path)
     fresh = digits_classifier()
-    assert load_checkpoint(path, fresh, strict=False) == {}
+    with pytest.warns(UserWarning, match=r"ckpt\.pt loaded with strict=False: not in the file, left as "
+                                         r"they were: fc2\.bias; not in the model, ignored: head\.weight"):
+        assert load_checkpoint(path, fresh, strict=False) == {}
     assert torch.equal(fresh.fc1.weight, model.fc1.weight)
     with pytest.raises(CheckpointMismatchError, match="shape mismatch") as error:
         load_checkpoint(path, digits_classifier(hidden=8), strict=False)
     assert "fc1.weight: checkpoint (32, 64), model (8, 64)" in str(error.value)
+
+
+def test_a_file_without_model_weights_is_refused(tmp_path):
+    torch.save({"epoch": 3, "accuracy": 0.9}, tmp_path / "metrics.pt")
+    fresh = digits_classifier()
+    before = copy_state_dict(fresh)
+    with pytest.raises(ValueError, match=r"metrics\.pt holds no model weights: .* accuracy, epoch"):
+        load_checkpoint(tmp_path / "metrics.pt", fresh, strict=False)
+    torch.save({"other.weight": torch.zeros(1)}, tmp_path / "other.pt")  # tensors, none of ours
+    with pytest.raises(CheckpointMismatchError, match="unexpected .*: other.weight"):
+        load_checkpoint(tmp_path / "other.pt", fresh, strict=False)
+    assert unchanged(fresh, before)
 
 
 def test_long_key_lists_are_shortened(tmp_path):
@@ -299,21 +534,59 @@ def test_missing_optimizer_state_and_non_dict_files_get_clear_errors(tmp_path):
     before = copy_state_dict(fresh)
     with pytest.raises(KeyError, match=r"no optimizer state; it holds \['epoch', 'model'\]"):
         load_checkpoint(path, fresh, optimizer)
-    assert all(torch.equal(before[k], v) for k, v in fresh.state_dict().items())  # nothing loaded
+    assert unchanged(fresh, before)  # nothing loaded
     torch.save(torch.zeros(3), tmp_path / "tensor.pt")
     with pytest.raises(TypeError, match="holds a Tensor"):
         load_checkpoint(tmp_path / "tensor.pt", digits_classifier())
 
 
-# --- resuming -----------------------------------------------------------------
+@pytest.mark.parametrize("groups", [[["fc1.weight"], ["fc2.weight"]], [["fc1.weight", "fc1.bias"]]],
+                         ids=["two-groups", "fewer-parameters"])
+def test_an_optimizer_that_does_not_fit_is_refused_before_the_model_changes(tmp_path, groups):
+    model, optimizer = trained_model()
+    path = tmp_path / "ckpt.pt"
+    save_checkpoint(path, model, optimizer)
+    fresh = digits_classifier()
+    params = dict(fresh.named_parameters())
+    wrong = torch.optim.Adam([{"params": [params[name] for name in group]} for group in groups])
+    before = copy_state_dict(fresh)
+    with pytest.raises(ValueError, match=r"the optimizer state has 1 parameter groups of \[4\] parameters"):
+        load_checkpoint(path, fresh, wrong)
+    assert unchanged(fresh, before) and wrong.state_dict()["state"] == {}
 
-def new_run(seed):
-    torch.manual_seed(seed)
+
+# --- loading to fine-tune -----------------------------------------------------------
+
+def test_filter_state_dict_keeps_what_fits_and_says_why_the_rest_does_not():
+    from torchvision.models import resnet18
+
+    torch.manual_seed(0)
+    pretrained = nn.DataParallel(resnet18(num_classes=1000)).state_dict()  # prefixes are handled
+    pretrained["module.extra.weight"] = torch.zeros(1)
+    model = resnet18(num_classes=10)
+    kept, dropped = filter_state_dict(pretrained, model)
+    assert dropped == {"fc.weight": "shape (1000, 512) in the checkpoint, (10, 512) in the model",
+                       "fc.bias": "shape (1000,) in the checkpoint, (10,) in the model",
+                       "extra.weight": "not in the model"}
+    assert len(kept) == len(model.state_dict()) - 2
+    result = model.load_state_dict(kept, strict=False)
+    assert result.missing_keys == ["fc.weight", "fc.bias"] and result.unexpected_keys == []
+    assert torch.equal(model.conv1.weight, pretrained["module.conv1.weight"])
+
+
+def test_filter_state_dict_refuses_what_cannot_be_a_state_dict_for_the_model():
     model = digits_classifier()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.7)
-    return model, optimizer, scheduler, torch.Generator().manual_seed(seed)
+    with pytest.raises(TypeError, match="must be a mapping of names to tensors, not Tensor"):
+        filter_state_dict(torch.zeros(2), model)
+    checkpoint = {"model": model.state_dict(), "epoch": 1}
+    with pytest.raises(CheckpointMismatchError, match=r"nothing .* fits Sequential: .*epoch \(not in the "
+                                                      r"model\); pass checkpoint\['model'\]"):
+        filter_state_dict(checkpoint, model)
+    kept, dropped = filter_state_dict(checkpoint["model"], nn.DataParallel(digits_classifier()))
+    assert list(kept) == list(model.state_dict()) and dropped == {}  # keys fit the unwrapped model
 
+
+# --- resuming -----------------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def digits():
@@ -324,52 +597,53 @@ def digits():
     return x, torch.tensor(data.target[:600])
 
 
-def run_epochs(run, digits, epochs, losses):
-    model, optimizer, scheduler, generator = run
-    for _ in epochs:
-        losses.append(train_epoch(model, optimizer, *digits, generator))
-        scheduler.step()
-    return losses
+@pytest.fixture(scope="module")
+def straight(digits):
+    """Four epochs of a run that never stopped."""
+    return train_run(digits_run(0), *digits, 4, [])
 
 
-def test_resumed_training_matches_an_uninterrupted_run_exactly(tmp_path, digits):
-    straight = run_epochs(new_run(0), digits, range(4), [])
-
-    first = new_run(0)
-    losses = run_epochs(first, digits, range(2), [])
-    model, optimizer, scheduler, generator = first
+@pytest.fixture
+def stopped(tmp_path, digits):
+    """The same run stopped after two epochs and saved with its ``run_state``: the checkpoint's path."""
+    run = digits_run(0)
     path = tmp_path / "resume.pt"
-    save_checkpoint(path, model, optimizer, epoch=1, losses=losses,
-                    scheduler=scheduler.state_dict(), **rng_states(generator))
+    losses = train_run(run, *digits, 2, [])
+    save_checkpoint(path, run.model, run.optimizer, epoch=2, losses=losses, **run_state(run))
     torch.manual_seed(999)  # whatever happens in between must not matter
+    return path
 
-    second = new_run(123)
-    model, optimizer, scheduler, generator = second
-    meta = load_checkpoint(path, model, optimizer)
-    scheduler.load_state_dict(meta["scheduler"])
-    restore_rng_states(meta, generator)
-    resumed = run_epochs(second, digits, range(meta["epoch"] + 1, 4), list(meta["losses"]))
+
+def test_resumed_training_matches_an_uninterrupted_run_exactly(digits, straight, stopped):
+    run = digits_run(123)
+    meta = load_checkpoint(stopped, run.model, run.optimizer)
+    restore_run_state(run, meta)
+    resumed = train_run(run, *digits, 4 - meta["epoch"], list(meta["losses"]))
     assert resumed == straight
     assert len(set(straight)) == 4 and straight[-1] < straight[0]
 
 
 @pytest.mark.parametrize("left_out", ["optimizer", "rng"])
-def test_resuming_without_optimizer_or_random_state_gives_a_different_run(tmp_path, digits, left_out):
-    straight = run_epochs(new_run(0), digits, range(4), [])
-    first = new_run(0)
-    losses = run_epochs(first, digits, range(2), [])
-    model, optimizer, scheduler, generator = first
-    path = tmp_path / "resume.pt"
-    save_checkpoint(path, model, optimizer, epoch=1, losses=losses,
-                    scheduler=scheduler.state_dict(), **rng_states(generator))
-    second = new_run(123)
-    model, optimizer, scheduler, generator = second
-    meta = load_checkpoint(path, model, None if left_out == "optimizer" else optimizer)
-    scheduler.load_state_dict(meta["scheduler"])
-    if left_out != "rng":
-        restore_rng_states(meta, generator)
-    resumed = run_epochs(second, digits, range(2, 4), list(meta["losses"]))
+def test_resuming_without_optimizer_or_random_state_gives_a_different_run(digits, straight, stopped,
+                                                                          left_out):
+    run = digits_run(123)
+    meta = load_checkpoint(stopped, run.model, None if left_out == "optimizer" else run.optimizer)
+    if left_out == "rng":
+        run.scheduler.load_state_dict(meta["scheduler"])
+    else:
+        restore_run_state(run, meta)
+    resumed = train_run(run, *digits, 2, list(meta["losses"]))
     assert resumed[:2] == straight[:2] and resumed[2:] != straight[2:]
+
+
+def test_restore_run_state_refuses_a_checkpoint_saved_without_it_before_changing_anything(tmp_path):
+    run = digits_run(0)
+    save_checkpoint(tmp_path / "ckpt.pt", run.model, run.optimizer, epoch=1)
+    other = digits_run(1)
+    before = other.scheduler.state_dict(), other.generator.get_state()
+    with pytest.raises(KeyError, match=r"\['scheduler', 'torch_rng', 'data_rng'\] are not in"):
+        restore_run_state(other, load_checkpoint(tmp_path / "ckpt.pt", other.model, other.optimizer))
+    assert other.scheduler.state_dict() == before[0] and torch.equal(other.generator.get_state(), before[1])
 
 
 def test_train_epoch_returns_the_mean_loss_over_all_samples():
@@ -394,14 +668,15 @@ def test_state_dict_is_live_and_copy_state_dict_is_not():
     assert not snapshot["weight"].requires_grad
 
 
-def test_load_on_meta_gives_the_same_model_with_real_tensors(tmp_path):
+@pytest.mark.parametrize("warm", [True, False])
+def test_load_on_meta_gives_the_same_model_with_real_tensors(tmp_path, warm):
     from torchvision.models import resnet18
 
     torch.manual_seed(0)
     model = resnet18(num_classes=10).eval()
     path = tmp_path / "r.pt"
     save_checkpoint(path, model)
-    fast = load_on_meta(path, lambda: resnet18(num_classes=10)).eval()
+    fast = load_on_meta(path, lambda: resnet18(num_classes=10), warm=warm).eval()
     assert not any(t.is_meta for t in [*fast.parameters(), *fast.buffers()])
     x = torch.randn(2, 3, 32, 32)
     assert torch.equal(fast(x), model(x))
@@ -423,6 +698,33 @@ def test_load_on_meta_refuses_what_the_file_cannot_fill(tmp_path):
         load_on_meta(tmp_path / "t.pt", lambda: nn.Sequential(nn.Linear(2, 2)))
 
 
+@pytest.mark.skipif(not hasattr(os, "RWF_NOWAIT"), reason="Linux only")
+def test_warm_page_cache_reads_a_file_that_is_on_the_disk_only(tmp_path):
+    path = tmp_path / "big.bin"
+    path.write_bytes(os.urandom(8 << 20))
+    assert in_page_cache(path) and warm_page_cache(path) is False  # just written: nothing to do
+    drop_from_page_cache(path)
+    if in_page_cache(path):
+        pytest.skip("this file system keeps its pages in memory (tmpfs?)")
+    assert warm_page_cache(path) is True
+    assert in_page_cache(path)
+
+
+@pytest.mark.skipif(not hasattr(os, "RWF_NOWAIT"), reason="Linux only")
+def test_a_mapped_load_reads_nothing_until_its_pages_are_touched(tmp_path):
+    model = nn.Sequential(nn.Linear(1024, 1024), nn.Linear(1024, 1024))  # 8 MB
+    path = tmp_path / "m.pt"
+    save_checkpoint(path, model)
+    drop_from_page_cache(path)
+    if in_page_cache(path):
+        pytest.skip("this file system keeps its pages in memory (tmpfs?)")
+    lazy = load_on_meta(path, lambda: nn.Sequential(nn.Linear(1024, 1024), nn.Linear(1024, 1024)),
+                        warm=False)
+    assert not in_page_cache(path)
+    touch_every_page(lazy)
+    assert in_page_cache(path) and same_weights(lazy, model)
+
+
 def test_safetensors_needs_save_model_for_tied_weights(tmp_path):
     from safetensors.torch import load_file, load_model, save_file, save_model
 
@@ -437,6 +739,56 @@ def test_safetensors_needs_save_model_for_tied_weights(tmp_path):
     assert fresh.out.weight is fresh.embed.weight
     tokens = torch.tensor([[1, 2, 3]])
     assert torch.equal(fresh(tokens), tied(tokens))
+
+
+# --- choosing GPUs ----------------------------------------------------------------
+
+def test_misspelt_visible_devices_finds_the_tutorials_three_typos_and_nothing_else():
+    environ = {name: "1" for name in ["CUDA_VISIBLE_DIVICES", "CUDA_VISIABLE_DIVICES",
+                                      "CUDA_VISIABLE_DEVICES", "CUDA_VISIBLE_DEVICES",
+                                      "NVIDIA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "cuda_visible_devices"]}
+    assert misspelt_visible_devices(environ) == [
+        "CUDA_VISIABLE_DEVICES", "CUDA_VISIABLE_DIVICES", "CUDA_VISIBLE_DIVICES", "cuda_visible_devices"]
+
+
+def test_select_gpus_sets_the_variable_and_refuses_when_it_would_be_ignored(monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
+    select_gpus("1")
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "1"
+    monkeypatch.setenv("CUDA_VISIABLE_DEVICES", "0")
+    with pytest.raises(ValueError, match=r"\['CUDA_VISIABLE_DEVICES'\] .* ignores them silently"):
+        select_gpus("0")
+    monkeypatch.delenv("CUDA_VISIABLE_DEVICES")
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    with pytest.raises(RuntimeError, match=r"already initialised .*\(CUDA_VISIBLE_DEVICES=0 python"):
+        select_gpus("0")
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "1"  # refused: unchanged
+
+
+COUNT_DEVICES = """
+import os, sys, torch
+if sys.argv[1] == "after":
+    torch.zeros(1, device="cuda")  # initialises CUDA
+os.environ[sys.argv[2]] = ""
+print(torch.cuda.device_count())
+"""
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
+@pytest.mark.parametrize("when, name, hidden", [
+    ("before", "CUDA_VISIBLE_DEVICES", True),
+    ("before", "CUDA_VISIABLE_DEVICES", False),
+    ("after", "CUDA_VISIBLE_DEVICES", False),
+])
+def test_cuda_visible_devices_works_only_spelt_right_and_before_cuda_starts(when, name, hidden):
+    env = {key: value for key, value in os.environ.items() if key != "CUDA_VISIBLE_DEVICES"}
+    result = subprocess.run([sys.executable, "-c", COUNT_DEVICES, when, name], env=env,
+                            capture_output=True, text=True, check=True)
+    count = int(result.stdout)
+    assert (count == 0) == hidden, result.stdout
+    assert count in (0, torch.cuda.device_count())
 
 
 # --- devices ------------------------------------------------------------------
@@ -469,3 +821,40 @@ def test_saved_on_cpu_loaded_on_the_device(tmp_path, device):
     assert fresh_optimizer.state_dict()["state"][0]["exp_avg"].device.type == device.type
     x = torch.randn(4, 64)
     assert torch.allclose(fresh.eval()(x.to(device)).cpu(), model(x), atol=1e-6)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
+def test_every_gpu_recipe_of_the_load_benchmark_gives_the_saved_weights(tmp_path):
+    from safetensors.torch import save_file
+
+    from benchmarks.checkpoint_load import build, cuda_load_recipes
+
+    torch.manual_seed(0)
+    model = build(2, width=64)
+    checkpoint, tensors = tmp_path / "m.pt", tmp_path / "m.safetensors"
+    save_checkpoint(checkpoint, model)
+    save_file(model.state_dict(), str(tensors))
+    device = torch.device("cuda")
+    for name, recipe in cuda_load_recipes(checkpoint, tensors, 2, device, width=64).items():
+        loaded = recipe()
+        assert all(t.device.type == "cuda" for t in loaded.parameters()), name
+        assert same_weights(loaded.cpu(), model), name
+
+
+def test_every_cpu_recipe_of_the_load_benchmark_gives_the_saved_weights(tmp_path):
+    from safetensors.torch import save_file
+
+    from benchmarks.checkpoint_load import FLOOR, build, load_recipes
+
+    torch.manual_seed(0)
+    model = build(2, width=64)
+    checkpoint, tensors = tmp_path / "m.pt", tmp_path / "m.safetensors"
+    save_checkpoint(checkpoint, model)
+    save_file(model.state_dict(), str(tensors))
+    buffer = bytearray(checkpoint.stat().st_size)
+    recipes = load_recipes(checkpoint, tensors, 2, buffer, width=64)
+    assert recipes.pop(FLOOR)() == checkpoint.stat().st_size
+    assert "model" in recipes.pop("torch.load only")()
+    for name, recipe in recipes.items():
+        assert same_weights(recipe(), model), name
