@@ -46,15 +46,19 @@ conv, bn = nn.Conv2d(3, 4, 3, bias=False), nn.BatchNorm2d(4)
 x = torch.randn(1, 3, 8, 8)
 y = torch.relu(bn(conv(x)))
 
-print(y.grad_fn)
-print(y.grad_fn.next_functions)
-print(y.grad_fn.next_functions[0][0].next_functions)
-print(y.grad_fn.next_functions[0][0].next_functions[0][0].next_functions)
+relu_node = y.grad_fn
+bn_node = relu_node.next_functions[0][0]
+conv_node = bn_node.next_functions[0][0]
+for node in (relu_node, bn_node, conv_node):
+    inputs = [(parent.name() if parent else None, index) for parent, index in node.next_functions]
+    print(f"{node.name():26} next_functions: {inputs}")
 
 # %% [markdown]
-# Each entry of `next_functions` is a pair (node, index of that node's
-# output). An `AccumulateGrad` node is a leaf: a tensor that requires grad,
-# here a parameter (`node.variable` is the parameter itself). `None` is an
+# A node prints as its class and its address in memory; `node.name()` is the
+# class name alone, which is what the walk needs. Each entry of
+# `next_functions` is a pair (node, index of that node's output). An
+# `AccumulateGrad` node is a leaf: a tensor that requires grad, here a
+# parameter (`node.variable` is the parameter itself). `None` is an
 # input that requires no grad: the picture `x`, and the missing bias. This is
 # what PyTorch's documentation of `torch.autograd.graph.Node.next_functions`
 # says, and it is all we need to walk the graph.
@@ -71,6 +75,12 @@ print(y.grad_fn.next_functions[0][0].next_functions[0][0].next_functions)
 # parameter require grad for the trace (frozen layers make no graph) and put
 # each flag back afterwards, run in eval mode and restore each module's mode
 # (no BatchNorm statistic moves), and raise when two layers share one node.
+# They take the input the way the model does: a tensor, a list or dict of
+# tensors as the one argument (a detection model's list of images:
+# `grad_fn_modules(model, images)` calls `model(images)`), or a tuple of
+# positional arguments; the model runs on a copy, so a model that changes its
+# input in place does not change yours. `types` is a module class, or a list
+# or tuple of them.
 
 # %%
 from tutorials_pkg.grad_fn import grad_fn_modules
@@ -108,7 +118,8 @@ assert len(nodes) == len(layers) == 13
 # input. A node that belongs to a layer becomes a box; a node that merges two branches
 # (add, multiply, concatenate) stays as a small circle, because that is where
 # a residual connection joins; every other node (ReLU, pooling, reshaping) is
-# walked through. The result draws itself as a mermaid diagram:
+# walked through. `graph.mermaid()` returns Mermaid source, which this site
+# (and Jupyter) draws as a diagram:
 
 # %%
 from tutorials_pkg.grad_fn import module_graph, trace_grad_fn
@@ -238,6 +249,77 @@ print(nn.Dropout().eval()(conv_out).grad_fn is conv_out.grad_fn)
 # changes the tensor's `grad_fn` to a new node whose input is the old one. A
 # module called twice is not a collision either: two nodes, one module.
 #
+# ## Why the 2-D layers, not `_ConvNd` and `_BatchNorm`
+#
+# The blog post on pruning YOLOv5 that this page answers hooks every
+# `_ConvNd` and `_BatchNorm`. Those are the private base classes (the
+# underscore; `torch.nn` does not export them) of every convolution and every
+# BatchNorm: 1-D and 3-D ones, `SyncBatchNorm`, and the transposed
+# convolutions, whose weight keeps its *output* channels in dimension 1, not 0:
+
+# %%
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.conv import _ConvNd
+
+print("exported by torch.nn:", hasattr(nn, "_ConvNd"), hasattr(nn, "_BatchNorm"))
+covered = [cls.__name__ for cls in (nn.Conv1d, nn.Conv3d, nn.ConvTranspose2d, nn.SyncBatchNorm)
+           if issubclass(cls, (_ConvNd, _BatchNorm))]
+print("also matched:", covered)
+print("Conv2d(4, 8, 3).weight:         ", tuple(nn.Conv2d(4, 8, 3).weight.shape))
+print("ConvTranspose2d(4, 8, 3).weight:", tuple(nn.ConvTranspose2d(4, 8, 3).weight.shape))
+assert len(covered) == 4
+
+# %% [markdown]
+# The defaults are the layers whose channels the pruning section above can
+# cut. A transposed convolution is one it cannot, and it says so with a
+# `TypeError` rather than cutting the wrong dimension:
+
+# %% tags=["raises-exception"] raises="TypeError"
+from tutorials_pkg.grad_fn import keep_output_channels
+
+keep_output_channels(nn.ConvTranspose2d(4, 8, 3), torch.tensor([0, 1]))
+
+# %% [markdown]
+# For the mapping alone, any layer will do: pass the classes you need, as a
+# list or a tuple. A 1-D convolutional net (audio, sequences):
+
+# %%
+audio = nn.Sequential(nn.Conv1d(2, 4, 5), nn.BatchNorm1d(4), nn.ReLU(), nn.Conv1d(4, 4, 5))
+audio_nodes = grad_fn_modules(audio, torch.randn(1, 2, 32), types=[nn.Conv1d, nn.BatchNorm1d])
+print([(node.name(), type(module).__name__) for node, module in audio_nodes.items()])
+assert len(audio_nodes) == 3 and not grad_fn_modules(audio, torch.randn(1, 2, 32))
+
+# %% [markdown]
+# ## A trace holds the graph until you let it go
+#
+# Each node keeps what autograd saved to compute its gradient: for a
+# convolution its input, for a BatchNorm its input and statistics, for a ReLU
+# its output. The dictionary `grad_fn_modules` returns holds the nodes, and
+# through their `next_functions` the whole graph, so as long as you keep it,
+# every saved activation of that forward pass stays in memory (on a GPU, in
+# GPU memory). `SavedTensors` records, through
+# `torch.autograd.graph.saved_tensors_hooks`, what autograd saves inside a
+# block, and how much of it is still held:
+
+# %%
+from tutorials_pkg.grad_fn import SavedTensors
+
+show_source(SavedTensors)
+
+# %%
+with SavedTensors() as saved:
+    kept_nodes = grad_fn_modules(model, x)
+print(f"activations the nodes hold: {saved.kept_bytes():,} bytes")
+layer_names = sorted(names[module] for module in set(kept_nodes.values()))
+del kept_nodes  # keep the names (plain strings), drop the nodes
+print(f"after del:                  {saved.kept_bytes():,} bytes")
+assert saved.kept_bytes() == 0 and len(layer_names) == 13
+
+# %% [markdown]
+# `module_graph` and `coupled_channel_groups` return names, not nodes, so
+# their results hold nothing; the `trace` kept above for them holds its graph
+# until it goes too.
+#
 # ## What goes wrong in the wild
 #
 # ### Tracing under `torch.no_grad()`
@@ -293,7 +375,9 @@ assert None not in traced and len(traced) == 13
 #
 # The same silent merge happens with gradients on, when the parameters are
 # frozen and the input needs no grad: the frozen layers' outputs have no
-# `grad_fn`. Only the last layer, left trainable, gets a real key:
+# `grad_fn`. Only the last layer, left trainable, gets a real key. The YOLOv5
+# blog post met exactly this: its backbone layers came out under `None` until
+# it set `requires_grad=True` on every parameter.
 
 # %%
 naive = grad_fn_modules_without_checks(frozen, x)
@@ -331,3 +415,73 @@ grad_fn_modules(with_identity, x, types=(nn.Conv2d, nn.Identity))
 traced = grad_fn_modules(with_identity, x)
 print({node.name(): module for node, module in traced.items()})
 assert list(traced.values()) == [with_identity[0]]
+
+# %% [markdown]
+# ### A hook list re-bound in the loop
+#
+# The same blog post registers its hooks in a loop, writing
+# `hooks = [m.register_forward_hook(...)]` for each layer it visits. Each
+# assignment replaces the list, so after the loop it holds the *last* handle
+# only, and removing "all" hooks removes one:
+
+# %%
+from tutorials_pkg.grad_fn import grad_fn_modules_keeping_only_the_last_hook
+
+show_source(grad_fn_modules_keeping_only_the_last_hook)
+
+# %% [markdown]
+# Twelve of the thirteen hooks stay on their modules. Every later forward pass,
+# a training step or an evaluation, keeps adding to the dictionary, and the
+# dictionary keeps each pass's graph and activations (see "A trace holds the
+# graph until you let it go"):
+
+# %%
+leaky = tiny_resnet().to(device)
+leaky_nodes = grad_fn_modules_keeping_only_the_last_hook(leaky, x)
+still_hooked = [name for name, m in leaky.named_modules() if m._forward_hooks]
+print(len(leaky_nodes), "nodes;", len(still_hooked), "modules still hooked:", still_hooked[:4], "...")
+leaky(x)  # one more forward pass, anywhere later
+print(len(leaky_nodes), "nodes after one more forward pass")
+assert len(still_hooked) == 12 and len(leaky_nodes) == 13 + 12
+
+# %% [markdown]
+# `trace_grad_fn` (shown above) builds the list of handles in one
+# comprehension and removes every one of them in a `finally`:
+
+# %%
+clean = tiny_resnet().to(device)
+grad_fn_modules(clean, x)
+assert not any(m._forward_hooks for m in clean.modules())
+print("hooks left:", sum(len(m._forward_hooks) for m in clean.modules()))
+
+# %% [markdown]
+# ### `torch.load('best.pt')['model']`
+#
+# The blog post loads its model as `torch.load('best.pt')['model']`: the
+# checkpoint holds the whole pickled model. Since PyTorch 2.6, `torch.load`
+# defaults to `weights_only=True`, which unpickles only tensors, plain Python
+# values and containers, and classes on an allowlist; it refuses the model's
+# classes with an `UnpicklingError`:
+
+# %% tags=["raises-exception"] raises="UnpicklingError"
+import os
+import tempfile
+
+folder = tempfile.TemporaryDirectory()
+checkpoint = os.path.join(folder.name, "best.pt")
+torch.save({"model": tiny_resnet().requires_grad_(False), "epoch": 3}, checkpoint)
+torch.load(checkpoint)["model"]
+
+# %% [markdown]
+# `weights_only=False` loads it, and runs whatever code the pickle names: do
+# it only for a file you made yourself or fully trust. The lasting fix is to
+# save the `state_dict` and build the model in code; the
+# [saving and loading page](../save_load/) shows how, and how to load such
+# files safely. The loaded model's parameters are frozen, as in that post,
+# and `grad_fn_modules` traces it all the same:
+
+# %%
+trusted = torch.load(checkpoint, weights_only=False)["model"].to(device)
+folder.cleanup()
+print(len(grad_fn_modules(trusted, x)), "layers traced")
+assert not any(p.requires_grad for p in trusted.parameters())

@@ -13,9 +13,9 @@
 # %% [markdown]
 # # 用 grad_fn 追踪网络结构
 #
-# 前向传播运行时，autograd 会记录每个张量是怎样得到的：每个结果都带着一个 `grad_fn`，即计算图中将来负责计算它的梯度的那个节点；每个节点的 `next_functions` 指向它的输入所对应的节点。这张记录下来的图，就是模型**实际运行**时的样子，包括 `print(model)` 看不到的残差连接。剪枝工具正是读这张图，来找出必须一起剪的层。本页把节点映射回产生它们的模块，画出这张图，并找出被残差加法绑在一起的通道。
+# 前向传播运行时，autograd 会记录每个张量是怎样算出来的：每个结果都带着一个 `grad_fn`，即计算图中将来负责计算它的梯度的那个节点；每个节点的 `next_functions` 指向它的各个输入所对应的节点。记录下来的这张图，就是模型**实际运行**时的样子，包括 `print(model)` 看不到的残差连接。剪枝工具正是读这张图，找出必须一起剪的层。本页把节点映射回产生它们的模块，画出这张图，并找出被残差加法绑在一起的通道。
 #
-# 本页的每一段输出，都是构建网站时真正运行代码得到的，运行环境就是下面打印的版本。
+# 本页的每一段输出，都是构建网站时实际运行代码得到的，运行环境就是下面打印的版本。
 
 # %%
 from tutorials_pkg.runtime import describe_runtime
@@ -36,17 +36,19 @@ conv, bn = nn.Conv2d(3, 4, 3, bias=False), nn.BatchNorm2d(4)
 x = torch.randn(1, 3, 8, 8)
 y = torch.relu(bn(conv(x)))
 
-print(y.grad_fn)
-print(y.grad_fn.next_functions)
-print(y.grad_fn.next_functions[0][0].next_functions)
-print(y.grad_fn.next_functions[0][0].next_functions[0][0].next_functions)
+relu_node = y.grad_fn
+bn_node = relu_node.next_functions[0][0]
+conv_node = bn_node.next_functions[0][0]
+for node in (relu_node, bn_node, conv_node):
+    inputs = [(parent.name() if parent else None, index) for parent, index in node.next_functions]
+    print(f"{node.name():26} next_functions: {inputs}")
 
 # %% [markdown]
-# `next_functions` 的每一项是一个二元组（节点，该节点输出的序号）。`AccumulateGrad` 节点是叶子：一个需要梯度的张量，这里就是参数（`node.variable` 就是参数本身）。`None` 表示一个不需要梯度的输入：图片 `x`，以及不存在的 bias。这就是 PyTorch 文档中 `torch.autograd.graph.Node.next_functions` 的说明，遍历这张图只需要这些。
+# 直接打印节点，得到的是它的类名和内存地址；`node.name()` 只给出类名，遍历计算图用的就是它。`next_functions` 的每一项是一个二元组（节点，该节点输出的序号）。`AccumulateGrad` 节点是叶子：一个需要梯度的张量，这里就是参数（`node.variable` 就是参数本身）。`None` 表示一个不需要梯度的输入：图片 `x`，以及不存在的 bias。这是 PyTorch 文档对 `torch.autograd.graph.Node.next_functions` 的说明，遍历这张图只需要这些。
 #
 # ## 从节点回到模块
 #
-# 计算图只认识运算，不认识模块。在每个关心的层上挂一个 forward hook，就能看到这一层的输出，从而拿到它的 `grad_fn`：一个从该节点到该层的字典，就是两者之间的桥梁。`grad_fn_modules` 返回这个字典；真正干活的是 `trace_grad_fn`，它还保留了模型的输出（遍历的起点）和模型运行时的输入（遍历的终点）。两者都照顾到了朴素写法会出错的地方（见最后一节）：在 autograd 什么都不记录的地方拒绝运行；追踪期间让每个参数都需要梯度（冻结的层不产生计算图），结束后把每个标志恢复原样；在 eval 模式下运行并恢复每个模块的模式（BatchNorm 统计量不会变）；两个层共用同一个节点时抛出异常。
+# 计算图只认识运算，不认识模块。在每个关心的层上挂一个钩子（hook）：前向钩子能看到这一层的输出，从而拿到它的 `grad_fn`；一个从该节点到该层的字典，把两者联系了起来。`grad_fn_modules` 返回这个字典；实际的工作由 `trace_grad_fn` 完成，它还保留了模型的输出（遍历的起点）和模型运行时的输入（遍历的终点）。朴素写法会出错的地方（见最后一节），两者都处理了：在 autograd 什么都不记录的地方拒绝运行；追踪期间让每个参数都需要梯度（冻结的层不产生计算图），结束后把每个标志恢复原样；在 eval 模式下运行并恢复每个模块的模式（BatchNorm 的滑动统计量不会变）；两个层共用同一个节点时抛出异常。它们接收输入的方式与模型相同：一个张量，或者作为唯一参数的张量列表或字典（检测模型的图像列表：`grad_fn_modules(model, images)` 调用的是 `model(images)`），或者一个由位置参数组成的元组；模型运行在输入的副本上，所以就地修改输入的模型不会改动你的张量。`types` 可以是一个模块类，也可以是由模块类组成的列表或元组。
 
 # %%
 from tutorials_pkg.grad_fn import grad_fn_modules
@@ -79,7 +81,7 @@ assert len(nodes) == len(layers) == 13
 # %% [markdown]
 # ## 画出计算图
 #
-# `module_graph` 接收一次追踪的结果，从输出往回走，遍历它的计算图。属于某一层的节点画成方框；合并两条分支的节点（加、乘、拼接）保留为小圆圈，因为残差连接就是在那里汇合的；其余节点（ReLU、池化、变形）直接穿过。结果会把自己画成一张 mermaid 图：
+# `module_graph` 接收一次追踪的结果，从输出往回走，遍历它的计算图。属于某一层的节点画成方框；合并两条分支的节点（加、乘、拼接）保留为小圆圈，因为残差连接就是在那里汇合的；其余节点（ReLU、池化、变形）直接穿过。`graph.mermaid()` 返回 Mermaid 源码，本站（以及 Jupyter）会把它渲染成图：
 
 # %%
 from tutorials_pkg.grad_fn import module_graph, trace_grad_fn
@@ -101,7 +103,7 @@ assert residual_edges <= set(graph.edges)
 # %% [markdown]
 # ## 残差加法绑定的通道
 #
-# 结构化剪枝删除的是整个通道：删掉一个卷积的第 *k* 个输出通道，就要删掉它后面 BatchNorm 的第 *k* 个通道，以及每个读取它的层的第 *k* 个输入通道。残差加法让这件事变成了一组层的事：`a + b` 要求 `a` 和 `b` 的通道相同，所以从产生 `a` 的卷积里删掉第 *k* 个通道，就必须从产生 `b` 的卷积里也删掉，还要从读取这个和的所有层里删掉。`coupled_channel_groups` 从计算图里找出这些组：从输入走到输出，卷积或全连接层开启新的通道，逐元素的运算（加法、激活、池化、BatchNorm、depthwise 卷积）把它所有输入的通道并成一组。
+# 结构化剪枝删除的是整个通道：删掉一个卷积的第 *k* 个输出通道，就要删掉它后面 BatchNorm 的第 *k* 个通道，以及每个读取它的层的第 *k* 个输入通道。有了残差加法，就得一组层一起删：`a + b` 要求 `a` 和 `b` 的通道相同，所以从产生 `a` 的卷积里删掉第 *k* 个通道，就必须从产生 `b` 的卷积里也删掉，还要从读取这个和的所有层里删掉。`coupled_channel_groups` 从计算图里找出这些组：从输入走到输出，卷积或全连接层开启新的通道，逐元素的运算（加法、激活、池化、BatchNorm、depthwise 卷积）把它所有输入的通道并成一组。
 
 # %%
 from tutorials_pkg.grad_fn import coupled_channel_groups
@@ -180,13 +182,68 @@ print(nn.Identity()(conv_out).grad_fn is conv_out.grad_fn)
 print(nn.Dropout().eval()(conv_out).grad_fn is conv_out.grad_fn)
 
 # %% [markdown]
-# 这就是默认的 `types` 都是真正做计算的层（`Conv2d`、`BatchNorm2d`、`Linear`、`PReLU`）的原因。in-place 的 ReLU 不会冲突：它把张量的 `grad_fn` 换成一个新节点，新节点的输入是旧节点。被调用两次的模块也不算冲突：两个节点，一个模块。
+# 所以默认的 `types` 都是真正做计算的层（`Conv2d`、`BatchNorm2d`、`Linear`、`PReLU`）。in-place 的 ReLU 不会冲突：它把张量的 `grad_fn` 换成一个新节点，新节点的输入是旧节点。被调用两次的模块也不算冲突：两个节点，一个模块。
+#
+# ## 为什么默认是二维的层，而不是 `_ConvNd` 和 `_BatchNorm`
+#
+# 本页针对的那篇 YOLOv5 剪枝博客，给每个 `_ConvNd` 和 `_BatchNorm` 都挂了钩子。它们是所有卷积、所有 BatchNorm 的私有基类（名字以下划线开头，`torch.nn` 不导出它们），包括一维和三维的层、`SyncBatchNorm`，以及转置卷积，而转置卷积的权重把**输出**通道放在第 1 维，不是第 0 维：
+
+# %%
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.conv import _ConvNd
+
+print("exported by torch.nn:", hasattr(nn, "_ConvNd"), hasattr(nn, "_BatchNorm"))
+covered = [cls.__name__ for cls in (nn.Conv1d, nn.Conv3d, nn.ConvTranspose2d, nn.SyncBatchNorm)
+           if issubclass(cls, (_ConvNd, _BatchNorm))]
+print("also matched:", covered)
+print("Conv2d(4, 8, 3).weight:         ", tuple(nn.Conv2d(4, 8, 3).weight.shape))
+print("ConvTranspose2d(4, 8, 3).weight:", tuple(nn.ConvTranspose2d(4, 8, 3).weight.shape))
+assert len(covered) == 4
+
+# %% [markdown]
+# 默认的类型，正是上面剪枝一节能够剪通道的层。转置卷积就剪不了，剪枝函数会抛出 `TypeError` 说明这一点，而不是剪错维度：
+
+# %% tags=["raises-exception"] raises="TypeError"
+from tutorials_pkg.grad_fn import keep_output_channels
+
+keep_output_channels(nn.ConvTranspose2d(4, 8, 3), torch.tensor([0, 1]))
+
+# %% [markdown]
+# 如果只要节点到层的映射，任何层都可以：把需要的类以列表或元组的形式传入。一个一维卷积网络（音频、序列）：
+
+# %%
+audio = nn.Sequential(nn.Conv1d(2, 4, 5), nn.BatchNorm1d(4), nn.ReLU(), nn.Conv1d(4, 4, 5))
+audio_nodes = grad_fn_modules(audio, torch.randn(1, 2, 32), types=[nn.Conv1d, nn.BatchNorm1d])
+print([(node.name(), type(module).__name__) for node, module in audio_nodes.items()])
+assert len(audio_nodes) == 3 and not grad_fn_modules(audio, torch.randn(1, 2, 32))
+
+# %% [markdown]
+# ## 追踪结果在释放之前一直占着计算图
+#
+# 每个节点都保存着 autograd 计算梯度时要用的东西：卷积保存它的输入，BatchNorm 保存它的输入和统计量，ReLU 保存它的输出。`grad_fn_modules` 返回的字典持有这些节点，并通过它们的 `next_functions` 持有整张计算图，所以只要你还留着这个字典，那次前向传播保存的每个激活值都留在内存里（在 GPU 上就是显存）。`SavedTensors` 借助 `torch.autograd.graph.saved_tensors_hooks`，记录一段代码里 autograd 保存了什么，以及其中还有多少没有释放：
+
+# %%
+from tutorials_pkg.grad_fn import SavedTensors
+
+show_source(SavedTensors)
+
+# %%
+with SavedTensors() as saved:
+    kept_nodes = grad_fn_modules(model, x)
+print(f"activations the nodes hold: {saved.kept_bytes():,} bytes")
+layer_names = sorted(names[module] for module in set(kept_nodes.values()))
+del kept_nodes  # keep the names (plain strings), drop the nodes
+print(f"after del:                  {saved.kept_bytes():,} bytes")
+assert saved.kept_bytes() == 0 and len(layer_names) == 13
+
+# %% [markdown]
+# `module_graph` 和 `coupled_channel_groups` 返回的是名字，不是节点，所以它们的结果不占计算图；上面为它们留着的 `trace` 则一直占着自己的计算图，直到它也被释放。
 #
 # ## 实践中常见的错误
 #
 # ### 在 `torch.no_grad()` 下追踪
 #
-# 朴素的写法只有三行：一个 hook，存下 `{output.grad_fn: module}`。
+# 朴素的写法只有三行：一个钩子，存下 `{output.grad_fn: module}`。
 
 # %%
 from tutorials_pkg.grad_fn import grad_fn_modules_without_checks
@@ -194,7 +251,7 @@ from tutorials_pkg.grad_fn import grad_fn_modules_without_checks
 show_source(grad_fn_modules_without_checks)
 
 # %% [markdown]
-# 在关闭梯度的地方调用它（比如在评估循环里），每个 `grad_fn` 都是 `None`：十三个层全都落在同一个键上，最后一个获胜。没有任何报错。
+# 在关闭梯度的地方调用它（比如在评估循环里），每个 `grad_fn` 都是 `None`：十三个层全都落在同一个键上，只留下最后一个。没有任何报错。
 
 # %%
 with torch.no_grad():
@@ -228,7 +285,7 @@ assert None not in traced and len(traced) == 13
 # %% [markdown]
 # ### 冻结的层得到 `None` 键
 #
-# 即使梯度是开着的，只要参数被冻结、输入又不需要梯度，同样会悄悄合并：冻结层的输出没有 `grad_fn`。只有保持可训练的最后一层拿到了真正的键：
+# 即使梯度是开着的，只要参数被冻结、输入又不需要梯度，同样会悄悄合并：冻结层的输出没有 `grad_fn`。只有保持可训练的最后一层拿到了真正的键。那篇 YOLOv5 博客遇到的正是这个问题：在把每个参数都设成 `requires_grad=True` 之前，它的 backbone 各层都落在 `None` 这个键下。
 
 # %%
 naive = grad_fn_modules_without_checks(frozen, x)
@@ -261,3 +318,57 @@ grad_fn_modules(with_identity, x, types=(nn.Conv2d, nn.Identity))
 traced = grad_fn_modules(with_identity, x)
 print({node.name(): module for node, module in traced.items()})
 assert list(traced.values()) == [with_identity[0]]
+
+# %% [markdown]
+# ### 在循环里重新赋值的钩子列表
+#
+# 那篇博客在循环里注册钩子，每访问一层就写一次 `hooks = [m.register_forward_hook(...)]`。每次赋值都换掉了整个列表，所以循环结束后列表里只剩**最后一个**句柄，"移除所有钩子"只移除了一个：
+
+# %%
+from tutorials_pkg.grad_fn import grad_fn_modules_keeping_only_the_last_hook
+
+show_source(grad_fn_modules_keeping_only_the_last_hook)
+
+# %% [markdown]
+# 十三个钩子里有十二个留在各自的模块上。之后的每次前向传播，无论是训练还是评估，都会继续往字典里添加条目，而字典又留着每一次前向传播的计算图和激活值（见"追踪结果在释放之前一直占着计算图"）：
+
+# %%
+leaky = tiny_resnet().to(device)
+leaky_nodes = grad_fn_modules_keeping_only_the_last_hook(leaky, x)
+still_hooked = [name for name, m in leaky.named_modules() if m._forward_hooks]
+print(len(leaky_nodes), "nodes;", len(still_hooked), "modules still hooked:", still_hooked[:4], "...")
+leaky(x)  # one more forward pass, anywhere later
+print(len(leaky_nodes), "nodes after one more forward pass")
+assert len(still_hooked) == 12 and len(leaky_nodes) == 13 + 12
+
+# %% [markdown]
+# `trace_grad_fn`（源码见上文）用一个列表推导式得到所有句柄，并在 `finally` 里把它们全部移除：
+
+# %%
+clean = tiny_resnet().to(device)
+grad_fn_modules(clean, x)
+assert not any(m._forward_hooks for m in clean.modules())
+print("hooks left:", sum(len(m._forward_hooks) for m in clean.modules()))
+
+# %% [markdown]
+# ### `torch.load('best.pt')['model']`
+#
+# 那篇博客用 `torch.load('best.pt')['model']` 加载模型：checkpoint 里存的是整个 pickle 化的模型。从 PyTorch 2.6 起，`torch.load` 默认 `weights_only=True`，只反序列化张量、普通的 Python 值和容器，以及白名单里的类；模型的类不在其中，于是抛出 `UnpicklingError`：
+
+# %% tags=["raises-exception"] raises="UnpicklingError"
+import os
+import tempfile
+
+folder = tempfile.TemporaryDirectory()
+checkpoint = os.path.join(folder.name, "best.pt")
+torch.save({"model": tiny_resnet().requires_grad_(False), "epoch": 3}, checkpoint)
+torch.load(checkpoint)["model"]
+
+# %% [markdown]
+# `weights_only=False` 可以加载它，但会执行 pickle 里指定的任何代码：只对你自己生成或完全信任的文件这样做。长久之计是保存 `state_dict`，在代码里构建模型；[模型保存与读取](../save_load/)一页讲了怎么做，以及怎样安全地加载这类文件。加载出来的模型参数是冻结的，和那篇博客里一样，`grad_fn_modules` 照样能追踪：
+
+# %%
+trusted = torch.load(checkpoint, weights_only=False)["model"].to(device)
+folder.cleanup()
+print(len(grad_fn_modules(trusted, x)), "layers traced")
+assert not any(p.requires_grad for p in trusted.parameters())
