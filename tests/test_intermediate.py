@@ -282,7 +282,7 @@ def test_plot_feature_maps_draws_the_input_and_every_channel():
     assert sum(bool(ax.images) for ax in axes) == 1 + 8 + 16
     assert figure.get_size_inches()[0] * 96 == pytest.approx(760)  # CSS pixels
     titles = [ax.get_title(loc="left") for ax in axes if ax.get_title(loc="left")]
-    assert titles == ["input", "a: 8 channels, 8×8", "b: 16 channels, 4×4"]
+    assert titles == ["x", "a: 8 × 8×8", "b: 16 × 4×4"]
     plt.close(figure)
 
 
@@ -300,7 +300,7 @@ def test_svg_figure_is_inline_named_sharp_and_the_same_each_time():
     assert re.search(r'width="570(\.\d+)?pt"', svg)  # 760 CSS px = 570 pt
     images = re.findall(r"<image [^>]*>", svg)
     assert len(images) == 3 and all("image-rendering:pixelated" in tag for tag in images)
-    assert "<text" in svg and ">input<" in svg  # text stays text
+    assert "<text" in svg and ">a: 2 × 8×8<" in svg  # text stays text
     style = re.search(r"<style[^>]*>(.*?)</style>", svg, re.S).group(1)
     assert style.startswith('svg[aria-labelledby="maps-caption"] *{')  # not every element of the page
     assert svg_figure(draw(), labelled_by="maps-caption").data == svg  # reproducible

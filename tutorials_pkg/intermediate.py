@@ -16,6 +16,7 @@ module (``_orig_mod``), under the original module's names.
 
 import inspect
 import io
+import re
 import traceback
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -353,15 +354,15 @@ def plot_feature_maps(image: Tensor, maps: dict[str, Tensor], columns: int = 8,
     for ax in axes.flat:
         ax.axis("off")
     axes[0, 0].imshow(image[0].detach().cpu().numpy(), cmap="gray_r", interpolation="none")
-    axes[0, 0].set_title("input", fontsize=11, loc="left")
+    axes[0, 0].set_title("x", fontsize=11, loc="left")  # labels in no language: code names, sizes
     row = 1
     for name, channels in maps.items():
         for index, channel in enumerate(channels.detach().cpu()):
             ax = axes[row + index // columns, index % columns]
             ax.imshow(channel.numpy(), cmap="viridis", interpolation="none")
         height, width_maps = channels.shape[1:]
-        axes[row, 0].set_title(f"{name}: {len(channels)} channels, {height}×{width_maps}",
-                               fontsize=11, loc="left")
+        axes[row, 0].set_title(f"{name}: {len(channels)} × {height}×{width_maps}", fontsize=11,
+                               loc="left")
         row += -(-len(channels) // columns)
     figure.tight_layout()
     return figure
@@ -381,6 +382,7 @@ def svg_figure(figure, labelled_by: str):
     plt.close(figure)
     svg = buffer.getvalue()
     svg = svg[svg.index("<svg"):]  # no XML prolog inside an HTML page
+    svg = re.sub(r"\s*<metadata>.*?</metadata>", "", svg, count=1, flags=re.S)
     this = f'svg[aria-labelledby="{labelled_by}"]'
     svg = svg.replace("*{", f"{this} *{{", 1)  # its style sheet would apply to the whole page
     return HTML(svg.replace("<svg ", f'<svg role="img" aria-labelledby="{labelled_by}" '

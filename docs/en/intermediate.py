@@ -355,12 +355,14 @@ by_fx(detector, images, ["backbone.body"])
 # before the module, with the same arguments. The common use: the input of
 # `fc` is the penultimate feature vector, after resnet's `torch.flatten`,
 # an operation no hook can see. `by_pre_hooks` records the first input of each
-# named module, copied, with the hooks removed in `finally`:
+# named module, copied, with the hooks removed in `finally`. `grads_by_hooks`,
+# the subject of the next section, is shown with it: the two share their
+# helpers.
 
 # %%
-from tutorials_pkg.intermediate import by_pre_hooks
+from tutorials_pkg.intermediate import by_pre_hooks, grads_by_hooks
 
-show_source(by_pre_hooks)
+show_source(by_pre_hooks, grads_by_hooks)
 
 # %%
 with torch.no_grad():
@@ -405,14 +407,9 @@ print("by_pre_hooks gets query:", tuple(tokens.shape))
 # output (what Grad-CAM needs at `layer4`). `grads_by_hooks` differentiates
 # `loss_fn(model(x))` with `torch.autograd.grad`, with respect to a copy of
 # `x`: unlike `loss.backward()`, that adds nothing to any parameter's
-# `.grad`, and gradients reach every layer even when the weights are frozen.
-
-# %%
-from tutorials_pkg.intermediate import grads_by_hooks
-
-show_source(grads_by_hooks)
-
-# %% [markdown]
+# `.grad`, and gradients reach every layer even when the weights are frozen
+# (its source is above, under `by_pre_hooks`).
+#
 # With the loss `logits[:, 0].sum()`, the gradient at `fc` must be 1 for class
 # 0 and 0 elsewhere; `layer4`'s is what Grad-CAM averages per channel:
 
@@ -603,7 +600,7 @@ figure = plot_feature_maps(x_test[0], {name: m[0] for name, m in maps.items()})
 svg_figure(figure, labelled_by="feature-maps-caption")
 
 # %% [markdown]
-# <p id="feature-maps-caption">Figure: one test digit (top left), then the 8
+# <p id="feature-maps-caption">Figure: one test digit, x (top left), then the 8
 # feature maps of relu1 (8×8 each) and the 16 feature maps of relu2 (4×4
 # each) that the trained CNN computes for it; each map has its own colour
 # scale, brighter meaning a larger activation.</p>

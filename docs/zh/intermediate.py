@@ -263,12 +263,12 @@ by_fx(detector, images, ["backbone.body"])
 #
 # ### 某层的输入：`by_pre_hooks`
 #
-# 前向钩子也能拿到模块的输入，是由位置参数组成的元组，原教程为 `avgpool` 记录的就是它。*前向预钩子*（forward pre-hook，`register_forward_pre_hook`）在模块运行之前被调用，拿到同样的参数。最常见的用法：`fc` 的输入就是倒数第二层的特征向量，已经过 resnet 的 `torch.flatten`，而这个运算任何钩子都看不到。`by_pre_hooks` 记录每个指定模块的第一个输入（复制一份），钩子在 `finally` 里移除：
+# 前向钩子也能拿到模块的输入，是由位置参数组成的元组，原教程为 `avgpool` 记录的就是它。*前向预钩子*（forward pre-hook，`register_forward_pre_hook`）在模块运行之前被调用，拿到同样的参数。最常见的用法：`fc` 的输入就是倒数第二层的特征向量，已经过 resnet 的 `torch.flatten`，而这个运算任何钩子都看不到。`by_pre_hooks` 记录每个指定模块的第一个输入（复制一份），钩子在 `finally` 里移除。下一节要讲的 `grads_by_hooks` 和它共用辅助函数，所以放在一起展示。
 
 # %%
-from tutorials_pkg.intermediate import by_pre_hooks
+from tutorials_pkg.intermediate import by_pre_hooks, grads_by_hooks
 
-show_source(by_pre_hooks)
+show_source(by_pre_hooks, grads_by_hooks)
 
 # %%
 with torch.no_grad():
@@ -303,14 +303,8 @@ print("by_pre_hooks gets query:", tuple(tokens.shape))
 # %% [markdown]
 # ### 某层的梯度：`grads_by_hooks`
 #
-# `register_full_backward_hook` 让模块在反向传播时调用 `hook(module, grad_input, grad_output)`：`grad_output[0]` 是损失对模块输出的梯度（Grad-CAM 在 `layer4` 上要的就是它）。`grads_by_hooks` 用 `torch.autograd.grad` 对 `x` 的副本求 `loss_fn(model(x))` 的梯度：与 `loss.backward()` 不同，它不往任何参数的 `.grad` 里累加，权重冻结时梯度也照样传到每一层。
-
-# %%
-from tutorials_pkg.intermediate import grads_by_hooks
-
-show_source(grads_by_hooks)
-
-# %% [markdown]
+# `register_full_backward_hook` 让模块在反向传播时调用 `hook(module, grad_input, grad_output)`：`grad_output[0]` 是损失对模块输出的梯度（Grad-CAM 在 `layer4` 上要的就是它）。`grads_by_hooks` 用 `torch.autograd.grad` 对 `x` 的副本求 `loss_fn(model(x))` 的梯度：与 `loss.backward()` 不同，它不往任何参数的 `.grad` 里累加，权重冻结时梯度也照样传到每一层（源码见上文 `by_pre_hooks` 处）。
+#
 # 损失取 `logits[:, 0].sum()` 时，`fc` 处的梯度必然在类别 0 上为 1、其余为 0；`layer4` 处的梯度就是 Grad-CAM 按通道求平均的那个：
 
 # %%
@@ -454,7 +448,7 @@ figure = plot_feature_maps(x_test[0], {name: m[0] for name, m in maps.items()})
 svg_figure(figure, labelled_by="feature-maps-caption")
 
 # %% [markdown]
-# <p id="feature-maps-caption">图：一张测试数字（左上），以及训练好的 CNN 为它算出的 relu1 的 8 张特征图（每张 8×8）和 relu2 的 16 张特征图（每张 4×4）；每张图各用自己的色标，越亮表示激活值越大。</p>
+# <p id="feature-maps-caption">图：一张测试数字 x（左上），以及训练好的 CNN 为它算出的 relu1 的 8 张特征图（每张 8×8）和 relu2 的 16 张特征图（每张 4×4）；每张图各用自己的色标，越亮表示激活值越大。</p>
 #
 # ## 实践中常见的错误
 #
