@@ -150,10 +150,10 @@ def test_config_loop_and_flat_versions_are_the_same_network():
     assert repr(loop.features) == repr(flat.features)
     assert ({k: v.shape for k, v in loop.state_dict().items()}
             == {k: v.shape for k, v in flat.state_dict().items()})
-    flat.load_state_dict(loop.state_dict(), strict=True)
     x = torch.randn(2, 3, 64, 64)
+    assert_same_network(loop, flat, x)  # every layer's output, not only the (vanishing) last
     with torch.no_grad():
-        assert torch.equal(loop(x), flat(x))
+        assert torch.equal(loop.features(x), flat.features(x))
 
 
 def test_mobilenet_v1_refuses_a_non_positive_width():
@@ -271,10 +271,13 @@ def test_mobilenet_v2_state_dict_matches_torchvision_both_ways():
             == {k: v.shape for k, v in theirs.state_dict().items()})
     theirs.load_state_dict(ours.state_dict(), strict=True)
     x = torch.randn(2, 3, 96, 96)
-    with torch.no_grad():
-        assert torch.allclose(ours(x), theirs(x), atol=1e-6)
+    with torch.no_grad():  # the features too: a fresh model's output is about its bias
+        assert torch.equal(ours.features(x), theirs.features(x)) and torch.equal(ours(x), theirs(x))
     ours = MobileNetV2().eval()
-    ours.load_state_dict(torchvision.models.mobilenet_v2(weights=None).state_dict(), strict=True)
+    other = torchvision.models.mobilenet_v2(weights=None).eval()
+    ours.load_state_dict(other.state_dict(), strict=True)
+    with torch.no_grad():
+        assert torch.equal(ours.features(x), other.features(x))
 
 
 def test_mobilenet_v2_parameters_and_macs_match_the_references():
@@ -317,6 +320,7 @@ def test_mobilenets_run_on_device_and_match_torchvision(device):
     theirs = torchvision.models.mobilenet_v2(weights=None).eval().to(device)
     theirs.load_state_dict(ours.state_dict())
     x = torch.randn(2, 3, 64, 64, device=device)
-    with torch.no_grad():
+    with torch.no_grad():  # relative: the features of a fresh model are tiny
+        assert torch.allclose(ours.features(x), theirs.features(x), rtol=1e-3, atol=0)
         assert torch.allclose(ours(x), theirs(x), atol=1e-5)
         assert MobileNetV1().eval().to(device)(x).device.type == device.type
