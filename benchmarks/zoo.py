@@ -51,7 +51,7 @@ def family_of(name: str) -> str:
 
 
 def build(name: str) -> nn.Module:
-    """``name`` from torchvision's registry with random weights, nothing downloaded, in eval mode."""
+    """Model ``name`` from torchvision's registry: random weights, nothing downloaded, eval mode."""
     family, kwargs = family_of(name), {"weights": None}
     if family in ("detection", "segmentation"):
         kwargs["weights_backbone"] = None

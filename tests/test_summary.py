@@ -220,7 +220,7 @@ def test_bad_input_data_is_named(data, got):
 
 
 class Detector(nn.Module):
-    """Takes a list of images (3-D tensors) as one argument, as torchvision's detection models do."""
+    """One argument, a list of images (3-D tensors), as torchvision's detection models take."""
 
     def __init__(self):
         super().__init__()

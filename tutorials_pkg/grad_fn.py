@@ -99,11 +99,8 @@ class Trace:
 def trace_grad_fn(model: nn.Module, x, types=GRAD_FN_TYPES) -> Trace:
     """Run ``model`` on a copy of ``x``; map the output node of each ``types`` layer to the layer.
 
-    ``x`` is what the model takes: a tensor, a list or dict of tensors (one
-    argument: ``model(x)``), or a tuple of positional arguments
-    (``model(*x)``). Each floating-point tensor in it becomes a leaf that
-    requires grad, and the model gets a copy of that leaf, which it may change
-    in place.
+    Each floating-point tensor of ``x`` is copied to a leaf that requires grad
+    (``Trace.input``, where the walk ends); the model gets a copy of that leaf.
     """
     check_autograd_is_on()
     model = uncompiled(model)
@@ -162,11 +159,10 @@ class _Box:
 
 
 class SavedTensors:
-    """What autograd saves for backward inside ``with SavedTensors() as saved:``, and how much stays.
+    """What autograd saves for backward in ``with SavedTensors() as saved:``, and what stays held.
 
-    Uses ``torch.autograd.graph.saved_tensors_hooks``: each saved tensor is
-    kept in a small box, and a weak reference to the box says whether the
-    graph still holds it.
+    Each saved tensor goes into a small box; a weak reference to the box says
+    whether a graph still holds it.
     """
 
     def __init__(self):
@@ -481,11 +477,7 @@ def grad_fn_modules_without_checks(model: nn.Module, x: torch.Tensor, types=GRAD
 
 def grad_fn_modules_keeping_only_the_last_hook(model: nn.Module, x: torch.Tensor,
                                                types=GRAD_FN_TYPES) -> dict:
-    """Wrong: ``hooks = [register_forward_hook(...)]`` inside the loop keeps the last handle only.
-
-    Every other hook stays on its module after the call and records every
-    later forward pass into the returned dict, which keeps each pass's graph.
-    """
+    """Wrong: ``hooks = [m.register_forward_hook(...)]`` re-bound in a loop keeps the last handle."""
     nodes = {}
 
     def record(module, args, output):

@@ -19,11 +19,7 @@ __all__ = ["Summary", "SummaryRow", "eval_mode", "input_problem", "make_inputs",
 
 @contextmanager
 def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put every module in eval mode for the block, then give each its own mode back.
-
-    Restoring module by module (not ``model.train()``) keeps a BatchNorm that
-    you froze in eval mode inside a training model frozen.
-    """
+    """Put every module in eval mode for the block, then give each its own mode back."""
     modes = [(module, module.training) for module in model.modules()]
     model.eval()
     try:
@@ -34,11 +30,7 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
 
 
 def uncompiled(model: nn.Module) -> nn.Module:
-    """The module ``torch.compile`` wrapped (its ``_orig_mod``), or ``model`` itself.
-
-    Hooks added after a compiled model has run do not fire where its compiled
-    code is reused, so the tools of these pages run the original module.
-    """
+    """The module ``torch.compile`` wrapped (``_orig_mod``), or ``model``; refuses compiled submodules."""
     while isinstance(getattr(model, "_orig_mod", None), nn.Module):
         model = model._orig_mod
     compiled = [name for name, m in model.named_modules()
@@ -64,7 +56,8 @@ def shape_of(value):
 def call_shape(args: tuple, kwargs: dict):
     """The shapes of one call's inputs: one argument's shape, or a list; keywords as a dict."""
     shapes = [shape_of(arg) for arg in args]
-    keywords = {key: shape for key, value in kwargs.items() if (shape := shape_of(value)) is not None}
+    keywords = {key: shape for key, value in kwargs.items()
+                if (shape := shape_of(value)) is not None}
     if not keywords:
         return shapes[0] if len(shapes) == 1 else shapes
     return [*shapes, keywords] if shapes else keywords
@@ -140,7 +133,7 @@ class Summary:
         return self.input_bytes + self.output_bytes + self.param_bytes + self.buffer_bytes
 
     def table(self, max_depth: int | None = None) -> str:
-        """The table, down to ``max_depth`` (a row then counts the parameters of the rows it hides)."""
+        """The table down to ``max_depth``; a row then counts the parameters of the rows it hides."""
         if max_depth is not None and (not isinstance(max_depth, int) or max_depth < 0):
             raise ValueError(f"max_depth must be None or an int >= 0, got {max_depth!r}")
         header = ("Layer (type)", "Input shape", "Output shape", "Param #", "Notes")
