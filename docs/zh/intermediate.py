@@ -303,7 +303,7 @@ print("by_pre_hooks gets query:", tuple(tokens.shape))
 # %% [markdown]
 # ### 某层的梯度：`grads_by_hooks`
 #
-# `register_full_backward_hook` 让模块在反向传播时调用 `hook(module, grad_input, grad_output)`：`grad_output[0]` 是损失对模块输出的梯度（Grad-CAM 在 `layer4` 上要的就是它）。`grads_by_hooks` 用 `torch.autograd.grad` 对 `x` 的副本求 `loss_fn(model(x))` 的梯度：与 `loss.backward()` 不同，它不往任何参数的 `.grad` 里累加，权重冻结时梯度也照样传到每一层（源码见上文 `by_pre_hooks` 处）。
+# `register_full_backward_hook`（完整反向钩子，full backward hook）让模块在反向传播时调用 `hook(module, grad_input, grad_output)`：`grad_output[0]` 是损失对模块输出的梯度（Grad-CAM 在 `layer4` 上要的就是它）。`grads_by_hooks` 用 `torch.autograd.grad` 对 `x` 的副本求 `loss_fn(model(x))` 的梯度：与 `loss.backward()` 不同，它不往任何参数的 `.grad` 里累加，权重冻结时梯度也照样传到每一层（源码见上文 `by_pre_hooks` 处）。
 #
 # 损失取 `logits[:, 0].sum()` 时，`fc` 处的梯度必然在类别 0 上为 1、其余为 0；`layer4` 处的梯度就是 Grad-CAM 按通道求平均的那个：
 
