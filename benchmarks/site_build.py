@@ -16,11 +16,12 @@ Prints:
   to show a prose edit;
 - the largest and median tutorial page.
 
-    python -m benchmarks.site_build
+    python -m benchmarks.site_build [--keep DIR]
 
 Everything runs on a copy of the site in a temporary directory (pages, hooks,
-tutorials_pkg), so the repository and its .cache are left alone. It executes
-every page three times (L, the cold build, the first serve): minutes.
+tutorials_pkg), so the repository and its .cache are left alone; ``--keep DIR``
+keeps that copy (with its cache) in DIR. It executes every page three times (L,
+the cold build, the first serve): minutes.
 """
 
 import os
@@ -134,6 +135,7 @@ def wait_for(condition, timeout: float) -> float:
 
 
 def main() -> None:
+    keep = Path(sys.argv[sys.argv.index("--keep") + 1]) if "--keep" in sys.argv else None
     lines = []
 
     def report(text: str) -> None:
@@ -144,7 +146,9 @@ def main() -> None:
     report(f"L: every page executed once, 1 process, 1 language: {one_process:7.1f} s")
 
     with tempfile.TemporaryDirectory(prefix="site-build-") as tmp:
-        site = Path(tmp) / "copy"
+        site = keep or Path(tmp) / "copy"
+        if site.exists():
+            sys.exit(f"{site} exists: --keep needs a new directory")
         copy_site(site)
         cold, ran = build(site)
         report(f"cold build, cache empty, both languages:   {cold:7.1f} s   "

@@ -166,8 +166,8 @@ def on_config(config):
     state = build_state(config)
     try:
         if state.outcome is None:
-            pages = execution.read_pages(docs_dir, languages,
-                                         tutorial_page_ids(docs_dir, languages[0]))
+            page_ids = sorted(set().union(*(tutorial_page_ids(docs_dir, l) for l in languages)))
+            pages = execution.read_pages(docs_dir, languages, page_ids)
             state.outcome = execution.execute_pages(
                 pages, root, root / ".cache" / "handbook" / "executed" if caching else None)
             log.info("Pages executed: %s; from cache: %s (%.1f s)",

@@ -183,6 +183,11 @@ def read_pages(docs_dir: Path, languages, page_ids) -> list[Page]:
     pages, errors = [], []
     for page_id in page_ids:
         sources = {language: docs_dir / language / page_id for language in languages}
+        missing = [str(path) for path in sources.values() if not path.is_file()]
+        if missing:
+            errors.append(f"{page_id}: missing {', '.join(missing)}; every page exists in "
+                          f"every language ({', '.join(languages)}), at the same path")
+            continue
         notebooks = {language: read_notebook(path) for language, path in sources.items()}
         first, *others = languages
         reference = [cell.source for _, cell in code_cells(notebooks[first])]

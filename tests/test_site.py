@@ -295,12 +295,15 @@ def test_a_version_in_the_key_reexecutes_the_pages(site_copy, tmp_path):
 
 
 def test_a_prose_edit_reexecutes_nothing_and_shows_the_new_prose(site_copy):
-    page = site_copy / "docs" / "en" / "definition.py"
-    page.write_text(page.read_text(encoding="utf-8").replace(
-        "# # definition (en)", "# # definition (en)\n#\n# A new sentence."), encoding="utf-8")
+    for language in LANGUAGES:
+        page = site_copy / "docs" / language / "definition.py"
+        page.write_text(page.read_text(encoding="utf-8").replace(
+            f"# # definition ({language})", f"# # definition ({language})\n#\n# New {language} prose."),
+            encoding="utf-8")
     assert cache_build(site_copy) == ([], ["blocks.py", "definition.py", "summary.py"])
-    assert "A new sentence." in shown(site_copy, "en", "definition")
-    assert "probe: first" in shown(site_copy, "en", "definition")
+    for language in LANGUAGES:
+        assert f"New {language} prose." in shown(site_copy, language, "definition")
+        assert "probe: first" in shown(site_copy, language, "definition")
 
 
 # --- size, links, anchors ---------------------------------------------------------------
