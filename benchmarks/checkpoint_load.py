@@ -11,9 +11,9 @@ the floor:
 - meta device + ``torch.load(mmap=True)`` + ``load_state_dict(assign=True)``,
   as it returns (lazy: nothing read yet) and with one byte of every page
   touched (a complete load); with ``MAP_SHARED`` instead of the default
-  ``MAP_PRIVATE`` (``torch.serialization.set_default_mmap_options``); after
-  ``posix_fadvise(WILLNEED)`` over the file; and ``load_on_meta``, which first
-  warms the page cache with one sequential read (``warm_page_cache``);
+  ``MAP_PRIVATE`` (``torch.serialization.set_default_mmap_options``); and
+  ``load_on_meta``, which first warms the page cache with one sequential read
+  (``warm_page_cache``);
 - safetensors: ``load_file`` + ``load_state_dict(assign=True)`` into a meta
   model, lazy, touched, and after ``warm_page_cache``.
 
@@ -23,6 +23,10 @@ checks with ``mincore`` that the drop worked. Then the save times: plain
 ``torch.save``, ``torch.save`` + fsync, and the atomic ``save_checkpoint``.
 Where CUDA is present, a third table loads onto the GPU. The temporary files
 are removed at the end.
+
+Not in the tables: ``posix_fadvise(WILLNEED)`` chunk by chunk before mapping
+(Linux reads at most the readahead window per call). Tried on Linux 6.18 it
+was 1.7-2.5x the floor cold, and it slowed the loads timed after it.
 
     python -m benchmarks.checkpoint_load [--size-mb 256] [--repeats 5] [--cold]
 """
@@ -89,16 +93,6 @@ def resident_fraction(path: Path) -> float | None:
         os.close(fd)
 
 
-def fadvise_willneed(path: Path, chunk: int = 8 << 20) -> None:
-    """Ask the kernel to read the file ahead (Linux reads at most the readahead size per call)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        for offset in range(0, os.fstat(fd).st_size, chunk):
-            os.posix_fadvise(fd, offset, chunk, os.POSIX_FADV_WILLNEED)
-    finally:
-        os.close(fd)
-
-
 def load_recipes(checkpoint: Path, tensors: Path, layers: int, buffer: bytearray,
                  width: int = WIDTH) -> dict:
     def usual():
@@ -106,9 +100,8 @@ def load_recipes(checkpoint: Path, tensors: Path, layers: int, buffer: bytearray
         model.load_state_dict(torch.load(checkpoint, weights_only=True)["model"])
         return model
 
-    def mapped(warm=False, prepare=lambda: None, touch=True):
+    def mapped(warm=False, touch=True):
         def run():
-            prepare()
             model = load_on_meta(checkpoint, lambda: build(layers, width), warm=warm)
             if touch:
                 touch_every_page(model)
@@ -138,7 +131,6 @@ def load_recipes(checkpoint: Path, tensors: Path, layers: int, buffer: bytearray
         "meta + mmap + assign (lazy, as returned)": mapped(touch=False),
         "meta + mmap + assign, every page touched": mapped(),
         "  the same with MAP_SHARED": mapped_shared,
-        "  the same after fadvise(WILLNEED)": mapped(prepare=lambda: fadvise_willneed(checkpoint)),
         "load_on_meta (warm_page_cache first), touched": mapped(warm=True),
         "safetensors + assign (lazy, as returned)": safetensors(touch=False),
         "safetensors + assign, every page touched": safetensors(),

@@ -823,37 +823,38 @@ def test_saved_on_cpu_loaded_on_the_device(tmp_path, device):
     assert torch.allclose(fresh.eval()(x.to(device)).cpu(), model(x), atol=1e-6)
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
-def test_every_gpu_recipe_of_the_load_benchmark_gives_the_saved_weights(tmp_path):
+@pytest.fixture
+def benchmark_files(tmp_path):
+    """A small model saved as the load benchmark saves its large one: (model, .pt path, .safetensors path)."""
     from safetensors.torch import save_file
 
-    from benchmarks.checkpoint_load import build, cuda_load_recipes
+    from benchmarks.checkpoint_load import build
 
     torch.manual_seed(0)
     model = build(2, width=64)
     checkpoint, tensors = tmp_path / "m.pt", tmp_path / "m.safetensors"
     save_checkpoint(checkpoint, model)
     save_file(model.state_dict(), str(tensors))
-    device = torch.device("cuda")
-    for name, recipe in cuda_load_recipes(checkpoint, tensors, 2, device, width=64).items():
+    return model, checkpoint, tensors
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
+def test_every_gpu_recipe_of_the_load_benchmark_gives_the_saved_weights(benchmark_files):
+    from benchmarks.checkpoint_load import cuda_load_recipes
+
+    model, checkpoint, tensors = benchmark_files
+    for name, recipe in cuda_load_recipes(checkpoint, tensors, 2, torch.device("cuda"), width=64).items():
         loaded = recipe()
         assert all(t.device.type == "cuda" for t in loaded.parameters()), name
         assert same_weights(loaded.cpu(), model), name
 
 
-def test_every_cpu_recipe_of_the_load_benchmark_gives_the_saved_weights(tmp_path):
-    from safetensors.torch import save_file
+def test_every_cpu_recipe_of_the_load_benchmark_gives_the_saved_weights(benchmark_files):
+    from benchmarks.checkpoint_load import FLOOR, load_recipes
 
-    from benchmarks.checkpoint_load import FLOOR, build, load_recipes
-
-    torch.manual_seed(0)
-    model = build(2, width=64)
-    checkpoint, tensors = tmp_path / "m.pt", tmp_path / "m.safetensors"
-    save_checkpoint(checkpoint, model)
-    save_file(model.state_dict(), str(tensors))
-    buffer = bytearray(checkpoint.stat().st_size)
-    recipes = load_recipes(checkpoint, tensors, 2, buffer, width=64)
+    model, checkpoint, tensors = benchmark_files
+    recipes = load_recipes(checkpoint, tensors, 2, bytearray(checkpoint.stat().st_size), width=64)
     assert recipes.pop(FLOOR)() == checkpoint.stat().st_size
     assert "model" in recipes.pop("torch.load only")()
     for name, recipe in recipes.items():

@@ -60,9 +60,7 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module,
 def save_atomically(obj: object, path: str | os.PathLike, weights_only: bool = False) -> None:
     """``torch.save(obj, path)`` so that ``path`` is either the old file or the complete new one.
 
-    Through a symbolic link it replaces the file the link points to, keeping that
-    file's permissions. ``weights_only=True`` reads the new file back with
-    ``torch.load(weights_only=True)`` before it replaces the old one.
+    ``weights_only=True``: only if ``torch.load(weights_only=True)`` can read it back.
     """
     target = Path(os.path.realpath(path))
     _remove_leftovers(target)
@@ -173,10 +171,7 @@ class TruncatedCheckpointError(ValueError):
 def load_checkpoint(path: str | os.PathLike, model: nn.Module,
                     optimizer: torch.optim.Optimizer | None = None,
                     map_location: str | torch.device | None = "cpu", strict: bool = True) -> dict:
-    """Load a checkpoint into ``model`` (and ``optimizer``); return the rest of it (epoch, ...).
-
-    With ``strict=False`` a warning lists the keys that were not loaded.
-    """
+    """Load a checkpoint into ``model`` (and ``optimizer``); return the rest of it (epoch, ...)."""
     checkpoint = _read(path, map_location=map_location)
     state_dict = _model_state(checkpoint, path)
     if optimizer is not None:
@@ -335,11 +330,7 @@ def copy_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def convert_to_state_dicts(path: str | os.PathLike, new_path: str | os.PathLike,
                            allowed: Iterable[type | Callable]) -> list[str]:
-    """Rewrite a file of pickled modules as a checkpoint of their ``state_dict``s; return those keys.
-
-    Loads ``path`` only if every global it needs is in ``allowed``: for a file from a
-    source you trust, once.
-    """
+    """Rewrite a file of pickled modules as a checkpoint of their ``state_dict``s; return those keys."""
     allowed = list(allowed)
     names = {f"{item.__module__}.{item.__qualname__}" for item in allowed}
     needed = torch.serialization.get_unsafe_globals_in_checkpoint(path)

@@ -348,7 +348,8 @@ print(load_checkpoint("ckpt.pt", digits_classifier()))
 # many parameter groups of as many parameters as the saved state. A file with
 # no model weights in it (a dictionary of metrics, say) is refused, also with
 # `strict=False`, and with `strict=False` a warning lists the keys that were
-# not loaded.
+# not loaded. Entries that are not tensors, such as the state a module returns
+# from `get_extra_state`, load like the rest.
 #
 # It also removes a wrapper's prefix. `nn.DataParallel` and
 # `DistributedDataParallel` keep the model as `self.module`, so every key of
@@ -770,11 +771,13 @@ for name, w, c in zip(loads, warm, cold):
 
 # %% [markdown]
 # `benchmarks/checkpoint_load.py --cold` measures the same on a 269 MB file,
-# with more ways that do not close the gap:
+# with safetensors and with `MAP_SHARED` beside them. Two settings one might
+# reach for instead do not read the file ahead:
 # `torch.serialization.set_default_mmap_options` takes only `MAP_PRIVATE`
 # (the default) or `MAP_SHARED`, so it cannot ask for the whole mapping to be
-# read at once (`MAP_POPULATE`), and `os.posix_fadvise(..., POSIX_FADV_WILLNEED)`
-# reads at most the kernel's readahead window per call on Linux.
+# read at once (`MAP_POPULATE`); and on Linux
+# `os.posix_fadvise(..., POSIX_FADV_WILLNEED)` reads at most the device's
+# readahead window per call, not the whole file.
 
 # %%
 import mmap

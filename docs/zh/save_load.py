@@ -261,7 +261,7 @@ print(load_checkpoint("ckpt.pt", digits_classifier()))
 # %% [markdown]
 # ## 读取检查点：`load_checkpoint`
 #
-# `load_checkpoint` 用 `weights_only=True` 读取，把权重装进模型、把状态装进优化器，并返回保存的其他所有内容（epoch、损失、设置）。它先检查一切，再改动任何东西：权重的键和形状，以及优化器的参数组个数、每组参数个数是否与保存的状态一致。不含模型权重的文件（比如一个指标字典）会被拒绝，`strict=False` 时也一样；而在 `strict=False` 时，会有一条警告列出没有加载的键。
+# `load_checkpoint` 用 `weights_only=True` 读取，把权重装进模型、把状态装进优化器，并返回保存的其他所有内容（epoch、损失、设置）。它先检查一切，再改动任何东西：权重的键和形状，以及优化器的参数组个数、每组参数个数是否与保存的状态一致。不含模型权重的文件（比如一个指标字典）会被拒绝，`strict=False` 时也一样；而在 `strict=False` 时，会有一条警告列出没有加载的键。不是张量的项，比如模块的 `get_extra_state` 返回的状态，也和其他项一样正常读取。
 #
 # 它还会去掉包装带来的前缀。`nn.DataParallel` 和 `DistributedDataParallel` 把模型存为 `self.module`，所以它们 `state_dict` 的每个键都以 `module.` 开头；`torch.compile` 之后的模型则把它存为 `_orig_mod`。前缀用 torch 自己的 `torch.nn.modules.utils.consume_prefix_in_state_dict_if_present` 去掉，它只看键的开头：模型里真的叫 `module` 的层（`encoder.module.weight`）会保留自己的名字。模型这一侧也以同样方式解包，所以无论检查点是怎样保存的，都能对得上。
 
@@ -598,7 +598,7 @@ for name, w, c in zip(loads, warm, cold):
     print(f"{name:32} {w:8.3f} {w / warm[0]:8.2f} {c:8.3f} {c / cold[0]:8.2f}")
 
 # %% [markdown]
-# `benchmarks/checkpoint_load.py --cold` 在一个 269 MB 的文件上做同样的测量，还试了几种不能弥补差距的办法：`torch.serialization.set_default_mmap_options` 只接受 `MAP_PRIVATE`（默认值）或 `MAP_SHARED`，所以没法要求一次读入整个映射（`MAP_POPULATE`）；而在 Linux 上，`os.posix_fadvise(..., POSIX_FADV_WILLNEED)` 每次调用最多只预读内核的预读窗口那么多。
+# `benchmarks/checkpoint_load.py --cold` 在一个 269 MB 的文件上做同样的测量，并列出 safetensors 和 `MAP_SHARED` 的结果。另外两个容易想到的设置并不会预读文件：`torch.serialization.set_default_mmap_options` 只接受 `MAP_PRIVATE`（默认值）或 `MAP_SHARED`，所以没法要求一次读入整个映射（`MAP_POPULATE`）；而在 Linux 上，`os.posix_fadvise(..., POSIX_FADV_WILLNEED)` 每次调用最多只预读设备的预读窗口那么多，而不是整个文件。
 
 # %%
 import mmap
