@@ -156,7 +156,7 @@ def cuda_load_recipes(checkpoint: Path, tensors: Path, layers: int, device: torc
         state = {key: value.pin_memory().to(device, non_blocking=True)
                  for key, value in model.state_dict().items()}
         on_device.load_state_dict(state, assign=True)
-        torch.cuda.synchronize(device)  # pinned buffers must outlive the copies
+        torch.cuda.synchronize(device)  # the copies are asynchronous: wait for them
         return on_device
 
     def safetensors_on_device():

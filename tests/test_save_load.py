@@ -275,7 +275,8 @@ def test_the_next_save_keeps_the_temporary_file_of_a_save_still_running(tmp_path
     (pathlib.Path("data/train"), "pathlib.PosixPath" if os.name == "posix" else "pathlib.WindowsPath",
      "str(path)"),
     (argparse.Namespace(lr=0.1), "argparse.Namespace", "vars(args)"),
-], ids=["numpy-scalar", "numpy-array", "path", "namespace"])
+    (slice(1, 2), "builtins.slice", "numbers, strings, tensors, or lists and dicts of them"),
+], ids=["numpy-scalar", "numpy-array", "path", "namespace", "other"])
 def test_meta_the_loader_would_refuse_is_refused_at_save_time(tmp_path, value, kind, instead):
     path = tmp_path / "ckpt.pt"
     save_checkpoint(path, digits_classifier(), epoch=1)
@@ -371,7 +372,7 @@ def test_an_old_whole_model_file_converts_to_state_dicts_once(tmp_path, wrap):
 def test_conversion_refuses_a_file_that_needs_more_than_allowed(tmp_path):
     old = tmp_path / "best.pt"
     torch.save({"model": digits_classifier(), "note": Payload(str(tmp_path / "ran"))}, old)
-    with pytest.raises(pickle.UnpicklingError, match=r"needs \['builtins.getattr'|needs \[.*os.makedirs"):
+    with pytest.raises(pickle.UnpicklingError, match=r"needs \['os.makedirs'\], which are not in allowed"):
         convert_to_state_dicts(old, tmp_path / "new.pt", ALLOWED)
     assert not (tmp_path / "ran").exists() and not (tmp_path / "new.pt").exists()
     torch.save(digits_classifier(), old)  # a bare pickled model is converted too
@@ -786,9 +787,7 @@ def test_cuda_visible_devices_works_only_spelt_right_and_before_cuda_starts(when
     env = {key: value for key, value in os.environ.items() if key != "CUDA_VISIBLE_DEVICES"}
     result = subprocess.run([sys.executable, "-c", COUNT_DEVICES, when, name], env=env,
                             capture_output=True, text=True, check=True)
-    count = int(result.stdout)
-    assert (count == 0) == hidden, result.stdout
-    assert count in (0, torch.cuda.device_count())
+    assert (int(result.stdout) == 0) == hidden, result.stdout
 
 
 # --- devices ------------------------------------------------------------------
