@@ -513,7 +513,7 @@ show_source(cpu_peak_memory_bytes)
 # one; `x forward` divides by the plain forward pass. The `assert` checks the
 # memory count against a known answer: two 4 MiB tensors and their sum.
 
-# %%
+# %% tags=["measured"]
 from torchvision.models import resnet50
 from tutorials_pkg.measure import median_seconds, peak_memory_bytes
 from tutorials_pkg.runtime import default_device

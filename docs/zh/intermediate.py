@@ -380,7 +380,7 @@ show_source(cpu_peak_memory_bytes)
 # %% [markdown]
 # resnet18 和 resnet50 的 `layer2` 与 `layer4`，输入一张 224×224 的图（批大小 1，让页面快些；`benchmarks/features_extraction.py` 用批大小 8）。时间是构建本页的机器上的耗时，共享机器上有噪声；`x forward` 是相对普通前向传播的倍数。其中的 `assert` 用已知答案检验内存统计：两个 4 MiB 张量加上它们的和。
 
-# %%
+# %% tags=["measured"]
 from torchvision.models import resnet50
 from tutorials_pkg.measure import median_seconds, peak_memory_bytes
 from tutorials_pkg.runtime import default_device
