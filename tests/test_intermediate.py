@@ -643,3 +643,26 @@ def test_grads_reach_every_layer_of_a_frozen_model():
     hidden = model[0](x)
     torch.testing.assert_close(grads["0"], (1 - torch.tanh(hidden) ** 2) * model[2].weight.sum(0))
     assert not x.requires_grad and x.grad is None  # the caller's x is left alone
+
+
+class PairInput(nn.Module):
+    """Two positional arguments, as an optical-flow model takes two images."""
+
+    def __init__(self):
+        super().__init__()
+        self.left, self.right = nn.Linear(3, 2), nn.Linear(3, 2)
+
+    def forward(self, a, b):
+        return self.left(a) + self.right(b)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("fn", [by_hooks, by_pre_hooks, by_fx])
+def test_a_tuple_is_the_models_positional_arguments(fn):
+    torch.manual_seed(0)
+    model, a, b = PairInput(), torch.randn(4, 3), torch.randn(4, 3)
+    got = fn(model, (a, b), ["left", "right"])
+    if fn is by_pre_hooks:
+        assert torch.equal(got["left"], a) and torch.equal(got["right"], b)
+    else:
+        assert torch.equal(got["left"], model.left(a)) and torch.equal(got["right"], model.right(b))

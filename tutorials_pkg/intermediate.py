@@ -61,7 +61,8 @@ def _modules_named(model: nn.Module, names: list[str], method: str) -> dict[str,
 
 
 _NEVER_CALLED = ("forward never called them for this input (a module kept only as an attribute, "
-                "or one behind a branch such as `if self.training:`)")
+                 "one behind a branch such as `if self.training:`, or one whose other methods "
+                 "forward calls instead of the module itself)")
 
 
 def _check_recorded(method: str, names: list[str], recorded: dict, what: str, why: str) -> None:
@@ -192,15 +193,17 @@ def by_fx(model: nn.Module, x: Tensor, names: Iterable[str], *, leaf_modules: Se
           concrete_args: dict[str, Any] | None = None) -> dict[str, Tensor]:
     """Trace the model with torch.fx and return the nodes ``names`` (see ``get_graph_node_names``)."""
     names = _name_list(names)
-    outputs = build_fx_extractor(model, names, leaf_modules=leaf_modules, concrete_args=concrete_args)(x)
+    extractor = build_fx_extractor(model, names, leaf_modules=leaf_modules, concrete_args=concrete_args)
+    outputs = extractor(*x) if isinstance(x, tuple) else extractor(x)  # a tuple: the arguments
     return {name: outputs[name] for name in names}  # the graph returns them in its own order
 
 
 def by_hooks(model: nn.Module, x: Any, names: Iterable[str]) -> dict[str, Any]:
     """Run the whole model and record the outputs of the modules ``names`` with forward hooks.
 
-    ``x`` is what the model takes (a list of images for a detector). A module
-    called twice in ``forward`` keeps its last output.
+    ``x`` is the model's argument (a tensor; a detector's list of images), or a
+    tuple of its positional arguments. A module called twice in ``forward``
+    keeps its last output.
     """
     model, names = _uncompiled(model), _name_list(names)
     modules = _modules_named(model, names, "by_hooks")
@@ -213,7 +216,7 @@ def by_hooks(model: nn.Module, x: Any, names: Iterable[str]) -> dict[str, Any]:
 
     handles = [module.register_forward_hook(keep_output(name)) for name, module in modules.items()]
     try:
-        model(x)
+        model(*x) if isinstance(x, tuple) else model(x)  # a tuple: the positional arguments
     finally:
         for handle in handles:
             handle.remove()
@@ -224,7 +227,7 @@ def by_hooks(model: nn.Module, x: Any, names: Iterable[str]) -> dict[str, Any]:
 def by_pre_hooks(model: nn.Module, x: Any, names: Iterable[str]) -> dict[str, Any]:
     """Run the whole model and record the first input of the modules ``names`` with forward pre-hooks.
 
-    A module called twice in ``forward`` keeps its last input.
+    ``x`` as for ``by_hooks``. A module called twice in ``forward`` keeps its last input.
     """
     model, names = _uncompiled(model), _name_list(names)
     modules = _modules_named(model, names, "by_pre_hooks")
@@ -242,7 +245,7 @@ def by_pre_hooks(model: nn.Module, x: Any, names: Iterable[str]) -> dict[str, An
     handles = [module.register_forward_pre_hook(keep_input(name), with_kwargs=True)
                for name, module in modules.items()]
     try:
-        model(x)
+        model(*x) if isinstance(x, tuple) else model(x)  # a tuple: the positional arguments
     finally:
         for handle in handles:
             handle.remove()
