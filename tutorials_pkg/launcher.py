@@ -1,13 +1,14 @@
 """Shared page code: a small cluster on one machine, for the distributed page and its tests.
 
-``run_on_ranks`` starts one process per rank, joined by a gloo process group
-on the CPU, always cleaned up, with every rank's result or error brought
-back. On a real cluster ``torchrun`` starts the processes instead.
+``run_on_ranks`` starts one process per rank, as ``torchrun`` does, with every
+rank's result or error brought back and nothing left running afterwards.
 Used by: distributed (importable from ``tutorials_pkg.distributed``).
 """
 
 import gc
+import io
 import os
+import signal
 import socket
 import sys
 import tempfile
@@ -21,6 +22,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 __all__ = ["RankFailedError", "RemoteTraceback", "run_on_ranks"]
+
+BACKENDS = ("gloo", "nccl", None)
 
 
 class RemoteTraceback(Exception):
@@ -46,9 +49,57 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+# --- in each rank's process ----------------------------------------------------------------
+
+def _loads_back(value) -> bool:
+    """Whether ``value`` survives ``torch.save`` and a ``weights_only`` ``torch.load``."""
+    try:
+        buffer = io.BytesIO()
+        torch.save(value, buffer)
+        buffer.seek(0)
+        torch.load(buffer, weights_only=True)
+        return True
+    except Exception:
+        return False
+
+
+def _first_unsendable(value, where: str = "result") -> str | None:
+    """The first thing in ``value`` that cannot come back, as ``result['a'] (numpy.ndarray)``."""
+    if _loads_back(value):
+        return None
+    if isinstance(value, (list, tuple, dict)):
+        for key, item in (value.items() if isinstance(value, dict) else enumerate(value)):
+            found = _first_unsendable(item, f"{where}[{key!r}]")
+            if found:
+                return found
+    return f"{where} ({type(value).__module__}.{type(value).__qualname__})"
+
+
+def _outcome_bytes(outcome: dict) -> bytes:
+    """``outcome`` as ``torch.save`` writes it, checked to load back with ``weights_only``."""
+    buffer = io.BytesIO()
+    try:
+        torch.save(outcome, buffer)
+        torch.load(io.BytesIO(buffer.getvalue()), weights_only=True)
+    except Exception:
+        where = _first_unsendable(outcome.get("result"))
+        raise TypeError(f"the result cannot come back to the caller: {where} is not a tensor, "
+                        "number, string, or list, tuple or dict of them (a numpy array: "
+                        "torch.from_numpy(array) or array.tolist())") from None
+    return buffer.getvalue()
+
+
+def _write_atomically(path: str, data: bytes) -> None:
+    """Write to a temporary name, then rename: a rank stopped while writing leaves no half file."""
+    temporary = f"{path}.partial"
+    with open(temporary, "wb") as file:
+        file.write(data)
+    os.replace(temporary, path)
+
+
 def run_rank(rank: int, world_size: int, port: int, folder: str, collective_timeout_s: float,
-             fn, args: tuple) -> None:
-    """What each process runs: join the gloo group, call ``fn(rank, world_size, *args)``,
+             backend: str | None, fn, args: tuple) -> None:
+    """What each process runs: join the group, call ``fn(rank, world_size, *args)``,
     leave the group, and write ``{"result": ...}`` or ``{"error": ..., "traceback": ...}``
     to ``folder/rank<N>.pt``.
 
@@ -59,25 +110,40 @@ def run_rank(rank: int, world_size: int, port: int, folder: str, collective_time
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size))
     try:
-        dist.init_process_group("gloo", rank=rank, world_size=world_size,
-                                timeout=timedelta(seconds=collective_timeout_s))
-        outcome = {"result": fn(rank, world_size, *args)}
+        if backend is not None:
+            options = {}
+            if backend == "nccl":  # this rank's own GPU, chosen before the group exists
+                options["device_id"] = torch.device("cuda", rank)
+                torch.cuda.set_device(options["device_id"])
+            dist.init_process_group(backend, rank=rank, world_size=world_size,
+                                    timeout=timedelta(seconds=collective_timeout_s), **options)
+        data = _outcome_bytes({"result": fn(rank, world_size, *args)})
     except Exception as error:
-        outcome = {"error": f"{type(error).__name__}: {error}",
-                   "traceback": traceback.format_exc(), "time": time.time()}
+        data = _outcome_bytes({"error": f"{type(error).__name__}: {error}",
+                               "traceback": traceback.format_exc(), "time": time.time()})
     finally:
         # Free what fn left in reference cycles (an FSDP model is in some) while the
         # group is still up: freed at exit instead, it can abort the process.
         gc.collect()
         if dist.is_initialized():
             dist.destroy_process_group()
-    torch.save(outcome, os.path.join(folder, f"rank{rank}.pt"))
+    _write_atomically(os.path.join(folder, f"rank{rank}.pt"), data)
 
+
+def _rank_process(*args) -> None:
+    """A rank's process: leader of a session of its own, so that stopping it stops
+    whatever it started too (a ``subprocess.Popen``, a forked child)."""
+    os.setsid()
+    run_rank(*args)
+
+
+# --- in the caller's process ---------------------------------------------------------------
 
 def read_outcome(folder: str, rank: int) -> dict:
-    """What a finished rank wrote; empty if it wrote nothing (it crashed or was stopped)."""
+    """What a finished rank wrote (tensors on the CPU); empty if it wrote nothing
+    (it crashed or was stopped)."""
     path = os.path.join(folder, f"rank{rank}.pt")
-    return torch.load(path, weights_only=True) if os.path.exists(path) else {}
+    return torch.load(path, map_location="cpu", weights_only=True) if os.path.exists(path) else {}
 
 
 def wait_for_ranks(processes: list, folder: str, timeout_s: float) -> list[int]:
@@ -99,17 +165,26 @@ def wait_for_ranks(processes: list, folder: str, timeout_s: float) -> list[int]:
     return sorted(running)
 
 
+def _signal(process, signum: int) -> None:
+    """Send ``signum`` to the rank, and to every process of its session (what it started)."""
+    if process.is_alive():
+        os.kill(process.pid, signum)  # also a rank stopped before it called setsid
+    try:
+        os.killpg(process.pid, signum)
+    except (ProcessLookupError, PermissionError):  # no such group (left): nothing to stop
+        pass
+
+
 def stop_processes(processes: list, grace_s: float = 5.0) -> None:
-    """Terminate the processes still alive (SIGTERM, then SIGKILL), and join them all."""
+    """Stop every rank and what it started (SIGTERM, then SIGKILL), and join the ranks."""
     started = [process for process in processes if process.pid is not None]
     for process in started:
         if process.is_alive():
-            process.terminate()
+            _signal(process, signal.SIGTERM)
     for process in started:
         process.join(grace_s)
-        if process.is_alive():
-            process.kill()
-            process.join()
+        _signal(process, signal.SIGKILL)  # also what a finished rank left running
+        process.join()
 
 
 def check_importable(fn) -> None:
@@ -123,26 +198,36 @@ def check_importable(fn) -> None:
                         "spawned processes cannot import it: define it in a .py module")
 
 
-def run_on_ranks(fn, *args, world_size: int = 2, timeout_s: float = 120.0,
-                 collective_timeout_s: float = 30.0) -> list:
-    """Run ``fn(rank, world_size, *args)`` in ``world_size`` processes joined by a gloo group.
+def check_backend(backend: str | None, world_size: int) -> None:
+    """Refuse a backend ``run_on_ranks`` does not start, and nccl without a GPU per rank."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "nccl" and world_size > torch.cuda.device_count():
+        raise ValueError(f"nccl needs a GPU per rank: world_size {world_size}, but "
+                         f"{torch.cuda.device_count()} GPU(s) here")
 
-    Returns each rank's result, by rank. ``fn`` must be defined at the top level
-    of a module (spawned processes import it by name) and return tensors,
-    numbers, strings, or lists, tuples and dicts of them. If a rank raises,
+
+def run_on_ranks(fn, *args, world_size: int = 2, backend: str | None = "gloo",
+                 timeout_s: float = 120.0, collective_timeout_s: float = 30.0) -> list:
+    """Run ``fn(rank, world_size, *args)`` in ``world_size`` processes, with the variables
+    ``torchrun`` sets, joined by a ``backend`` group (``None``: ``fn`` joins one itself).
+
+    Returns each rank's result, by rank, tensors on the CPU. If a rank raises,
     the others are stopped and ``RankFailedError`` names every rank that
-    failed and its exception; if the run is not over after ``timeout_s``, all
-    ranks are stopped and ``TimeoutError`` names the ones still running. No
-    process outlives the call.
+    failed and its exception; after ``timeout_s``, all ranks are stopped and
+    ``TimeoutError`` names those still running. What a rank started is stopped
+    with it, unless it left the rank's session (``setsid``).
     """
     if world_size < 1:
         raise ValueError(f"world_size must be at least 1, got {world_size}")
+    check_backend(backend, world_size)
     check_importable(fn)
     spawn = mp.get_context("spawn")  # a fresh interpreter per rank, as torchrun starts them
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="ranks-") as folder:
-        processes = [spawn.Process(target=run_rank, args=(rank, world_size, port, folder,
-                                                          collective_timeout_s, fn, args))
+        processes = [spawn.Process(target=_rank_process,
+                                   args=(rank, world_size, port, folder, collective_timeout_s,
+                                         backend, fn, args))
                      for rank in range(world_size)]
         try:
             for process in processes:
