@@ -6,6 +6,7 @@ import atexit
 import contextlib
 import multiprocessing
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -95,7 +96,13 @@ def one_process_on_every_rank_batch(results: list) -> dict:
 
 
 def children() -> set[int]:
-    return {child.pid for child in psutil.Process().children(recursive=True)}
+    """This process's descendants, less multiprocessing's resource tracker (started on first use)."""
+    found = set()
+    for child in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if "resource_tracker" not in " ".join(child.cmdline()):
+                found.add(child.pid)
+    return found
 
 
 def alive(pid: int) -> bool:
@@ -195,8 +202,18 @@ def failing_run_started_by_a_script(folder: str) -> None:
         print(f"RankFailedError: {error}")
 
 
-def results_that_cannot_come_back(rank: int, world_size: int):
-    return {"scores": np.arange(3)} if rank == 0 else [1, lambda: rank]
+def a_numpy_array_inside(rank: int, world_size: int) -> dict:
+    return {"scores": np.arange(3)}
+
+
+def a_lambda_inside(rank: int, world_size: int) -> list:
+    return [1, lambda: rank]
+
+
+def resume_both_ways(rank: int, world_size: int, path: str, every_rank: str, rank0_only: str):
+    """Resume from ``path`` on every rank, then (in a new model, optimizer and DDP) on rank 0 only."""
+    return (train_ddp(rank, world_size, every_rank, 2, path),
+            resume_on_rank0_only(rank, world_size, path, rank0_only))
 
 
 def kill_left_over(folder: str) -> list[int]:
@@ -277,12 +294,30 @@ def test_rank0_writes_the_training_state_of_every_epoch(device, ddp_runs):
     assert storage_locations(os.path.join(folder, "epoch2.pt")) == sorted({"cpu", where})
 
 
-def test_resuming_on_every_rank_continues_as_if_never_stopped(device, ddp_runs, tmp_path):
+@pytest.fixture(scope="module")
+def resumed_runs(ddp_runs, tmp_path_factory):
+    """Both resumes from epoch 1, once per device: ``(folders, [(every rank, rank 0 only)])``."""
+    runs = {}
+
+    def run(device: torch.device):
+        if device.type not in runs:
+            folder, world_size, _ = ddp_runs(device)
+            backend, _ = group_for(device)
+            folders = [str(tmp_path_factory.mktemp(f"{name}-{device.type}"))
+                       for name in ("every-rank", "rank0-only")]
+            runs[device.type] = folders, run_on_ranks(
+                resume_both_ways, os.path.join(folder, "epoch1.pt"), *folders,
+                backend=backend, world_size=world_size)
+        return runs[device.type]
+
+    return run
+
+
+def test_resuming_on_every_rank_continues_as_if_never_stopped(device, ddp_runs, resumed_runs):
     folder, world_size, results = ddp_runs(device)
-    backend, _ = group_for(device)
     epoch1 = os.path.join(folder, "epoch1.pt")
-    resumed = run_on_ranks(train_ddp, str(tmp_path), 2, epoch1, backend=backend,
-                           world_size=world_size)
+    (every_rank_folder, _), both = resumed_runs(device)
+    resumed = [every_rank for every_rank, _ in both]
     saved = torch.load(epoch1, map_location="cpu", weights_only=True)
     for rank, result in enumerate(resumed):
         assert result["at_start"]["lr"] == 0.05 and result["at_start"]["momentum_buffers"] == 4
@@ -290,13 +325,13 @@ def test_resuming_on_every_rank_continues_as_if_never_stopped(device, ddp_runs, 
         assert result["orders"] == results[rank]["orders"][1:]  # epoch 2 only
         assert result["losses"] == pytest.approx(results[rank]["losses"][len(result["losses"]):])
         assert_same_tensors(result["state_dict"], results[rank]["state_dict"], exact=False)
-    assert sorted(os.listdir(tmp_path)) == ["epoch2.pt"]
+    assert sorted(os.listdir(every_rank_folder)) == ["epoch2.pt"]
 
 
-def test_resuming_on_rank0_only_leaves_the_other_ranks_behind(ddp_runs, tmp_path):
+def test_resuming_on_rank0_only_leaves_the_other_ranks_behind(ddp_runs, resumed_runs):
     folder, _, results = ddp_runs(torch.device("cpu"))
     epoch1 = os.path.join(folder, "epoch1.pt")
-    resumed = run_on_ranks(resume_on_rank0_only, epoch1, str(tmp_path))
+    resumed = [rank0_only for _, rank0_only in resumed_runs(torch.device("cpu"))[1]]
     saved = torch.load(epoch1, weights_only=True)
     assert [r["at_start"]["lr"] for r in resumed] == [0.05, 0.1]  # the scheduler's step
     assert [r["at_start"]["momentum_buffers"] for r in resumed] == [4, 0]
@@ -634,16 +669,17 @@ def test_a_failure_while_another_rank_writes_gives_the_real_error_and_frees_the_
         "its result", "stopped the ranks still running: [0]"], finished.stderr[-3000:]
 
 
-def test_a_result_that_cannot_come_back_names_its_rank_and_what_it_is():
-    with pytest.raises(RankFailedError) as caught:
-        run_on_ranks(results_that_cannot_come_back)
-    failures = caught.value.failures
-    assert sorted(failures) == [0, 1]
-    assert failures[0].startswith("TypeError: the result cannot come back to the caller: "
-                                  "result['scores'] (numpy.ndarray) is not a tensor")
-    assert "torch.from_numpy(array)" in failures[0]
-    assert failures[1].startswith("TypeError: the result cannot come back to the caller: "
-                                  "result[1] (builtins.function)")
+def test_a_result_that_cannot_come_back_names_its_rank_and_what_it_is(monkeypatch, tmp_path):
+    with pytest.raises(RankFailedError, match=re.escape(
+            "rank 0 of 1 failed with TypeError: the result cannot come back to the caller: "
+            "result['scores'] (numpy.ndarray) is not a tensor, number, string, or list, tuple or "
+            "dict of them (a numpy array: torch.from_numpy(array) or array.tolist())")):
+        run_on_ranks(a_numpy_array_inside, world_size=1)
+    for name in TORCHRUN_VARIABLES:
+        monkeypatch.setenv(name, "")
+    run_rank(0, 1, free_port(), str(tmp_path), 30, None, a_lambda_inside, ())  # in this process
+    assert read_outcome(str(tmp_path), 0)["error"].startswith(
+        "TypeError: the result cannot come back to the caller: result[1] (builtins.function)")
 
 
 def test_an_interrupted_result_file_is_never_read(tmp_path, monkeypatch):

@@ -5,7 +5,9 @@ rank's result or error brought back and nothing left running afterwards.
 Used by: distributed (importable from ``tutorials_pkg.distributed``).
 """
 
+import contextlib
 import gc
+import glob
 import io
 import os
 import signal
@@ -165,18 +167,34 @@ def wait_for_ranks(processes: list, folder: str, timeout_s: float) -> list[int]:
     return sorted(running)
 
 
+def _session(sid: int) -> list[int]:
+    """The running processes (zombies aside) of session ``sid``, read from Linux's /proc."""
+    members = []
+    for stat in glob.glob("/proc/[0-9]*/stat"):
+        try:
+            with open(stat) as file:
+                state, _, _, session = file.read().rpartition(")")[2].split()[:4]
+        except (OSError, ValueError):  # gone meanwhile
+            continue
+        if int(session) == sid and state != "Z":
+            members.append(int(stat.split("/")[2]))
+    return members
+
+
 def _signal(process, signum: int) -> None:
-    """Send ``signum`` to the rank, and to every process of its session (what it started)."""
+    """Send ``signum`` to the rank and to every process of its session (what it started)."""
+    pids = set(_session(process.pid))
     if process.is_alive():
-        os.kill(process.pid, signum)  # also a rank stopped before it called setsid
-    try:
-        os.killpg(process.pid, signum)
-    except (ProcessLookupError, PermissionError):  # no such group (left): nothing to stop
-        pass
+        pids.add(process.pid)  # also a rank stopped before it called setsid
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signum)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signum)  # the rank's group, where there is no /proc
 
 
 def stop_processes(processes: list, grace_s: float = 5.0) -> None:
-    """Stop every rank and what it started (SIGTERM, then SIGKILL), and join the ranks."""
+    """Stop every rank and what it started (SIGTERM, then SIGKILL), and wait until they are gone."""
     started = [process for process in processes if process.pid is not None]
     for process in started:
         if process.is_alive():
@@ -185,6 +203,9 @@ def stop_processes(processes: list, grace_s: float = 5.0) -> None:
         process.join(grace_s)
         _signal(process, signal.SIGKILL)  # also what a finished rank left running
         process.join()
+    deadline = time.monotonic() + grace_s  # killed processes take a moment to go
+    while any(_session(process.pid) for process in started) and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 def check_importable(fn) -> None:
