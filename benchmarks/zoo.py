@@ -11,18 +11,19 @@ page (``by_children``, ``by_layer_getter``, ``by_fx``, ``by_hooks``), and
 prints one line: pass (``ok``) or the exception's name per tool, and the
 seconds the model took (building it included). The last lines are the totals.
 
-Inputs are small, so that the whole zoo runs on 2 cores in minutes: 64x64
-images (224x224 for the models that accept no other size: ViT and MaxViT),
-4 frames of 32x32 for video (16 of 224x224 for MViT, which needs them), two
-128x128 images for optical flow (RAFT's smallest), and for detection one 3x128x128 image in a
-list, the R-CNN, RetinaNet and FCOS transforms told to resize to 128
+Inputs are small, so that the whole zoo runs on 2 cores in well under an
+hour: 64x64 images (224x224 for ViT and MaxViT, which take no other size;
+96x96 for Inception v3, whose smallest is 75x75), 4 frames of 32x32 for
+video (16 of 224x224 for MViT and S3D, which need them), two 128x128 images
+for optical flow (RAFT's smallest), and for detection one 3x128x128 image in
+a list, the R-CNN, RetinaNet and FCOS transforms told to resize to 128
 (``min_size``/``max_size``; SSD keeps its fixed 300 or 320).
 
 The intermediate methods take ``(model, x, names)``: ``x`` is the model's one
 argument (a list of images for detection; a tuple, two images, for optical
-flow), ``names`` the first top-level child that holds parameters and the
-middle top-level child (``by_children`` and ``by_layer_getter`` reach only
-top-level children, so those are names all four accept).
+flow), ``names`` the first and the middle of the top-level children that
+hold parameters and are called (``by_children`` and ``by_layer_getter``
+reach only top-level children, so those are names all four accept).
 """
 
 import argparse
@@ -37,7 +38,8 @@ from tutorials_pkg.grad_fn import grad_fn_modules
 from tutorials_pkg.summary import summary
 
 FAMILIES = ("classification", "detection", "segmentation", "video", "optical_flow", "quantization")
-EXACT_224 = ("vit_", "maxvit_")      # their position embeddings or windows fix the size
+# the smallest image each model takes, where 64x64 is too small (by name prefix)
+IMAGE_SIZES = {"vit_": 224, "maxvit_": 224, "inception_v3": 96}
 DETECTION_SIZE = 128
 METHODS = ("by_children", "by_layer_getter", "by_fx", "by_hooks")
 TOOLS = ("summary", "grad_fn_modules", *METHODS)
@@ -57,6 +59,8 @@ def build(name: str) -> nn.Module:
         kwargs["weights_backbone"] = None
     if family == "detection" and not name.startswith("ssd"):
         kwargs.update(min_size=DETECTION_SIZE, max_size=DETECTION_SIZE)
+    if name.endswith(("googlenet", "inception_v3")):
+        kwargs["init_weights"] = True  # what None means, without its FutureWarning
     return torchvision.models.get_model(name, **kwargs).eval()
 
 
@@ -65,20 +69,26 @@ def example_args(name: str) -> tuple:
     family = family_of(name)
     if family == "detection":
         return ([torch.rand(3, DETECTION_SIZE, DETECTION_SIZE)],)
-    if family == "video":
-        frames, size = (16, 224) if name.startswith("mvit") else (4, 32)
+    if family == "video":  # MViT's position embeddings and S3D's last pooling need 16x224x224
+        frames, size = (16, 224) if name.startswith(("mvit", "s3d")) else (4, 32)
         return (torch.randn(1, 3, frames, size, size),)
     if family == "optical_flow":
         return torch.randn(1, 3, 128, 128), torch.randn(1, 3, 128, 128)  # RAFT: at least 128
-    size = 224 if name.removeprefix("quantized_").startswith(EXACT_224) else 64
+    base = name.removeprefix("quantized_")
+    size = next((size for prefix, size in IMAGE_SIZES.items() if base.startswith(prefix)), 64)
     return (torch.randn(1, 3, size, size),)
 
 
 def child_names(model: nn.Module) -> list[str]:
-    """The first top-level child with parameters, and the middle top-level child."""
-    children = list(model.named_children())
-    first = next(name for name, child in children if any(True for _ in child.parameters()))
-    return list(dict.fromkeys([first, children[len(children) // 2][0]]))
+    """The first and the middle of the top-level children that hold parameters and are called.
+
+    A ``ModuleList`` or ``ModuleDict`` is never called itself (forward calls
+    what it holds), so it has no output of its own to return.
+    """
+    children = [name for name, child in model.named_children()
+                if any(True for _ in child.parameters())
+                and not isinstance(child, (nn.ModuleList, nn.ModuleDict))]
+    return list(dict.fromkeys([children[0], children[len(children) // 2]]))
 
 
 def run_tools(model: nn.Module, args: tuple) -> dict[str, str]:

@@ -310,6 +310,23 @@ def test_too_small_an_input_keeps_torchs_error_and_adds_a_note_and_removes_hooks
     assert summary(model, input_size=(1, 3, 64, 64)).total_params == count_parameters(model)
 
 
+@pytest.mark.parametrize("layer, size, message", [
+    (nn.MaxPool2d(2), (1, 1, 1, 1), "Output size is too small"),
+    (nn.Conv2d(1, 1, 5), (1, 1, 3, 3), "Kernel size can't be greater than actual input size"),
+    (nn.AvgPool3d((2, 7, 7)), (1, 1, 1, 2, 2), "smaller than kernel size"),
+    (nn.ReflectionPad2d(3), (1, 1, 2, 2), "Padding size should be less than the corresponding"),
+])
+def test_each_too_small_message_gets_the_hint(layer, size, message):
+    with pytest.raises(RuntimeError, match=re.escape(message)) as caught:
+        summary(nn.Sequential(layer), input_size=size)
+    assert type(caught.value) is RuntimeError
+    assert caught.value.__notes__[1] == ("summary: the input is too small for the model; "
+                                         "try a larger input_size")
+    with torch.no_grad():  # the same error, unchanged, without summary
+        with pytest.raises(RuntimeError, match=re.escape(str(caught.value))):
+            layer.eval()(torch.randn(*size))
+
+
 def test_an_error_in_the_models_own_forward_is_reported_without_the_too_small_hint():
     class Broken(nn.Module):
         def __init__(self):

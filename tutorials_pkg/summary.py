@@ -266,7 +266,8 @@ def summary_rows(model: nn.Module) -> list[SummaryRow]:
 
 
 TOO_SMALL = re.compile(r"Output size is too small|Kernel size can't be greater than actual "
-                       r"input size|Padding size should be less than the corresponding input")
+                       r"input size|smaller than kernel size|Padding size should be less than "
+                       r"the corresponding input")
 
 
 def summary(model: nn.Module, input_size=None, input_data=None) -> Summary:
