@@ -88,6 +88,10 @@ show_source(main)
 #   `barrier` keeps every rank from going on until the file is complete.
 # - `load_training_state` is also called by every rank, each with
 #   `map_location` set to its own device.
+# - `main` runs `gc.collect()` before `destroy_process_group()`: what training
+#   left in reference cycles is then freed while the group is still up. Freed
+#   at exit instead, after the group is gone, it sometimes aborts a rank
+#   ("terminate called without an active exception").
 #
 # Below, the block above is saved as `train.py` with that last line, and
 # launched from this page (`python -m torch.distributed.run` is what the

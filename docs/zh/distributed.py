@@ -57,6 +57,7 @@ show_source(main)
 # - `DistributedSampler` 根据进程组的 rank 和 world size，给每个 rank 分一份属于它自己的数据。每个 epoch 开始时调用 `set_epoch(epoch)`，才会重新打乱，而且所有 rank 的打乱方式相同。
 # - `save_training_state` 由*每一个* rank 调用：所有 rank 一起收集状态（对分片的模型来说这是一次集合通信），rank 0 写文件，`barrier` 让每个 rank 都等到文件写完才继续。
 # - `load_training_state` 同样由每个 rank 调用，各自把 `map_location` 设为自己的设备。
+# - `main` 在 `destroy_process_group()` 之前先调用 `gc.collect()`，让训练留在循环引用里的对象趁进程组还在时释放。如果等到进程退出时才释放，那时进程组已经不在了，有时会让某个 rank 异常终止（“terminate called without an active exception”）。
 #
 # 下面把上面这段代码加上那最后一行存为 `train.py`，在本页里启动它（`torchrun` 命令运行的就是 `python -m torch.distributed.run`；`--standalone` 在本机的一个空闲端口上安排各个 rank 会合）：
 
@@ -476,7 +477,7 @@ from tutorials_pkg.distributed import fail_on_rank
 show_source(fail_on_rank)
 
 # %% [markdown]
-# `run_on_ranks` 发现有 rank 失败，就停掉其余的 rank，并抛出 `RankFailedError`，按失败先后列出失败的 rank，以及被它停掉的 rank。rank 0 要么发现伙伴消失了（它自己的 `RuntimeError`，带着对方的地址和端口），要么在等待中被停掉；这个单元格只打印与此无关的内容。（在会打印完整 traceback 的地方，比如终端里，每个 rank 自己的 traceback 也会作为这个错误的起因一并打印出来。）
+# `run_on_ranks` 发现有 rank 失败，就停掉其余的 rank，并抛出 `RankFailedError`，按失败先后列出失败的 rank，以及被它停掉的 rank。rank 0 要么发现伙伴消失了（它自己的 `RuntimeError`，带着对方的地址和端口），要么在等待中被停掉；这个单元格只打印不受这一点影响的内容。（在会打印完整 traceback 的地方，比如终端里，每个 rank 自己的 traceback 也会作为这个错误的起因一并打印出来。）
 
 # %%
 import multiprocessing
