@@ -774,3 +774,17 @@ def test_rank_failed_error_names_failed_and_stopped_ranks():
                                        "stopped the ranks still running: [2]"]
     assert error.failures == {1: "ValueError: boom", 0: "RuntimeError: peer gone"}
     assert error.stopped == [2]
+
+
+def test_one_rank_runs_the_sharded_and_the_rank0_only_recipes(one_rank, tmp_path):
+    """In this process, a group of one: the per-rank code of the multi-process tests."""
+    folder = str(tmp_path / "dcp")
+    saved = save_sharded(0, 1, folder)
+    assert saved["local_shapes"] == {name: tuple(t.shape) for name, t in saved["state_dict"].items()}
+    loaded = load_sharded(0, 1, folder)
+    assert_same_tensors(loaded["state_dict"], saved["state_dict"])
+    assert sorted(loaded["optimizer"]["state"]) == sorted(KEYS)
+    trained = train_ddp(0, 1, str(tmp_path), epochs=1)
+    resumed = resume_on_rank0_only(0, 1, str(tmp_path / "epoch1.pt"), str(tmp_path), 1, 2)
+    assert resumed["at_start"]["lr"] == 0.05 and resumed["at_start"]["momentum_buffers"] == 4
+    assert resumed["orders"] != trained["orders"] and len(resumed["losses"]) == 4
