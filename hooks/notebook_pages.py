@@ -16,7 +16,9 @@ How a build goes (``hooks/page_execution.py`` does the executing):
    language, keyed by that file's bytes.
 3. ``on_page_content``: Chinese heading ids (``pymdownx.slugs``, as on the
    Markdown pages) and the TOC read back from the rendered headings; code cells
-   in Material's markup (copy button, colours); ``pre.mermaid`` for diagrams.
+   in Material's markup (copy button, colours); each Mermaid diagram replaced by
+   its SVG, drawn beforehand by ``tools/render_diagrams.py`` (``hooks/diagrams.py``):
+   a diagram not drawn yet is a warning, so the strict build fails naming that command.
 
 ``MKDOCS_JUPYTER_CACHE=false`` (mkdocs-jupyter's ``cache`` option) turns both
 caches off: every page runs, once, and renders afresh.
@@ -32,7 +34,9 @@ styles the cells once for the site).
 """
 
 import functools
+import hashlib
 import html
+import inspect
 import importlib.util
 import os
 import re
@@ -66,6 +70,7 @@ def load_sibling(name: str):
 
 
 execution = load_sibling("page_execution")
+diagrams = load_sibling("diagrams")
 
 
 # --- the notebook template ---------------------------------------------------------------
@@ -116,6 +121,7 @@ class BuildState:
         self.outcome = None
         self.rendered: dict[str, Path] = {}   # "en/definition.py" -> its .ipynb
         self.scratch: Path | None = None      # rendered pages when the cache is off
+        self.memo: Path | None = None         # pages as read by jupytext, by their bytes
 
 
 _state: BuildState | None = None
@@ -141,10 +147,8 @@ def tutorial_page_ids(docs_dir: Path, language: str) -> list[str]:
                   if "assets" not in p.relative_to(folder).parts)
 
 
-def render_stamp(jupyter_config) -> dict:
+def render_stamp() -> dict:
     """What shapes the HTML besides the notebook: it keys mkdocs-jupyter's cache with it."""
-    import hashlib
-
     digest = hashlib.sha256()
     for path in sorted(TEMPLATES.rglob("*")):
         if path.is_file():
@@ -164,10 +168,12 @@ def on_config(config):
     caching = bool(jupyter.config["cache"])
     languages = [language.locale for language in i18n.config.languages]
     state = build_state(config)
+    state.memo = root / ".cache" / "handbook" / "parsed" if caching else None
     try:
         if state.outcome is None:
+            execution.forget_old_memos(state.memo)
             page_ids = sorted(set().union(*(tutorial_page_ids(docs_dir, l) for l in languages)))
-            pages = execution.read_pages(docs_dir, languages, page_ids)
+            pages = execution.read_pages(docs_dir, languages, page_ids, state.memo)
             state.outcome = execution.execute_pages(
                 pages, root, root / ".cache" / "handbook" / "executed" if caching else None)
             log.info("Pages executed: %s; from cache: %s (%.1f s)",
@@ -190,12 +196,12 @@ def render_language(state: BuildState, config, language: str, caching: bool) -> 
     else:
         state.scratch = state.scratch or Path(tempfile.mkdtemp(prefix="handbook-pages-"))
         folder = state.scratch / language
-    stamp = render_stamp(config.plugins["mkdocs-jupyter"].config)
+    stamp = render_stamp()
     problems = []
     for page_id, executed in state.outcome.executed.items():
         source = docs_dir / language / page_id
-        problems += execution.shows_warning_prose_problems(source, executed)
-        text = execution.render_notebook(source, executed, stamp)
+        problems += execution.shows_warning_prose_problems(source, executed, state.memo)
+        text = execution.render_notebook(source, executed, stamp, state.memo)
         target = folder / Path(page_id).with_suffix(".ipynb")
         if not target.exists() or target.read_text(encoding="utf-8") != text:
             execution.write_atomic(target, text)
@@ -289,9 +295,17 @@ def postprocess(content: str) -> str:
     content = CELL_ID.sub("", content)
     content = APPENDED_STYLE.sub("\n", content)
     content = fix_headings(content)
-    content = highlight_code_cells(content)
-    # Material draws ``pre.mermaid`` blocks (overrides/main.html loads mermaid).
-    return content.replace('<pre><code class="language-mermaid">', '<pre class="mermaid"><code>')
+    return highlight_code_cells(content)
+
+
+def postprocess_code() -> str:
+    from tutorials_pkg import source
+
+    return "\n".join([inspect.getsource(f) for f in (postprocess, fix_headings, highlight_code_cells)]
+                     + [inspect.getsource(source.highlight_html)])
+
+
+POSTPROCESS_CODE = postprocess_code()  # what the remembered HTML depends on
 
 
 def github_repo(repo_url: str | None) -> str | None:
@@ -303,7 +317,12 @@ def github_repo(repo_url: str | None) -> str | None:
 def on_page_content(content, page, config, files):
     if not isinstance(page.file, NotebookFile):
         return content
-    content = postprocess(content)
+    key = hashlib.sha256(content.encode() + POSTPROCESS_CODE.encode()).hexdigest()
+    content = execution.remembered(key, lambda: postprocess(content), _state and _state.memo)
+    content, missing = diagrams.inline(content, Path(config.docs_dir),
+                                       config.plugins["i18n"].current_language)
+    if missing:
+        log.warning(diagrams.missing_message(page.file.src_uri, missing, Path(config.docs_dir)))
     tokens = toc_tokens_from_html(content, config.plugins["mkdocs-jupyter"].config["toc_depth"])
     page.toc = get_toc(tokens)
     if tokens and tokens[0]["level"] == 1:
@@ -323,19 +342,23 @@ def on_page_content(content, page, config, files):
 
 # --- downloads --------------------------------------------------------------------------
 
-def notebook_for_download(py_path: str, repo_url: str | None) -> str:
+def notebook_for_download(py_path: str, repo_url: str | None, memo_dir: Path | None = None) -> str:
     """The page as ``.ipynb``, with a first cell that installs ``tutorials_pkg`` if missing."""
-    notebook = jupytext.read(py_path)
-    if repo_url:
-        install = (
-            f"# In Colab (or anywhere tutorials_pkg is missing) this installs it from {repo_url}\n"
-            "import importlib.util, subprocess, sys\n"
-            "if importlib.util.find_spec('tutorials_pkg') is None:\n"
-            f"    subprocess.check_call([sys.executable, '-m', 'pip', 'install', '-q', "
-            f"'git+{repo_url}'])\n"
-        )
-        notebook.cells.insert(0, jupytext.reads(install, fmt="py:percent").cells[0])
-    return jupytext.writes(notebook, fmt="ipynb")
+    install = repo_url and (
+        f"# In Colab (or anywhere tutorials_pkg is missing) this installs it from {repo_url}\n"
+        "import importlib.util, subprocess, sys\n"
+        "if importlib.util.find_spec('tutorials_pkg') is None:\n"
+        f"    subprocess.check_call([sys.executable, '-m', 'pip', 'install', '-q', "
+        f"'git+{repo_url}'])\n")
+
+    def convert() -> str:
+        notebook = execution.read_notebook(Path(py_path), memo_dir)
+        if install:
+            notebook.cells.insert(0, jupytext.reads(install, fmt="py:percent").cells[0])
+        return jupytext.writes(notebook, fmt="ipynb")
+
+    key = execution.bytes_key(Path(py_path), "download", install or "")
+    return execution.remembered(key, convert, memo_dir)
 
 
 ALTERNATE_LINK = re.compile(r'\s*<link rel="alternate" href="[^"]*" hreflang="[^"]*">')
@@ -353,5 +376,6 @@ def on_post_page(output, page, config):
         folder.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, folder / source.name)  # the page's .py, for download
         (folder / f"{source.stem}.ipynb").write_text(
-            notebook_for_download(str(source), config.repo_url), encoding="utf-8")
+            notebook_for_download(str(source), config.repo_url, _state.memo if _state else None),
+            encoding="utf-8")
     return output

@@ -13,7 +13,8 @@ The cache (``ExecutionCache``) keys a page by what shapes its outputs:
 
 - its code cells (source, tags, ``raises``): a prose edit re-executes nothing;
 - the versions of Python and of the packages pages run or print (``DISTRIBUTIONS``),
-  the machine and its CUDA devices, and this file;
+  the machine and its CUDA devices, and the code here that runs a page and cleans
+  its outputs (``execution_code``);
 - the ``tutorials_pkg`` modules the page imported, with a hash of each file,
   recorded when it ran: an edit to one chapter module re-executes only the
   pages that imported it.
@@ -39,6 +40,7 @@ import asyncio
 import copy
 import hashlib
 import importlib.metadata
+import inspect
 import json
 import os
 import platform
@@ -122,8 +124,47 @@ class Page:
     key: str = ""
 
 
-def read_notebook(path: Path) -> nbformat.NotebookNode:
-    return jupytext.read(path)
+_remembered: dict[str, str] = {}  # key -> text, in this process
+MEMO_DAYS = 14
+
+
+def remembered(key: str, compute, memo_dir: Path | None = None) -> str:
+    """``compute()``, a text, remembered under ``key``: in this process, and in ``memo_dir``
+    across builds (kept while used in the last MEMO_DAYS days)."""
+    text = _remembered.get(key)
+    memo = memo_dir / f"{key[:40]}.json" if memo_dir else None
+    if text is None and memo and memo.exists():
+        text = memo.read_text(encoding="utf-8")
+        os.utime(memo)
+    if text is None:
+        text = compute()
+        if memo:
+            write_atomic(memo, text)
+    _remembered[key] = text
+    return text
+
+
+def bytes_key(path: Path, *context: str) -> str:
+    data = Path(path).read_bytes()
+    return hashlib.sha256(data + json.dumps([jupytext.__version__, *context]).encode()).hexdigest()
+
+
+def read_notebook(path: Path, memo_dir: Path | None = None) -> nbformat.NotebookNode:
+    """``jupytext.read(path)``, remembered by the file's bytes (jupytext takes ~0.1 s a
+    page, and a build reads each page several times). Each call returns a new object."""
+    text = remembered(bytes_key(path, "read"),
+                      lambda: nbformat.v4.writes_json(jupytext.read(path)), memo_dir)
+    return nbformat.v4.reads_json(text)
+
+
+def forget_old_memos(memo_dir: Path | None) -> None:
+    """Remove remembered pages not used for MEMO_DAYS days."""
+    if memo_dir is None or not memo_dir.is_dir():
+        return
+    limit = time.time() - MEMO_DAYS * 86400
+    for memo in memo_dir.glob("*.json"):
+        if memo.stat().st_mtime < limit:
+            memo.unlink(missing_ok=True)
 
 
 def code_cells(notebook) -> list[tuple[int, nbformat.NotebookNode]]:
@@ -153,11 +194,24 @@ def device_description() -> str:
     return " | ".join(parts)
 
 
+def normalized(name: str) -> str:
+    return name.lower().replace("_", "-").replace(".", "-")
+
+
 def versions() -> dict[str, str]:
-    """What runs the pages: Python, the packages in ``DISTRIBUTIONS``, the machine."""
+    """What runs the pages: Python, the packages in ``DISTRIBUTIONS``, the machine.
+
+    A package's version is that of the first distribution of that name on
+    ``sys.path``, as ``importlib.metadata.version`` finds it (one scan for all).
+    """
+    installed: dict[str, str] = {}
+    for distribution in importlib.metadata.distributions():
+        name = distribution.metadata["Name"]
+        if name:
+            installed.setdefault(normalized(name), distribution.version)
     found = {"python": f"{platform.python_implementation()} {platform.python_version()}",
              "device": device_description()}
-    found.update({name: distribution_version(name) for name in DISTRIBUTIONS})
+    found.update({name: installed.get(normalized(name), "absent") for name in DISTRIBUTIONS})
     return found
 
 
@@ -168,8 +222,15 @@ def page_key(page_id: str, notebook, versions: dict[str, str]) -> str:
              for _, cell in code_cells(notebook)]
     digest.update(json.dumps([KEY_FORMAT, page_id, cells, sorted(versions.items())],
                              ensure_ascii=False).encode())
-    digest.update(Path(__file__).read_bytes())
+    digest.update(execution_code().encode())
     return digest.hexdigest()
+
+
+def execution_code() -> str:
+    """The code in this file that shapes what an executed page holds."""
+    functions = (kernel_environment, run_page, imported_files, clean_outputs,
+                 warnings_in_stderr, check_and_clean)
+    return "\n".join([SETUP_CODE, MODULES_CODE, *map(inspect.getsource, functions)])
 
 
 def file_hashes(root: Path) -> dict[str, str]:
@@ -178,7 +239,7 @@ def file_hashes(root: Path) -> dict[str, str]:
             for path in sorted((root / PACKAGE).rglob("*.py"))}
 
 
-def read_pages(docs_dir: Path, languages, page_ids) -> list[Page]:
+def read_pages(docs_dir: Path, languages, page_ids, memo_dir: Path | None = None) -> list[Page]:
     """The pages, with their code checked to be the same in every language."""
     pages, errors = [], []
     for page_id in page_ids:
@@ -188,7 +249,7 @@ def read_pages(docs_dir: Path, languages, page_ids) -> list[Page]:
             errors.append(f"{page_id}: missing {', '.join(missing)}; every page exists in "
                           f"every language ({', '.join(languages)}), at the same path")
             continue
-        notebooks = {language: read_notebook(path) for language, path in sources.items()}
+        notebooks = {language: read_notebook(path, memo_dir) for language, path in sources.items()}
         first, *others = languages
         reference = [cell.source for _, cell in code_cells(notebooks[first])]
         for language in others:
@@ -227,7 +288,7 @@ class ExecutionCache:
     def get(self, page: Page):
         if self.directory is None or not self.path(page).exists():
             return None
-        notebook = nbformat.reads(self.path(page).read_text(encoding="utf-8"), as_version=4)
+        notebook = nbformat.v4.reads_json(self.path(page).read_text(encoding="utf-8"))
         recorded = notebook.metadata.get("handbook", {})
         if recorded.get("key") != page.key or not self.still_valid(recorded.get("modules", {})):
             return None
@@ -519,14 +580,14 @@ def execute_pages(pages: list[Page], root: Path, cache_dir: Path | None,
 
 # --- one language's page, with the shared outputs ---------------------------------------
 
-def render_notebook(source: Path, executed, stamp: dict) -> str:
+def render_notebook(source: Path, executed, stamp: dict, memo_dir: Path | None = None) -> str:
     """The ``.ipynb`` text of ``source`` (one language's page) with the outputs of ``executed``.
 
     Cell ids are their positions, so the same inputs give the same bytes (the
     renderer's cache is keyed by them); ``stamp`` goes into the metadata, to key
     what else shapes the HTML (the template, the renderer's versions).
     """
-    notebook = read_notebook(source)
+    notebook = read_notebook(source, memo_dir)
     ours, shared = code_cells(notebook), code_cells(executed)
     if [c.source for _, c in ours] != [c.source for _, c in shared]:
         raise PageError(f"{source}: its code cells are not those that were executed; "
@@ -540,12 +601,12 @@ def render_notebook(source: Path, executed, stamp: dict) -> str:
     notebook.metadata.setdefault("kernelspec", {"name": "python3", "display_name": "Python 3",
                                                 "language": "python"})
     notebook.nbformat, notebook.nbformat_minor = 4, 5
-    return nbformat.writes(notebook)
+    return nbformat.v4.writes_json(notebook)
 
 
-def shows_warning_prose_problems(source: Path, executed) -> list[str]:
+def shows_warning_prose_problems(source: Path, executed, memo_dir: Path | None = None) -> list[str]:
     """A cell tagged shows-warning needs the text just before it to name what it warns."""
-    notebook = read_notebook(source)
+    notebook = read_notebook(source, memo_dir)
     problems, prose = [], ""
     shared = iter(code_cells(executed))
     for index, cell in enumerate(notebook.cells):
