@@ -117,13 +117,26 @@ def test_copy_button_copies_the_code_and_the_copy_runs(page, base_url, chapter, 
     assert not off_site(page.requests), off_site(page.requests)
 
 
-def test_mermaid_diagram_is_drawn_with_the_sites_own_mermaid(page, base_url):
-    page.goto(base_url + "en/definition/")
-    drawn = page.locator("div.mermaid").first
-    drawn.wait_for(timeout=15_000)  # Material replaced the <pre class="mermaid"> with a drawing
-    assert drawn.bounding_box()["height"] > 50
-    assert page.locator("pre.mermaid").count() == 0
-    assert any(u.endswith("/assets/vendor/mermaid/mermaid.min.js") for u in page.requests)
+REQUEST_BUDGET_BYTES = 200 * 1024
+
+
+@pytest.mark.parametrize("chapter", ["en/definition/", "grad_fn/"])
+def test_a_diagram_is_an_svg_in_the_document_and_no_request_is_large(page, base_url, chapter):
+    """Diagrams are drawn at build time: an SVG in the page, no script draws it; and
+    nothing the page loads (scripts, styles, the search index its worker fetches) is
+    over the budget."""
+    finished = []
+    page.context.on("requestfinished", finished.append)
+    page.goto(base_url + chapter)
+    page.wait_for_load_state("networkidle")
+    drawn = page.locator("figure.diagram > svg").first
+    assert drawn.bounding_box()["height"] > 30
+    assert drawn.get_attribute("role") == "img" and drawn.get_attribute("aria-label")
+    assert not any("mermaid" in u for u in page.requests), page.requests
+    sizes = {r.url: r.sizes()["responseBodySize"] for r in finished}
+    assert any(u.endswith("search_index.json") for u in sizes), sorted(sizes)
+    large = {u: s for u, s in sizes.items() if s > REQUEST_BUDGET_BYTES}
+    assert not large, large
     assert not off_site(page.requests), off_site(page.requests)
 
 

@@ -436,15 +436,6 @@ def test_the_third_party_check_catches_each_kind_of_load(built_site, tmp_path):
     assert found == set(PLANTED_LOADS.values()) | {"https://fonts.googleapis.com/css2"}
 
 
-def test_only_pages_with_a_diagram_load_mermaid(built_site):
-    pages = list(built_site.rglob("*.html"))
-    with_diagram = [p for p in pages if 'class="mermaid"' in p.read_text(encoding="utf-8")]
-    assert with_diagram, "no page shows a mermaid diagram"
-    for path in pages:
-        loads = "vendor/mermaid/mermaid.min.js" in " ".join(parse(path.read_text(encoding="utf-8")).loaded)
-        assert loads == (path in with_diagram), path.relative_to(built_site)
-
-
 # --- search -------------------------------------------------------------------------------
 
 def search(index: dict, query: str) -> set[str]:

@@ -535,7 +535,7 @@ for folder in ("sharded", "sharded_again"):
 #     R1->>R1: fn(1, 2, *args)
 #     R0-->>P: rank0.pt (result or error)
 #     R1-->>P: rank1.pt (result or error)
-#     P->>P: stop what still runs; return the results or raise
+#     P->>P: stop what still runs, then return the results or raise
 # ```
 #
 # The launcher, with every helper it uses:

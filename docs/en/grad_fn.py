@@ -129,7 +129,7 @@ show_source(module_graph)
 # %%
 trace = trace_grad_fn(model, x)  # one forward pass, for the graph and the groups below
 graph = module_graph(trace)
-graph.mermaid()
+graph.mermaid("LR")  # left to right
 
 # %% [markdown]
 # The two `+` are the residual adds that `print(model)` never shows: the first

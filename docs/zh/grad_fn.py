@@ -91,7 +91,7 @@ show_source(module_graph)
 # %%
 trace = trace_grad_fn(model, x)  # one forward pass, for the graph and the groups below
 graph = module_graph(trace)
-graph.mermaid()
+graph.mermaid("LR")  # left to right
 
 # %% [markdown]
 # 两个 `+` 就是 `print(model)` 从来不显示的残差加法：第一个把 stem 的输出加到第一个 block 的输出上；第二个把带步长的捷径加到第二个 block 的输出上。图中没有任何东西是手写的。
