@@ -20,8 +20,10 @@ How a build goes (``hooks/page_execution.py`` does the executing):
    its SVG, drawn beforehand by ``tools/render_diagrams.py`` (``hooks/diagrams.py``):
    a diagram not drawn yet is a warning, so the strict build fails naming that command.
 
-``MKDOCS_JUPYTER_CACHE=false`` (mkdocs-jupyter's ``cache`` option) turns both
-caches off: every page runs, once, and renders afresh.
+What only depends on a file's bytes is remembered in ``.cache/handbook/parsed``:
+pages as jupytext reads them, the downloadable ``.ipynb``, the post-processed HTML.
+``MKDOCS_JUPYTER_CACHE=false`` (mkdocs-jupyter's ``cache`` option) turns every
+cache off: every page runs, once, and renders afresh.
 
 Third-party names this hook replaces: one, ``mkdocs_static_i18n.folder.create_i18n_file``
 (public): i18n rebuilds every ``File`` in ``on_files`` and drops mkdocs-jupyter's
