@@ -266,13 +266,33 @@ def fix_headings(content: str) -> str:
     return HEADING.sub(replace, content)
 
 
+def shows_source_only(code: str) -> bool:
+    """A cell that only imports and calls ``show_source(...)``: its output, the source
+    with its imports and a caption naming the file, says all its code would."""
+    import ast
+
+    try:
+        body = ast.parse(code).body
+    except SyntaxError:
+        return False
+    *imports, last = body or [None]
+    return (all(isinstance(node, (ast.Import, ast.ImportFrom)) for node in imports)
+            and isinstance(last, ast.Expr) and isinstance(last.value, ast.Call)
+            and isinstance(last.value.func, ast.Name) and last.value.func.id == "show_source")
+
+
 def highlight_code_cells(content: str) -> str:
-    """Code cells in Material's markup, highlighted as the shown source is."""
+    """Code cells in Material's markup, highlighted as the shown source is; none for a
+    cell that only shows source (``shows_source_only``)."""
     from tutorials_pkg.source import highlight_html
 
-    return CODE_CELL_SOURCE.sub(
-        lambda m: f'<div class="jp-InputArea-editor">{highlight_html(html.unescape(m.group(1)))}</div>',
-        content)
+    def replace(match):
+        code = html.unescape(match.group(1))
+        if shows_source_only(code):
+            return ""
+        return f'<div class="jp-InputArea-editor">{highlight_html(code)}</div>'
+
+    return CODE_CELL_SOURCE.sub(replace, content)
 
 
 def toc_tokens_from_html(content: str, depth: int = 6) -> list[dict]:
@@ -303,7 +323,8 @@ def postprocess(content: str) -> str:
 def postprocess_code() -> str:
     from tutorials_pkg import source
 
-    return "\n".join([inspect.getsource(f) for f in (postprocess, fix_headings, highlight_code_cells)]
+    return "\n".join([inspect.getsource(f) for f in (postprocess, fix_headings, highlight_code_cells,
+                                                     shows_source_only)]
                      + [inspect.getsource(source.highlight_html)])
 
 
@@ -316,11 +337,28 @@ def github_repo(repo_url: str | None) -> str | None:
     return url.path.strip("/") if url.netloc == "github.com" else None
 
 
+SOURCE_CAPTION = re.compile(r'<figcaption data-path="([^"]+)"><code>(.*?)</code></figcaption>')
+
+
+def link_source_captions(content: str, repo_url: str | None, edit_uri: str | None) -> str:
+    """Each shown source's caption links to its file in the repository (``repo_url``,
+    on the branch of ``edit_uri``: ``edit/main/docs/`` -> main)."""
+    if not repo_url:
+        return content
+    parts = (edit_uri or "").strip("/").split("/")
+    branch = parts[1] if len(parts) > 1 and parts[0] in ("edit", "blob") else "main"
+    base = f"{repo_url.rstrip('/')}/blob/{branch}/"
+    return SOURCE_CAPTION.sub(
+        lambda m: f'<figcaption><a href="{base}{m.group(1)}"><code>{m.group(2)}</code></a></figcaption>',
+        content)
+
+
 def on_page_content(content, page, config, files):
     if not isinstance(page.file, NotebookFile):
         return content
     key = hashlib.sha256(content.encode() + POSTPROCESS_CODE.encode()).hexdigest()
     content = execution.remembered(key, lambda: postprocess(content), _state and _state.memo)
+    content = link_source_captions(content, config.repo_url, config.edit_uri)
     content, missing = diagrams.inline(content, Path(config.docs_dir),
                                        config.plugins["i18n"].current_language)
     if missing:

@@ -167,7 +167,9 @@ def test_bad_input_gets_a_clear_error():
 def test_source_block_renders_material_code_markup():
     block = show_source(definition.module_key)
     html = block._repr_html_()
-    assert html.startswith('<div class="language-python highlight"><pre><span></span><code>')
+    caption = ('<figure class="shown-source"><figcaption data-path="tutorials_pkg/definition.py">'
+               "<code>tutorials_pkg/definition.py</code></figcaption>")
+    assert html.startswith(caption + '<div class="language-python highlight"><pre><span></span><code>')
     assert repr(block) == block.code and "def module_key" in block.code
 
 
@@ -177,7 +179,9 @@ def test_highlighting_keeps_the_text_and_drops_spans_that_colour_nothing():
 
     code = source_with_imports(definition.ResidualMLP)
     highlighted = show_source(definition.ResidualMLP)._repr_html_()
-    text = html_module.unescape(re.sub(r"<[^>]+>", "", highlighted))
+    code_html = highlighted[highlighted.index('<div class="language-python'):]
+    text = html_module.unescape(re.sub(r"<[^>]+>", "", code_html))
     assert text.rstrip("\n") == code.rstrip("\n")
-    assert 'class="n"' not in highlighted and 'class="w"' not in highlighted
+    for unstyled in ("n", "w", "p", "o"):  # names, spaces, punctuation, operators
+        assert f'class="{unstyled}"' not in highlighted
     assert '<span class="k">def</span>' in highlighted  # keywords keep their colour

@@ -173,12 +173,28 @@ def number(value: float) -> str:
     return "0" if text in ("-0", "") else text
 
 
+# Attributes that change nothing drawn: mermaid's bookkeeping for its own scripts, defaults.
+UNDRAWN = re.compile(r'\s(?:data-(?:points|id|look|edge|et|node)="[^"]*"|style=""|'
+                     r'font-(?:style|weight)="normal")')
+ID = re.compile(r'\sid="([^"]+)"')
+MARKER = re.compile(r'<marker\b[^>]*\bid="([^"]+)"[^>]*>.*?</marker>', re.S)
+EMPTY_LABEL = re.compile(r'<g class="edgeLabel"[^>]*><g class="label"[^>]*>'
+                         r'(?:<rect[^>]*/>|<rect[^>]*></rect>)?(?:<text[^>]*>\s*</text>)?</g></g>')
+
+
 def compact(svg: str) -> str:
-    """The SVG mermaid drew, smaller, drawing the same: numbers rounded, shapes straightened."""
+    """The SVG mermaid drew, smaller, drawing the same: numbers rounded, outlines
+    straightened, no attribute that draws nothing, no id or marker nothing refers to."""
     pieces = STYLE.split(svg)
-    pieces = [piece if piece.startswith("<style>") else rounded(piece) for piece in pieces]
+    pieces = [piece if piece.startswith("<style>") else UNDRAWN.sub("", rounded(piece))
+              for piece in pieces]
     svg = "".join(pieces)
-    return PATH_D.sub(lambda m: m.group(1) + straightened(m.group(2)) + m.group(3), svg)
+    svg = PATH_D.sub(lambda m: m.group(1) + straightened(m.group(2)) + m.group(3), svg)
+    svg = EMPTY_LABEL.sub("", svg)
+    root = ID.search(svg).group(1)  # the <svg>'s own id scopes its <style>
+    referenced = lambda name: f"#{name}" in svg  # noqa: E731  url(#x), href="#x", #x in CSS
+    svg = MARKER.sub(lambda m: m.group(0) if referenced(m.group(1)) else "", svg)
+    return ID.sub(lambda m: m.group(0) if m.group(1) == root or referenced(m.group(1)) else "", svg)
 
 
 def draw(sources: dict[str, str]) -> dict[str, str]:
