@@ -126,7 +126,8 @@ def test_a_diagram_is_an_svg_in_the_document_and_no_request_is_large(page, base_
     nothing the page loads (scripts, styles, the search index its worker fetches) is
     over the budget."""
     finished = []
-    page.context.on("requestfinished", finished.append)
+    page.context.on("requestfinished", lambda request: finished.append(request))  # a bound
+    # builtin (list.append) cannot be a Playwright handler: it sets an attribute on it
     page.goto(base_url + chapter)
     page.wait_for_load_state("networkidle")
     drawn = page.locator("figure.diagram > svg").first
