@@ -194,6 +194,23 @@ def run_copied_code(code: str, where: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300)
 
 
+def list_of_images_detector():
+    """A model that takes one argument, a list of images, as torchvision's detection models do."""
+    from torch import nn
+
+    class ListOfImagesDetector(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.backbone = nn.Conv2d(3, 4, 3, padding=1)
+            self.head = nn.Linear(4, 2)
+
+        def forward(self, images):
+            return [{"scores": self.head(self.backbone(image[None]).mean((2, 3)))}
+                    for image in images]
+
+    return ListOfImagesDetector()
+
+
 def model_state(model) -> tuple[list[bool], dict]:
     """Every module's mode, and a copy of every buffer."""
     return ([m.training for m in model.modules()],

@@ -7,7 +7,12 @@ import torch
 import torchvision
 from torch import nn
 
-from handbook_tools import assert_state_unchanged, model_state, no_hooks_left
+from handbook_tools import (
+    assert_state_unchanged,
+    list_of_images_detector,
+    model_state,
+    no_hooks_left,
+)
 from tutorials_pkg.demo_models import tiny_resnet
 from tutorials_pkg.grad_fn import (
     GRAD_FN_TYPES,
@@ -369,24 +374,12 @@ def test_one_class_as_types():
 @pytest.mark.parametrize("types", ["Conv2d", [nn.Conv2d, 3], [], [torch.relu], [int]])
 def test_other_types_are_refused_by_name(types):
     with pytest.raises(TypeError, match=r"types must be a module class or a list or tuple of "
-                                        rf"them, e\.g\. \(nn\.Conv2d, nn\.Linear\); got "):
+                                        r"them, e\.g\. \(nn\.Conv2d, nn\.Linear\); got "):
         grad_fn_modules(tiny_resnet(), torch.randn(1, 3, 16, 16), types=types)
 
 
-class Detector(nn.Module):
-    """One argument, a list of images, as torchvision's detection models take."""
-
-    def __init__(self):
-        super().__init__()
-        self.backbone = nn.Conv2d(3, 4, 3, padding=1)
-        self.head = nn.Linear(4, 2)
-
-    def forward(self, images):
-        return [{"scores": self.head(self.backbone(image[None]).mean((2, 3)))} for image in images]
-
-
 def test_a_list_of_images_is_passed_as_one_argument():
-    model = Detector()
+    model = list_of_images_detector()
     images = [torch.randn(3, 8, 8), torch.randn(3, 6, 10)]
     trace = trace_grad_fn(model, images)
     assert [trace.names[m] for m in trace.nodes.values()] == ["backbone", "head"] * 2

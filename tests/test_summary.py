@@ -10,7 +10,12 @@ import torchsummary
 import torchvision
 from torch import nn
 
-from handbook_tools import assert_state_unchanged, model_state, no_hooks_left
+from handbook_tools import (
+    assert_state_unchanged,
+    list_of_images_detector,
+    model_state,
+    no_hooks_left,
+)
 from tutorials_pkg.definition import count_parameters
 from tutorials_pkg.demo_models import ResNet18Stem, ResNet18StemKeepingBaseModel, tiny_resnet
 from tutorials_pkg.summary import summary
@@ -219,21 +224,9 @@ def test_bad_input_data_is_named(data, got):
         summary(nn.Linear(3, 2), input_data=data)
 
 
-class Detector(nn.Module):
-    """One argument, a list of images (3-D tensors), as torchvision's detection models take."""
-
-    def __init__(self):
-        super().__init__()
-        self.backbone = nn.Conv2d(3, 4, 3, padding=1)
-        self.head = nn.Linear(4, 2)
-
-    def forward(self, images):
-        return [{"scores": self.head(self.backbone(image[None]).mean((2, 3)))} for image in images]
-
-
 def test_a_list_of_images_is_one_positional_argument():
     images = [torch.randn(3, 8, 8), torch.randn(3, 6, 10)]
-    result = summary(Detector(), input_data=(images,))
+    result = summary(list_of_images_detector(), input_data=(images,))
     rows = {row.name: row for row in result.rows}
     assert result.input_shape == [[3, 8, 8], [3, 6, 10]]
     assert rows["backbone"].calls == 2 and rows["backbone"].input_shape == [1, 3, 8, 8]
@@ -244,7 +237,7 @@ def test_a_list_of_images_is_one_positional_argument():
 def test_the_list_itself_as_input_data_is_refused_with_the_call_that_works():
     with pytest.raises(TypeError, match=r"got a list of tensors: to pass it as the model's one "
                                         r"argument .*write \(images,\)"):
-        summary(Detector(), input_data=[torch.randn(3, 8, 8)])
+        summary(list_of_images_detector(), input_data=[torch.randn(3, 8, 8)])
 
 
 def test_arguments_holding_dicts_and_tuples_of_tensors():
@@ -412,7 +405,7 @@ def test_a_table_down_to_a_depth_counts_what_it_hides():
 
 def test_long_shapes_are_cut_in_the_table_and_kept_in_the_rows():
     images = [torch.randn(3, 8, 8)] * 12
-    result = summary(Detector(), input_data=(images,))
+    result = summary(list_of_images_detector(), input_data=(images,))
     assert result.rows[0].input_shape == [[3, 8, 8]] * 12
     cell = str(result).splitlines()[2].split("  ")
     assert any(part.strip().endswith("...") and len(part.strip()) == 44 for part in cell)

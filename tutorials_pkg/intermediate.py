@@ -83,6 +83,15 @@ def _copy(value: Any) -> Any:
     return value
 
 
+def _run_then_remove(model: nn.Module, x: Any, handles: list) -> None:
+    """Call ``model`` on ``x`` (a tuple: its positional arguments); remove the hooks even if it raises."""
+    try:
+        model(*x) if isinstance(x, tuple) else model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def _running_module(model: nn.Module, error: BaseException) -> tuple[str, nn.Module, str] | None:
     """The deepest module of ``model`` whose code raised ``error``: ``(name, module, function)``."""
     names = {id(module): name for name, module in model.named_modules()}
@@ -215,11 +224,7 @@ def by_hooks(model: nn.Module, x: Any, names: Iterable[str]) -> dict[str, Any]:
         return hook
 
     handles = [module.register_forward_hook(keep_output(name)) for name, module in modules.items()]
-    try:
-        model(*x) if isinstance(x, tuple) else model(x)  # a tuple: the positional arguments
-    finally:
-        for handle in handles:
-            handle.remove()
+    _run_then_remove(model, x, handles)
     _check_recorded("by_hooks", names, outputs, "output", _NEVER_CALLED)
     return {name: outputs[name] for name in names}
 
@@ -244,11 +249,7 @@ def by_pre_hooks(model: nn.Module, x: Any, names: Iterable[str]) -> dict[str, An
 
     handles = [module.register_forward_pre_hook(keep_input(name), with_kwargs=True)
                for name, module in modules.items()]
-    try:
-        model(*x) if isinstance(x, tuple) else model(x)  # a tuple: the positional arguments
-    finally:
-        for handle in handles:
-            handle.remove()
+    _run_then_remove(model, x, handles)
     _check_recorded("by_pre_hooks", names, inputs, "input", _NEVER_CALLED)
     return {name: inputs[name] for name in names}
 
