@@ -115,7 +115,7 @@ def inline(content: str, docs_dir: Path, language: str) -> tuple[str, list[tuple
             svg = re.sub(r'style="max-width: [^"]*"', f'style="max-width: {natural:.0f}px; '
                          f'min-width: {natural * READABLE:.0f}px"', svg, count=1)
         # tabindex: a panel that scrolls is reachable with the keyboard.
-        return f'<figure class="diagram" tabindex="0">{svg}</figure>'
+        return f'<figure class="diagram" tabindex="0" data-search-exclude>{svg}</figure>'
 
     return HTML_BLOCK.sub(replace, content), missing
 

@@ -317,6 +317,9 @@ def postprocess(content: str) -> str:
     content = CELL_ID.sub("", content)
     content = APPENDED_STYLE.sub("\n", content)
     content = fix_headings(content)
+    # Outputs are not searched: the index keeps the prose and the code cells.
+    content = content.replace('<div class="jp-OutputArea jp-Cell-outputArea">',
+                              '<div class="jp-OutputArea jp-Cell-outputArea" data-search-exclude>')
     return highlight_code_cells(content)
 
 

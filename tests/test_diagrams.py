@@ -87,7 +87,7 @@ def test_inline_puts_the_svg_in_place_and_names_what_is_missing():
     drawn = f'<p>a</p><pre class="mermaid">\n{html.escape(source)}\n</pre><p>b</p>'
     undrawn = '<pre class="mermaid">flowchart LR\n  a --&gt; never_drawn</pre>'
     content, missing = diagrams.inline(drawn + undrawn, DOCS, "zh")
-    assert content.startswith('<p>a</p><figure class="diagram" tabindex="0"><svg aria-label="图：')
+    assert content.startswith('<p>a</p><figure class="diagram" tabindex="0" data-search-exclude><svg aria-label="图：')
     assert content.endswith("</figure><p>b</p>" + undrawn)
     assert 'role="img"' in content
     assert [s for s, _ in missing] == ["flowchart LR\n  a --> never_drawn"]

@@ -454,6 +454,8 @@ def test_search_finds_pages_in_both_languages(built_site):
     index = json.loads((built_site / "search" / "search_index.json").read_text(encoding="utf-8"))
     assert "definition/" in search(index, "模型")   # jieba segmented the zh page
     assert {"definition/", "en/definition/"} <= search(index, "ModuleDict")
+    assert {"save_load/", "en/save_load/"} <= search(index, "state_dict")
+    assert "save_load/" in search(index, "模型")
     assert not search(index, "型模")              # not a word: segmentation is real
 
 
