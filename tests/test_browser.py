@@ -2,6 +2,7 @@
 
 import functools
 import os
+import re
 import shutil
 import threading
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -103,7 +104,16 @@ def test_copy_button_copies_the_code_and_the_copy_runs(page, base_url, chapter, 
     count = blocks.count()
     assert count >= 2, f"{chapter} shows {count} source blocks"
     for index in range(min(count, BLOCKS_PER_PAGE)):
-        copied = copy_block(page, blocks.nth(index))
+        block = blocks.nth(index)
+        # Shown once: its caption links to the file; no code cell above it repeats the call.
+        caption = block.locator("xpath=ancestor::figure[1]/figcaption/a")
+        assert re.fullmatch(r"https://github\.com/.+/blob/\w+/tutorials_pkg/[\w/]+\.py",
+                            caption.get_attribute("href")), caption.get_attribute("href")
+        cell = block.locator("xpath=ancestor::div[contains(@class, 'jp-CodeCell')][1]")
+        assert cell.locator(".jp-InputArea-editor").count() == 0
+        copied = copy_block(page, block)
+        # It fits the column at 1280 px: long lines wrap, nothing scrolls sideways.
+        assert block.evaluate("b => b.querySelector('pre').scrollWidth <= b.querySelector('pre').clientWidth")
         workdir = tmp_path / f"block-{index}"
         workdir.mkdir()
         check = copied
