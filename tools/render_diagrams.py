@@ -182,6 +182,32 @@ EMPTY_LABEL = re.compile(r'<g class="edgeLabel"[^>]*><g class="label"[^>]*>'
                          r'(?:<rect[^>]*/>|<rect[^>]*></rect>)?(?:<text[^>]*>\s*</text>)?</g></g>')
 
 
+CSS_RULE = re.compile(r"([^{}]+)\{([^{}]*)\}")
+KEYFRAMES = re.compile(r"@keyframes\s+([\w-]+)\s*\{(?:[^{}]*\{[^{}]*\})*[^{}]*\}")
+CLASS_NAME = re.compile(r"\.(-?[_a-zA-Z][\w-]*)")
+
+
+def used_css(svg: str) -> str:
+    """The SVG with its <style> keeping only rules that can match one of its elements
+    (every class a selector names is on some element) and keyframes those rules use."""
+    classes = {c for value in re.findall(r'\bclass="([^"]*)"', svg) for c in value.split()}
+
+    def keep_rule(match):
+        selectors = [s for s in match.group(1).split(",")
+                     if set(CLASS_NAME.findall(s.split(":")[0] if "::" not in s else s)) <= classes]
+        return f"{','.join(selectors)}{{{match.group(2)}}}" if selectors else ""
+
+    def prune(match):
+        css = KEYFRAMES.sub("", match.group(1))
+        css = CSS_RULE.sub(keep_rule, css)
+        names = set(re.findall(r"animation(?:-name)?:\s*([\w-]+)", css))
+        kept = "".join(k.group(0) for k in KEYFRAMES.finditer(match.group(1))
+                       if k.group(1) in names)
+        return f"<style>{kept}{css}</style>"
+
+    return re.sub(r"<style>(.*?)</style>", prune, svg, count=1, flags=re.S)
+
+
 def compact(svg: str) -> str:
     """The SVG mermaid drew, smaller, drawing the same: numbers rounded, outlines
     straightened, no attribute that draws nothing, no id or marker nothing refers to."""
@@ -194,7 +220,8 @@ def compact(svg: str) -> str:
     root = ID.search(svg).group(1)  # the <svg>'s own id scopes its <style>
     referenced = lambda name: f"#{name}" in svg  # noqa: E731  url(#x), href="#x", #x in CSS
     svg = MARKER.sub(lambda m: m.group(0) if referenced(m.group(1)) else "", svg)
-    return ID.sub(lambda m: m.group(0) if m.group(1) == root or referenced(m.group(1)) else "", svg)
+    svg = ID.sub(lambda m: m.group(0) if m.group(1) == root or referenced(m.group(1)) else "", svg)
+    return used_css(svg)
 
 
 def draw(sources: dict[str, str]) -> dict[str, str]:
