@@ -334,6 +334,8 @@ def kernel_environment(root: Path, threads: int) -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join([str(root), *filter(None, [env.get("PYTHONPATH")])])
     env.pop("JUPYTER_PATH", None)  # the site's nbconvert templates are for rendering only
     env.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+    # The same order of str sets in every build: messages from libraries print them as they are.
+    env["PYTHONHASHSEED"] = "0"
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # parallel kernels share the cores
         env.setdefault(name, str(threads))
     return env
