@@ -295,6 +295,23 @@ def highlight_code_cells(content: str) -> str:
     return CODE_CELL_SOURCE.sub(replace, content)
 
 
+UNSEARCHED = re.compile(r"<(pre|table|figcaption|svg)\b")
+
+
+def unsearched_code_cells(content: str) -> str:
+    """Code cells' code and outputs left out of the search index: the index keeps the
+    prose and headings, which name what each section teaches, at a fraction of the size.
+
+    Material's search skips an element marked ``data-search-exclude`` up to the first
+    end tag of the same name, so the mark goes on elements that do not nest
+    (``pre``, ``table``, ``figcaption``, ``svg``), not on the cell's ``div``.
+    """
+    parts = content.split('<div class="jp-Cell ')
+    return '<div class="jp-Cell '.join(
+        [parts[0]] + [UNSEARCHED.sub(r"<\1 data-search-exclude", part)
+                      if part.startswith("jp-CodeCell") else part for part in parts[1:]])
+
+
 def toc_tokens_from_html(content: str, depth: int = 6) -> list[dict]:
     """TOC tokens, as Python-Markdown makes them, for the headings in ``content``."""
     root: list[dict] = []
@@ -317,17 +334,14 @@ def postprocess(content: str) -> str:
     content = CELL_ID.sub("", content)
     content = APPENDED_STYLE.sub("\n", content)
     content = fix_headings(content)
-    # Outputs are not searched: the index keeps the prose and the code cells.
-    content = content.replace('<div class="jp-OutputArea jp-Cell-outputArea">',
-                              '<div class="jp-OutputArea jp-Cell-outputArea" data-search-exclude>')
-    return highlight_code_cells(content)
+    return unsearched_code_cells(highlight_code_cells(content))
 
 
 def postprocess_code() -> str:
     from tutorials_pkg import source
 
     return "\n".join([inspect.getsource(f) for f in (postprocess, fix_headings, highlight_code_cells,
-                                                     shows_source_only)]
+                                                     shows_source_only, unsearched_code_cells)]
                      + [inspect.getsource(source.highlight_html)])
 
 
