@@ -436,3 +436,22 @@ def on_post_page(output, page, config):
             notebook_for_download(str(source), config.repo_url, _state.memo if _state else None),
             encoding="utf-8")
     return output
+
+
+# --- the search index -------------------------------------------------------------------
+
+@event_priority(-100)  # after the search plugin has written the index
+def on_post_build(config):
+    """The search index as UTF-8: Material writes it with every Chinese character as a
+    six-byte ``\\uXXXX`` escape, twice the bytes. Same JSON, same entries."""
+    import json
+
+    site = Path(config.site_dir)
+    for index in {site / "search" / "search_index.json",
+                  site.parent / "search" / "search_index.json"}:
+        if index.is_file():
+            text = index.read_text(encoding="utf-8")
+            if "\\u" in text:
+                data = json.loads(text)
+                index.write_text(json.dumps(data, ensure_ascii=False, separators=(",", ":")),
+                                 encoding="utf-8")
