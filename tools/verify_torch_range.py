@@ -1,11 +1,13 @@
 """Check the handbook against one torch/torchvision pair, in a fresh virtual environment.
 
-    python tools/verify_torch_range.py --torch 2.6.0 --torchvision 0.21.0
+    python tools/verify_torch_range.py --torch 2.9.0 --torchvision 0.24.0
     python tools/verify_torch_range.py --torch 2.15.0 --torchvision 0.29.2
 
 It makes a virtual environment under .cache/torch-range/ (git ignores .cache/),
 installs ``torch==X torchvision==Y`` and then the project with its test extra
-(``pip install -e ".[test]"``, with both pinned so that nothing upgrades them),
+(``pip install -e ".[test]"``, with both pinned so that nothing upgrades them;
+for a pair outside the range pyproject.toml declares, the test extra's
+requirements and then the project with ``--no-deps``),
 runs the package tests (not the slow ``site`` and ``browser`` ones, no coverage)
 and every page once (tests/test_pages.py runs each page's cells in order), and
 prints a table: page or test module, passed/failed, the first error. The exit
@@ -13,10 +15,11 @@ status is 0 only if everything passed and the venv really has the asked-for pair
 
 pip's configuration files are ignored for this script's own pip calls
 (``PIP_CONFIG_FILE=/dev/null``): a machine-wide cap on torch must not decide
-which release gets checked. ``--torch-index-url`` takes torch and torchvision
-from another index (CI uses https://download.pytorch.org/whl/cpu for CPU
-wheels; PyPI's default Linux wheels are CUDA builds of several GB). The venv
-is removed afterwards unless ``--keep`` is given.
+which release gets checked (so is PIP_CONSTRAINT; the other PIP_* variables apply: CI
+offers the CPU wheels through PIP_EXTRA_INDEX_URL). ``--torch-index-url`` takes
+torch and torchvision from another index, e.g. https://download.pytorch.org/whl/cpu
+(PyPI's Linux wheels are CUDA builds of several GB). The venv is removed
+afterwards unless ``--keep`` is given; its log stays next to it.
 """
 
 import argparse
@@ -79,8 +82,75 @@ def install(python: Path, torch: str, torchvision: str, args, log: Path) -> None
     # torch already satisfies, so pip neither upgrades nor reinstalls it.
     constraints = log.parent / "constraints.txt"
     constraints.write_text("\n".join(pair) + "\n")
-    if run(pip + ["install", "-q", "-c", str(constraints), "-e", ".[test]"], env=env, log=log):
-        raise SystemExit(f"installing the project failed; see {log}:\n{tail(log)}")
+    if in_declared_range(torch, torchvision):
+        steps = [["-e", ".[test]"]]
+    else:
+        # pip refuses a pair the project does not declare: install what the test
+        # extra needs, then the project without its dependencies (the pair stays).
+        print(f"torch {torch} / torchvision {torchvision} is outside the declared range "
+              f"({', '.join(declared_range().values())}): installing the project with --no-deps")
+        steps = [test_requirements(), ["--no-deps", "-e", "."]]
+    for step in steps:
+        if run(pip + ["install", "-q", "-c", str(constraints), *step], env=env, log=log):
+            raise SystemExit(f"installing the project failed; see {log}:\n{tail(log)}")
+
+
+def pyproject() -> dict:
+    import tomllib  # Python 3.11+
+
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+
+
+def declared_range() -> dict[str, str]:
+    """``{"torch": "torch>=2.9,<2.16", ...}`` from pyproject.toml's dependencies."""
+    found = {}
+    for requirement in pyproject()["dependencies"]:
+        name = re.match(r"[\w.-]+", requirement).group(0)
+        if name in ("torch", "torchvision"):
+            found[name] = requirement.replace(" ", "")
+    return found
+
+
+def release(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split("+")[0].split("."))
+
+
+def admits(requirement: str, version: str) -> bool:
+    """Whether ``name>=A,<B`` (the comparisons >=, >, <=, <, ==, != of releases) admits ``version``."""
+    checks = {">=": lambda a, b: a >= b, ">": lambda a, b: a > b, "<=": lambda a, b: a <= b,
+              "<": lambda a, b: a < b, "==": lambda a, b: a == b, "!=": lambda a, b: a != b}
+    specifiers = re.sub(r"^[\w.-]+", "", requirement).split(",")
+    ok = True
+    for specifier in specifiers:
+        match = re.fullmatch(r"(>=|<=|==|!=|>|<)([\d.]+)", specifier)
+        if not match:
+            raise SystemExit(f"cannot read {specifier!r} in {requirement!r}: "
+                             "write the range as name>=A,<B")
+        op, bound = match.groups()
+        a, b = release(version), release(bound)
+        width = max(len(a), len(b))
+        ok &= checks[op](a + (0,) * (width - len(a)), b + (0,) * (width - len(b)))
+    return ok
+
+
+def in_declared_range(torch: str, torchvision: str) -> bool:
+    declared = declared_range()
+    return admits(declared["torch"], torch) and admits(declared["torchvision"], torchvision)
+
+
+def test_requirements() -> list[str]:
+    """The requirements of the test extra, the project's own extras (tutorials_pkg[docs]) expanded."""
+    project = pyproject()
+    extras = project["optional-dependencies"]
+    requirements, todo = [], ["test"]
+    while todo:
+        for requirement in extras[todo.pop()]:
+            own = re.fullmatch(rf"{project['name']}\[([\w,]+)\]", requirement.replace(" ", ""))
+            if own:
+                todo += own.group(1).split(",")
+            elif requirement not in requirements:
+                requirements.append(requirement)
+    return requirements
 
 
 def installed_versions(python: Path) -> dict[str, str]:
@@ -94,7 +164,7 @@ def installed_versions(python: Path) -> dict[str, str]:
 
 
 def same_release(installed: str, asked: str) -> bool:
-    """2.6.0+cpu is the release 2.6.0; a local label (+cpu, +cu124) says only which build."""
+    """2.9.0+cpu is the release 2.9.0; a local label (+cpu, +cu128) says only which build."""
     return installed.split("+")[0] == asked
 
 
@@ -167,8 +237,8 @@ def markdown(rows: list[tuple[str, str, str]], width: int = 200) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--torch", required=True, help="a release, e.g. 2.6.0")
-    parser.add_argument("--torchvision", required=True, help="its torchvision, e.g. 0.21.0")
+    parser.add_argument("--torch", required=True, help="a release, e.g. 2.9.0")
+    parser.add_argument("--torchvision", required=True, help="its torchvision, e.g. 0.24.0")
     parser.add_argument("--python", default=sys.executable, help="the interpreter of the venv")
     parser.add_argument("--torch-index-url", help="index for torch and torchvision only "
                         "(e.g. https://download.pytorch.org/whl/cpu)")
@@ -214,7 +284,9 @@ def main(argv=None) -> int:
         rows = results(junit)
         minutes = (time.monotonic() - started) / 60
         title = (f"torch {versions['torch']}, torchvision {versions['torchvision']}, "
-                 f"Python {versions['python']} ({minutes:.0f} min, pytest exit {status})")
+                 f"Python {versions['python']} ({minutes:.0f} min, pytest exit {status}); "
+                 + ("inside" if in_declared_range(args.torch, args.torchvision) else "OUTSIDE")
+                 + f" the declared {', '.join(declared_range().values())}")
         table = f"{title}\n\n{markdown(rows)}\n"
         print("\n" + table)
         if args.report:
