@@ -1,7 +1,7 @@
 """Lighthouse on the built site, as GitHub Pages serves it: prints a table, asserts nothing.
 
     npm install --no-save --no-audit --no-fund --prefix .tools/lighthouse lighthouse@12
-    python -m benchmarks.lighthouse [--site DIR] [--build] [--only definition,en/]
+    python -m benchmarks.lighthouse [--site DIR] [--build] [--only definition/,en/] [--keep DIR]
 
 Every tutorial page in both languages and both home pages. The site (``--site``,
 default ``site/``; ``--build``, or no site there: ``mkdocs build --strict`` into it
@@ -141,6 +141,7 @@ def main(argv=None) -> int:
     parser.add_argument("--site", type=Path, default=ROOT / "site")
     parser.add_argument("--build", action="store_true", help="build the site first")
     parser.add_argument("--only", default="", help="comma-separated URL paths (en/definition/)")
+    parser.add_argument("--keep", type=Path, help="keep each page's JSON report in this folder")
     args = parser.parse_args(argv)
     if not LIGHTHOUSE.exists():
         raise SystemExit(f"Lighthouse not installed: {INSTALL}")
@@ -156,7 +157,11 @@ def main(argv=None) -> int:
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         for path in chosen:
-            report = run_lighthouse(base + path, Path(scratch) / "report.json")
+            output = Path(scratch) / "report.json"
+            if args.keep:
+                args.keep.mkdir(parents=True, exist_ok=True)
+                output = args.keep / f"{path.strip('/').replace('/', '_') or 'home'}.json"
+            report = run_lighthouse(base + path, output)
             scores = [round(100 * (report["categories"][c]["score"] or 0)) for c in CATEGORIES]
             sent = report["audits"]["total-byte-weight"]["numericValue"]
             rows.append(("/" + path, *scores, sent, " ".join(lost_points(report))))

@@ -41,7 +41,7 @@ READABLE = 0.6  # the smallest scale a diagram is shown at (its text at 16 px * 
 # How a diagram reaches the rendered HTML, escaped: a Markdown fence through
 # nbconvert's Markdown renderer, an output through hooks/templates/mkdocs_html
 # (block data_mermaid), as <pre class="mermaid">; a plain highlighted fence as code.
-HTML_BLOCK = re.compile(r'<pre class="mermaid">(?:<code>)?(.*?)(?:</code>)?</pre>'
+HTML_BLOCK = re.compile(r'<pre\b[^>]*\bclass="mermaid"[^>]*>(?:<code>)?(.*?)(?:</code>)?</pre>'
                         r'|<pre><code class="language-mermaid">(.*?)</code></pre>', re.S)
 FENCE = re.compile(r"^```mermaid[ \t]*\n(.*?)^```[ \t]*$", re.S | re.M)
 MERMAID_MIME = "text/vnd.mermaid"

@@ -1,11 +1,8 @@
 """The built site in headless Chromium: outputs, language switch, copy button, search."""
 
-import functools
 import os
 import re
 import shutil
-import threading
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlparse
 
 import pytest
@@ -32,18 +29,13 @@ if MISSING:
     pytest.skip(MISSING, allow_module_level=True)
 
 
-class QuietHandler(SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture(scope="module")
-def base_url(web_root):
-    server = ThreadingHTTPServer(("127.0.0.1", 0),
-                                 functools.partial(QuietHandler, directory=str(web_root)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}/{site_path()}/"
+def base_url(built_site):
+    """The site at site_url's path, gzip-compressed as GitHub Pages serves it."""
+    from benchmarks.lighthouse import serve
+
+    server, url = serve(built_site, f"/{site_path()}/" if site_path() else "/")
+    yield url
     server.shutdown()
 
 
@@ -134,7 +126,7 @@ REQUEST_BUDGET_BYTES = 200 * 1024
 def test_a_diagram_is_an_svg_in_the_document_and_no_request_is_large(page, base_url, chapter):
     """Diagrams are drawn at build time: an SVG in the page, no script draws it; and
     nothing the page loads (scripts, styles, the search index its worker fetches) is
-    over the budget."""
+    over the budget, as transferred (gzip, as GitHub Pages sends text)."""
     finished = []
     page.context.on("requestfinished", lambda request: finished.append(request))  # a bound
     # builtin (list.append) cannot be a Playwright handler: it sets an attribute on it

@@ -115,7 +115,9 @@ def vendored_version() -> str | None:
     return found.group(1) if found else None
 
 
-NUMBER = re.compile(r"-?\d+\.\d{2,}")
+# A number with two or more decimals, not part of a run like "12.34.5" (SVG's compact
+# form of 12.34 and .5, as in the icons of sequence diagrams).
+NUMBER = re.compile(r"(?<![\d.])-?\d+\.\d{2,}(?![\d.])")
 PATH_TOKEN = re.compile(r"([MLCZmlcz])([^MLCZmlcz]*)")
 PATH_D = re.compile(r'(<path\b[^>]*?\bd=")([^"]*)(")')
 STYLE = re.compile(r"(<style>.*?</style>)", re.DOTALL)
@@ -177,7 +179,7 @@ def number(value: float) -> str:
 UNDRAWN = re.compile(r'\s(?:data-(?:points|id|look|edge|et|node)="[^"]*"|style=""|'
                      r'font-(?:style|weight)="normal")')
 ID = re.compile(r'\sid="([^"]+)"')
-MARKER = re.compile(r'<marker\b[^>]*\bid="([^"]+)"[^>]*>.*?</marker>', re.S)
+MARKER = re.compile(r'<(marker|symbol)\b[^>]*\bid="([^"]+)"[^>]*>.*?</\1>', re.S)
 EMPTY_LABEL = re.compile(r'<g class="edgeLabel"[^>]*><g class="label"[^>]*>'
                          r'(?:<rect[^>]*/>|<rect[^>]*></rect>)?(?:<text[^>]*>\s*</text>)?</g></g>')
 
@@ -219,7 +221,7 @@ def compact(svg: str) -> str:
     svg = EMPTY_LABEL.sub("", svg)
     root = ID.search(svg).group(1)  # the <svg>'s own id scopes its <style>
     referenced = lambda name: f"#{name}" in svg  # noqa: E731  url(#x), href="#x", #x in CSS
-    svg = MARKER.sub(lambda m: m.group(0) if referenced(m.group(1)) else "", svg)
+    svg = MARKER.sub(lambda m: m.group(0) if referenced(m.group(2)) else "", svg)
     svg = ID.sub(lambda m: m.group(0) if m.group(1) == root or referenced(m.group(1)) else "", svg)
     return used_css(svg)
 
