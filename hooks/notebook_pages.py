@@ -354,7 +354,7 @@ def github_repo(repo_url: str | None) -> str | None:
     return url.path.strip("/") if url.netloc == "github.com" else None
 
 
-SOURCE_CAPTION = re.compile(r'<figcaption data-path="([^"]+)"><code>(.*?)</code></figcaption>')
+SOURCE_CAPTION = re.compile(r'<figcaption([^>]*?) data-path="([^"]+)"><code>(.*?)</code></figcaption>')
 
 
 def link_source_captions(content: str, repo_url: str | None, edit_uri: str | None) -> str:
@@ -366,7 +366,8 @@ def link_source_captions(content: str, repo_url: str | None, edit_uri: str | Non
     branch = parts[1] if len(parts) > 1 and parts[0] in ("edit", "blob") else "main"
     base = f"{repo_url.rstrip('/')}/blob/{branch}/"
     return SOURCE_CAPTION.sub(
-        lambda m: f'<figcaption><a href="{base}{m.group(1)}"><code>{m.group(2)}</code></a></figcaption>',
+        lambda m: (f'<figcaption{m.group(1)}><a href="{base}{m.group(2)}"><code>{m.group(3)}</code>'
+                   "</a></figcaption>"),
         content)
 
 
