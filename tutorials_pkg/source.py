@@ -118,24 +118,29 @@ def source_with_imports(*objects) -> str:
 def highlight_html(code: str, language: str = "python") -> str:
     """``code`` highlighted in Material's code-block markup (``div.highlight > pre > code``).
 
-    Plain names, spaces, punctuation and symbolic operators get no ``<span>`` of
-    their own (Material colours names as the text around them; punctuation and
-    operators then take that colour too): about half the bytes. Without Pygments
+    Plain names, builtins, exceptions, module names, numbers, constants (``None``),
+    spaces, punctuation and operators (``in``, ``not``) get no ``<span>`` of their own
+    (they take the colour of the text around them), and the parts of a string (prefix, quotes, ``{}`` of an f-string) one
+    class, so that they merge into one span: about half the bytes. Without Pygments
     the code is shown plain (still copyable).
     """
     try:
         from pygments import format as format_tokens
         from pygments.formatters import HtmlFormatter
         from pygments.lexers import get_lexer_by_name
-        from pygments.token import Name, Operator, Punctuation, Text, Whitespace
+        from pygments.token import (
+            Keyword, Name, Number, Operator, Punctuation, String, Text, Whitespace,
+        )
     except ImportError:
         return (f'<div class="language-{language} highlight"><pre><code>'
                 f"{html.escape(code)}</code></pre></div>")
 
     tokens = get_lexer_by_name(language).get_tokens(code)
-    unstyled = (Name, Whitespace, Punctuation, Operator)  # not Operator.Word (in, not, is)
-    plain = ((Text if any(token is t for t in unstyled) else token, value)
-             for token, value in tokens)
+    unstyled = (Name, Name.Builtin, Name.Exception, Name.Namespace, Whitespace, Punctuation,
+                Operator, Operator.Word, Keyword.Constant)
+    plain = ((Text if any(token is t for t in unstyled) or token in Number
+              else String if token in String and token is not String.Doc else token, value)
+             for token, value in tokens)  # one class for every string part: fewer spans
     formatter = HtmlFormatter(cssclass=f"language-{language} highlight", wrapcode=True)
     return format_tokens(plain, formatter)
 
