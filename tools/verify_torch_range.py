@@ -188,6 +188,8 @@ def first_error(case) -> str:
                         if line.startswith("E ")]
         raised = next((line for line in full if line.startswith(("raised ", "should raise"))), None)
         head = lines[0] if lines else kind
+        if head.endswith(":") and len(lines) > 1:  # "AssertionError:" and the comparison below it
+            head = f"{head} {lines[1]}"
         if raised is not None:
             cell = re.search(r"cell \d+", head)
             return f"{cell.group(0) if cell else head}: {raised}"
