@@ -669,7 +669,9 @@ def test_a_failure_while_another_rank_writes_gives_the_real_error_and_frees_the_
         left = kill_left_over(folder)
     assert finished is not None, f"the script's pipes stayed open for {BOUND_S} s"
     assert left == [], "processes rank 0 started outlived run_on_ranks"
-    assert finished.stdout.splitlines() == [
+    # gloo of torch 2.9 and 2.10 prints "[Gloo] Rank N is connected to ..." on each rank's stdout
+    lines = [line for line in finished.stdout.splitlines() if not line.startswith("[Gloo] ")]
+    assert lines == [
         "RankFailedError: rank 1 of 2 failed with ValueError: rank 1 fails while rank 0 writes "
         "its result", "stopped the ranks still running: [0]"], finished.stderr[-3000:]
 
