@@ -37,8 +37,18 @@ import time
 import urllib.request
 from pathlib import Path
 
-from handbook_tools import (LANGUAGES, build_env, code_cells_in_html, copy_machinery, copy_pages,
-                            page_ids, run_page, site_path, tutorial_pages)
+from handbook_tools import (
+    LANGUAGES,
+    build_env,
+    code_cells_in_html,
+    copy_machinery,
+    copy_pages,
+    mkdocs_build,
+    page_ids,
+    run_page,
+    site_path,
+    tutorial_pages,
+)
 
 EXECUTED = re.compile(r"Pages executed: (.*?); from cache: (.*?) \((.*?) s\)")
 EDITED_MODULE = "surgery"   # a chapter module: only the pages that import it run again
@@ -61,9 +71,7 @@ def env() -> dict[str, str]:
 def build(site: Path) -> tuple[float, str]:
     """Seconds of ``mkdocs build`` (cache on), and what the hook says it executed."""
     start = time.perf_counter()
-    result = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-d",
-                             str(site / "site")], cwd=site, env=env(), capture_output=True,
-                            text=True)
+    result = mkdocs_build(site, site / "site", env())  # mkdocs 1.x cleans by default anyway
     seconds = time.perf_counter() - start
     if result.returncode:
         sys.exit(f"build failed:\n{result.stderr[-6000:]}")
