@@ -6,7 +6,7 @@ builds a preview of some pages, both languages, with the cache off:
 
     python handbook_tools.py blocks surgery
 
-and prints where the site was written.
+(chapters: every page of each) and prints where the site was written.
 """
 
 import contextlib
@@ -41,6 +41,28 @@ def tutorial_pages(language: str) -> list[Path]:
 def page_ids() -> list[str]:
     """Relative paths of the tutorial pages (the same in every language)."""
     return [p.relative_to(DOCS / LANGUAGES[0]).as_posix() for p in tutorial_pages(LANGUAGES[0])]
+
+
+def chapter_of(page_id: str) -> str:
+    """The chapter a page belongs to: ``save_load/checkpoints.py`` -> ``save_load``.
+
+    A chapter is a folder of pages, ``<chapter>/index.py`` first, and its code lives
+    in ``tutorials_pkg.<chapter>``."""
+    return page_id.split("/")[0].removesuffix(".py")
+
+
+def chapters() -> list[str]:
+    return sorted({chapter_of(p) for p in page_ids()})
+
+
+def chapter_page_ids(chapter: str) -> list[str]:
+    return [p for p in page_ids() if chapter_of(p) == chapter]
+
+
+def page_url(page_id: str) -> str:
+    """The page's URL under a language's root: ``save_load/index.py`` -> ``save_load/``."""
+    path = page_id.removesuffix(".py").removesuffix("index").rstrip("/")
+    return f"{path}/" if path else ""
 
 
 def read_cells(path: Path):
@@ -234,25 +256,39 @@ def no_hooks_left(model) -> bool:
 
 # --- a preview: the site's machinery with only some pages --------------------------------
 
-NAV_PAGE = re.compile(r"^\s+- [^:]+: (\S+)\.py\s*$")
+NAV_ITEM = re.compile(r"^  - ")                        # a top-level nav entry
+NAV_PAGE = re.compile(r"^\s+- (?:[^:]+: )?(\S+\.py)\s*$")  # a page, titled or not
 
 
-def config_with_pages(stems) -> str:
-    """mkdocs.yml, its nav reduced to the home page and the given tutorial pages."""
-    lines = (ROOT / "mkdocs.yml").read_text(encoding="utf-8").splitlines(keepends=True)
-    return "".join(line for line in lines
-                   if not (m := NAV_PAGE.match(line)) or m.group(1) in stems)
+def config_with_pages(chapters) -> str:
+    """mkdocs.yml, its nav reduced to the home page and the given chapters' sections.
+
+    The nav is the file's last key; each chapter is a top-level entry whose lines
+    (title, then its pages) name pages of that chapter only."""
+    text = (ROOT / "mkdocs.yml").read_text(encoding="utf-8")
+    head, nav = text.split("\nnav:\n")
+    entries: list[list[str]] = []
+    for line in nav.splitlines(keepends=True):
+        if NAV_ITEM.match(line) or not entries:
+            entries.append([])
+        entries[-1].append(line)
+
+    def kept(entry: list[str]) -> bool:
+        pages = [m.group(1) for line in entry if (m := NAV_PAGE.match(line))]
+        return not any(p.endswith(".py") for p in pages) or chapter_of(pages[0]) in chapters
+
+    return head + "\nnav:\n" + "".join("".join(e) for e in entries if kept(e))
 
 
-def copy_machinery(where: Path, stems=("definition",)) -> None:
-    """mkdocs.yml (nav: home and ``stems``), hooks, overrides, assets and tutorials_pkg.
+def copy_machinery(where: Path, chapters=("definition",)) -> None:
+    """mkdocs.yml (nav: home and ``chapters``), hooks, overrides, assets and tutorials_pkg.
 
     The pages of a site run against the site's own copy of the package (the
     hook puts the site's root first on the kernels' path), so a test may edit
     the copy. The home pages are stubs (the real ones link to every chapter);
     no tutorial page is copied: ``copy_pages`` does that.
     """
-    (where / "mkdocs.yml").write_text(config_with_pages(set(stems)), encoding="utf-8")
+    (where / "mkdocs.yml").write_text(config_with_pages(set(chapters)), encoding="utf-8")
     for name in ("hooks", "overrides", "tutorials_pkg"):
         source = ROOT / name
         shutil.copytree(source, where / name, ignore=shutil.ignore_patterns("__pycache__"))
@@ -262,16 +298,20 @@ def copy_machinery(where: Path, stems=("definition",)) -> None:
         (where / "docs" / language / "index.md").write_text("# Preview\n", encoding="utf-8")
 
 
-def copy_pages(where: Path, stems) -> None:
+def copy_pages(where: Path, chapters) -> None:
+    """Every page of ``chapters``, both languages."""
     for language in LANGUAGES:
-        for stem in stems:
-            shutil.copy(DOCS / language / f"{stem}.py", where / "docs" / language / f"{stem}.py")
+        for chapter in chapters:
+            shutil.copytree(DOCS / language / chapter, where / "docs" / language / chapter)
 
 
-def main(stems: list[str]) -> int:
+def main(names: list[str]) -> int:
+    unknown = sorted(set(names) - set(chapters()))
+    if unknown:
+        sys.exit(f"no chapter {', '.join(unknown)}; chapters: {', '.join(chapters())}")
     where = Path(tempfile.mkdtemp(prefix="site-copy-"))
-    copy_machinery(where, stems)
-    copy_pages(where, stems)
+    copy_machinery(where, names)
+    copy_pages(where, names)
     result = mkdocs_build(where, where / "site")
     sys.stderr.write(result.stderr[-8000:])
     print(f"\nsite: {where / 'site'}  (build {'passed' if result.returncode == 0 else 'FAILED'})")

@@ -40,11 +40,13 @@ from pathlib import Path
 from handbook_tools import (
     LANGUAGES,
     build_env,
+    chapters,
     code_cells_in_html,
     copy_machinery,
     copy_pages,
     mkdocs_build,
     page_ids,
+    page_url,
     run_page,
     site_path,
     tutorial_pages,
@@ -52,13 +54,12 @@ from handbook_tools import (
 
 EXECUTED = re.compile(r"Pages executed: (.*?); from cache: (.*?) \((.*?) s\)")
 EDITED_MODULE = "surgery"   # a chapter module: only the pages that import it run again
-PROSE_PAGE = "definition"
+PROSE_PAGE = "definition/index.py"
 
 
 def copy_site(where: Path) -> None:
-    stems = [Path(p).with_suffix("").as_posix() for p in page_ids()]
-    copy_machinery(where, stems)
-    copy_pages(where, stems)
+    copy_machinery(where, chapters())
+    copy_pages(where, chapters())
     for language in LANGUAGES:  # the real home pages
         shutil.copy(Path(__file__).resolve().parent.parent / "docs" / language / "index.md",
                     where / "docs" / language / "index.md")
@@ -95,8 +96,8 @@ def page_url_paths() -> list[tuple[str, str, str]]:
     found = []
     for language in LANGUAGES:
         for page in page_ids():
-            stem = Path(page).with_suffix("").as_posix()
-            found.append((language, page, f"{stem}/" if language == "zh" else f"{language}/{stem}/"))
+            url = page_url(page)
+            found.append((language, page, url if language == "zh" else f"{language}/{url}"))
     return found
 
 
@@ -167,11 +168,11 @@ def main() -> None:
         module.write_text(module.read_text(encoding="utf-8") + "\n# edited\n", encoding="utf-8")
         seconds, ran = build(site)
         report(f"rebuild, tutorials_pkg/{EDITED_MODULE}.py edited:     {seconds:7.1f} s   ({ran})")
-        prose = site / "docs" / "en" / f"{PROSE_PAGE}.py"
+        prose = site / "docs" / "en" / PROSE_PAGE
         prose.write_text(prose.read_text(encoding="utf-8").replace(
             "\n# %% [markdown]\n", "\n# %% [markdown]\n# An edited sentence.\n#\n", 1), encoding="utf-8")
         seconds, ran = build(site)
-        report(f"rebuild, prose of en/{PROSE_PAGE}.py edited:      {seconds:7.1f} s   ({ran})")
+        report(f"rebuild, prose of en/{PROSE_PAGE} edited:      {seconds:7.1f} s   ({ran})")
 
         zh_en = []
         for page in page_ids():
@@ -210,7 +211,7 @@ def main() -> None:
             prose.write_text(prose.read_text(encoding="utf-8").replace(
                 "\n# %% [markdown]\n", "\n# %% [markdown]\n# A sentence edited while serving.\n#\n", 1),
                 encoding="utf-8")
-            url = base + f"en/{PROSE_PAGE}/"
+            url = base + f"en/{page_url(PROSE_PAGE)}"
             shown = wait_for(lambda: "A sentence edited while serving." in (fetch(url) or ""), 600)
             report(f"mkdocs serve shows a prose edit after:     {shown:7.1f} s")
         finally:

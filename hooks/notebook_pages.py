@@ -385,7 +385,7 @@ def on_page_content(content, page, config, files):
     page.toc = get_toc(tokens)
     if tokens and tokens[0]["level"] == 1:
         page.title = tokens[0]["name"]
-    stem = Path(page.file.src_uri).stem
+    stem = download_stem(page.file.src_uri)
     page.notebook_links = {"py": f"{stem}.py", "ipynb": f"{stem}.ipynb"}
     repo = github_repo(config.repo_url)
     if repo:
@@ -399,6 +399,13 @@ def on_page_content(content, page, config, files):
 
 
 # --- downloads --------------------------------------------------------------------------
+
+def download_stem(src_uri: str) -> str:
+    """The name of a page's downloads: ``en/save_load/index.py`` -> ``save_load``,
+    ``en/save_load/checkpoints.py`` -> ``save_load-checkpoints``."""
+    parts = Path(src_uri).with_suffix("").parts[1:]  # without the language folder
+    return "-".join(p for p in parts if p != "index") or "index"
+
 
 def notebook_for_download(py_path: str, repo_url: str | None, memo_dir: Path | None = None) -> str:
     """The page as ``.ipynb``, with a first cell that installs ``tutorials_pkg`` if missing."""
@@ -432,8 +439,9 @@ def on_post_page(output, page, config):
         source = Path(config.docs_dir) / page.file.src_uri
         folder = Path(page.file.abs_dest_path).parent
         folder.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source, folder / source.name)  # the page's .py, for download
-        (folder / f"{source.stem}.ipynb").write_text(
+        stem = download_stem(page.file.src_uri)
+        shutil.copyfile(source, folder / f"{stem}.py")  # the page's .py, for download
+        (folder / f"{stem}.ipynb").write_text(
             notebook_for_download(str(source), config.repo_url, _state.memo if _state else None),
             encoding="utf-8")
     return output

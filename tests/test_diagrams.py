@@ -116,7 +116,8 @@ def test_every_diagram_is_inline_svg_and_no_page_loads_mermaid(built_site):
 def test_a_diagram_not_drawn_fails_the_build_naming_the_command(tmp_path):
     copy_machinery(tmp_path)
     for language in ("zh", "en"):
-        (tmp_path / "docs" / language / "definition.py").write_text(
+        (tmp_path / "docs" / language / "definition").mkdir()
+        (tmp_path / "docs" / language / "definition" / "index.py").write_text(
             "# %% [markdown]\n# # Scratch\n#\n# ```mermaid\n# flowchart LR\n"
             f"#     a --> never_drawn_{language}\n# ```\n", encoding="utf-8")
     result = mkdocs_build(tmp_path, tmp_path / "site")

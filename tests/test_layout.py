@@ -1,4 +1,4 @@
-"""One module per page stem, a declared API in each, and the wrong ways kept apart."""
+"""One module per chapter (a folder of pages), a declared API in each, the wrong ways kept apart."""
 
 import ast
 import importlib
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import tutorials_pkg
-from handbook_tools import DOCS, LANGUAGES, page_ids, read_cells
+from handbook_tools import DOCS, LANGUAGES, ROOT, chapter_of, chapters, page_ids, read_cells
 
 PACKAGE_DIR = Path(tutorials_pkg.__file__).parent
 WRONG_HEADING = re.compile(r"^# --- Wrong\b", re.M)
@@ -23,10 +23,6 @@ def chapter_modules() -> list[str]:
     return [name for name in top_level_modules() if name not in tutorials_pkg.SUPPORT_MODULES]
 
 
-def page_stems() -> list[str]:
-    return [Path(page).stem for page in page_ids()]
-
-
 def all_module_files() -> list[Path]:
     return sorted(p for p in PACKAGE_DIR.rglob("*.py") if p.name != "__init__.py")
 
@@ -35,19 +31,39 @@ def test_support_modules_exist():
     assert set(tutorials_pkg.SUPPORT_MODULES) <= set(top_level_modules())
 
 
-@pytest.mark.parametrize("stem", page_stems())
-def test_every_page_has_the_module_of_its_stem_and_imports_it(stem):
-    assert stem in chapter_modules(), (
-        f"page {stem} has no tutorials_pkg/{stem}.py (or package tutorials_pkg/{stem}/)")
-    imports = re.compile(rf"^\s*(from|import) tutorials_pkg\.{stem}(\.\w+)*\b", re.M)
+def test_every_page_sits_in_a_chapter_folder_that_opens_with_index():
+    loose = [p for p in page_ids() if "/" not in p]
+    assert not loose, f"pages outside a chapter folder: {loose}; move each to <chapter>/index.py"
+    without_index = [c for c in chapters() if f"{c}/index.py" not in page_ids()]
+    assert not without_index, f"chapters without an index.py (their first page): {without_index}"
+
+
+@pytest.mark.parametrize("page", page_ids())
+def test_every_page_has_the_module_of_its_chapter_and_imports_it(page):
+    chapter = chapter_of(page)
+    assert chapter in chapter_modules(), (
+        f"page {page} has no tutorials_pkg/{chapter}.py (or package tutorials_pkg/{chapter}/)")
+    imports = re.compile(rf"^\s*(from|import) tutorials_pkg\.{chapter}(\.\w+)*\b", re.M)
     for language in LANGUAGES:
-        code = "\n".join(c.source for c in read_cells(DOCS / language / f"{stem}.py")
+        code = "\n".join(c.source for c in read_cells(DOCS / language / page)
                          if c.cell_type == "code")
-        assert imports.search(code), f"{language}/{stem}.py never imports tutorials_pkg.{stem}"
+        assert imports.search(code), f"{language}/{page} never imports tutorials_pkg.{chapter}"
+
+
+def test_every_page_is_in_the_nav_under_its_chapter():
+    nav = (ROOT / "mkdocs.yml").read_text(encoding="utf-8").split("\nnav:\n")[1]
+    listed = re.findall(r"^\s+- (?:[^:\n]+: )?(\S+\.py)\s*$", nav, re.M)
+    assert sorted(listed) == page_ids(), (
+        f"not in mkdocs.yml's nav: {sorted(set(page_ids()) - set(listed))}; "
+        f"in the nav but missing: {sorted(set(listed) - set(page_ids()))}")
+    order = [chapter_of(p) for p in listed]
+    assert order == sorted(order, key=order.index), "a chapter's pages sit apart in the nav"
+    firsts = [p for i, p in enumerate(listed) if i == 0 or order[i - 1] != order[i]]
+    assert all(p.endswith("/index.py") for p in firsts), f"a chapter must open with index.py: {firsts}"
 
 
 def test_every_chapter_module_has_a_page():
-    orphans = sorted(set(chapter_modules()) - set(page_stems()))
+    orphans = sorted(set(chapter_modules()) - set(chapters()))
     assert not orphans, (f"chapter modules without a page: {orphans}; add a page of that stem, "
                          "or list a shared module in tutorials_pkg.SUPPORT_MODULES")
 

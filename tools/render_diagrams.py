@@ -41,24 +41,29 @@ def load_hook_module(name: str):
 diagrams = load_hook_module("diagrams")
 
 
-def page_ids(stems=()) -> list[str]:
+def chapter_of(path: str) -> str:
+    """``save_load/checkpoints.py`` -> ``save_load`` (a page's chapter is its folder)."""
+    return path.split("/")[0].removesuffix(".py")
+
+
+def page_ids(chapters=()) -> list[str]:
     found = sorted({p.relative_to(DOCS / language).as_posix() for language in LANGUAGES
                     for p in (DOCS / language).rglob("*.py") if "assets" not in p.parts})
-    unknown = sorted(set(stems) - {Path(p).stem for p in found})
+    known = sorted({chapter_of(p) for p in found})
+    unknown = sorted(set(chapters) - set(known))
     if unknown:
-        raise SystemExit(f"no page named {', '.join(unknown)}; pages: "
-                         f"{', '.join(Path(p).stem for p in found)}")
-    return [p for p in found if not stems or Path(p).stem in stems]
+        raise SystemExit(f"no chapter named {', '.join(unknown)}; chapters: {', '.join(known)}")
+    return [p for p in found if not chapters or chapter_of(p) in chapters]
 
 
-def fence_diagrams(stems=()) -> dict[str, str]:
+def fence_diagrams(chapters=()) -> dict[str, str]:
     """Sources of the fences in the pages and Markdown files, by where each is."""
     import jupytext
 
     found = {}
     for language in LANGUAGES:
         for path in sorted((DOCS / language).rglob("*")):
-            if stems and path.stem not in stems:
+            if chapters and chapter_of(path.relative_to(DOCS / language).as_posix()) not in chapters:
                 continue
             if path.suffix == ".py" and "assets" not in path.parts:
                 sources = diagrams.notebook_diagrams(jupytext.read(path))
@@ -71,10 +76,10 @@ def fence_diagrams(stems=()) -> dict[str, str]:
     return found
 
 
-def output_diagrams(stems=()) -> dict[str, str]:
+def output_diagrams(chapters=()) -> dict[str, str]:
     """Sources of the mermaid outputs of the executed pages (executing those not cached)."""
     execution = load_hook_module("page_execution")
-    pages = execution.read_pages(DOCS, list(LANGUAGES), page_ids(stems))
+    pages = execution.read_pages(DOCS, list(LANGUAGES), page_ids(chapters))
     outcome = execution.execute_pages(pages, ROOT, ROOT / ".cache" / "handbook" / "executed")
     if outcome.ran:
         print(f"executed {', '.join(outcome.ran)} ({outcome.seconds:.0f} s)")
@@ -256,13 +261,13 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true",
                         help="draw nothing; list missing and unused files, exit 1 if any")
-    parser.add_argument("stems", nargs="*", help="only these pages (default: every page)")
+    parser.add_argument("chapters", nargs="*", help="only these chapters' pages (default: every page)")
     args = parser.parse_args(argv)
-    sources = {**fence_diagrams(args.stems), **output_diagrams(args.stems)}
+    sources = {**fence_diagrams(args.chapters), **output_diagrams(args.chapters)}
     folder = DOCS / diagrams.FOLDER
     wanted = {diagrams.svg_path(DOCS, s): (s, where) for s, where in sources.items()}
     missing = {s: where for path, (s, where) in wanted.items() if not path.is_file()}
-    unused = [] if args.stems else sorted(p for p in folder.glob("*.svg") if p not in wanted)
+    unused = [] if args.chapters else sorted(p for p in folder.glob("*.svg") if p not in wanted)
     for source, where in missing.items():
         print(f"missing: {diagrams.svg_path(DOCS, source).relative_to(ROOT)}  ({where})")
     for path in unused:
