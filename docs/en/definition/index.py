@@ -20,6 +20,14 @@
 # decides the order of computation: `nn.Sequential` runs its layers in a fixed
 # chain; with the other two, your own `forward` decides.
 #
+# The chapter has two pages:
+#
+# - this one: how to use each of the three containers, what `nn.Sequential`
+#   does inside, buffers, and which container when;
+# - [Defining models: in the wild](in_the_wild/): layers that are not
+#   registered, a forgotten `super().__init__()`, repeated names, keys a
+#   `ModuleDict` refuses, each one failing for real before it is fixed.
+#
 # Every output on this page was produced by running the code when the site was
 # built, on the versions printed below.
 
@@ -120,6 +128,17 @@ print(residual(x).shape)
 print([name for name, _ in residual.named_parameters()])
 
 # %% [markdown]
+# The parameters of all three blocks are registered: 64×64 weights and 64
+# biases each, 12,480 in all. `count_parameters` adds up the elements of
+# `model.parameters()`, the parameters PyTorch trains, saves and moves:
+
+# %%
+from tutorials_pkg.definition import count_parameters
+
+print("parameters:", count_parameters(residual))
+assert count_parameters(residual) == 3 * (64 * 64 + 64)
+
+# %% [markdown]
 # A `ModuleList` grows like a list: `append` adds one module, `extend` several,
 # `insert` puts one at an index. Each is registered, and the positional names
 # are renumbered to match the order:
@@ -131,6 +150,24 @@ grown.extend([nn.Linear(32, 10)])
 grown.insert(1, nn.Dropout(0.1))
 print(grown)
 print(list(grown.state_dict().keys()))
+
+# %% [markdown]
+# ### A `ModuleList` cannot be called
+#
+# `ModuleList` holds layers but has no `forward`, so calling it raises
+# `NotImplementedError`:
+
+# %% tags=["raises-exception"] raises="NotImplementedError"
+stack = nn.ModuleList([nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10)])
+stack(x)
+
+# %% [markdown]
+# Loop over it in your own `forward` (as `ResidualMLP` does), or, when it is a
+# plain chain, unpack it into a `Sequential`:
+
+# %%
+chain = nn.Sequential(*stack)
+print(chain(x).shape)
 
 # %% [markdown]
 # ## `nn.ModuleDict`: blocks chosen by name
@@ -256,212 +293,4 @@ print("buffers:", [name for name, _ in holder.named_buffers()])
 # | `nn.ModuleDict` | blocks selected by name (heads, branches, per-task layers) | yours: index by key | your keys |
 #
 # They nest: a `ModuleList` of `Sequential` blocks is common. What none of them
-# does is a plain Python `list` or `dict`, as the next section shows.
-
-# %% [markdown]
-# ## What goes wrong in the wild
-#
-# ### A subclass that forgets `super().__init__()`
-#
-# Every `nn.Module` subclass must call `super().__init__()` before it assigns
-# a layer: that call creates the dictionaries (`_parameters`, `_buffers`,
-# `_modules`) where `nn.Module.__setattr__` registers what you assign. Without
-# it, the first `self.fc = ...` fails:
-
-# %%
-from tutorials_pkg.definition import MLPWithoutSuperInit
-
-show_source(MLPWithoutSuperInit)
-
-# %% [markdown]
-# Building it raises an `AttributeError`, already in `__init__`:
-
-# %% tags=["raises-exception"] raises="AttributeError"
-MLPWithoutSuperInit()
-
-# %% [markdown]
-# The fix is the first line of every model on this page,
-# `super().__init__()`, as in `ResidualMLP` above.
-#
-# ### Layers kept in a plain Python list are not registered
-#
-# This looks like a model with two layers:
-
-# %%
-from tutorials_pkg.definition import UnregisteredListMLP, count_parameters
-
-show_source(UnregisteredListMLP)
-
-# %% [markdown]
-# It runs, but PyTorch does not know its layers: no parameters (an optimizer
-# built from `model.parameters()` trains nothing), an empty `state_dict`
-# (nothing is saved):
-
-# %%
-plain = UnregisteredListMLP(features=64)
-print(plain(x).shape)
-print("parameters:", count_parameters(plain))
-print("state_dict:", plain.state_dict())
-assert count_parameters(plain) == 0 and len(plain.state_dict()) == 0
-
-# %% [markdown]
-# and `.to()` does not reach them. On a GPU the layers would stay on the CPU;
-# a dtype change shows the same thing on any machine, with a `RuntimeError`:
-
-# %% tags=["raises-exception"] raises="RuntimeError"
-plain = plain.to(torch.float64)
-plain(x.to(torch.float64))
-
-# %% [markdown]
-# The fix is `nn.ModuleList`, as in `ResidualMLP` above: 3 blocks of
-# 64×64 weights and 64 biases are 12,480 parameters, all of them visible.
-
-# %%
-print("parameters:", count_parameters(ResidualMLP(features=64, depth=3)))
-assert count_parameters(ResidualMLP(features=64, depth=3)) == 3 * (64 * 64 + 64)
-
-# %% [markdown]
-# ### Heads kept in a plain Python dict are not registered either
-#
-# The same goes for a `dict`: this is `MultiHeadNet` with its heads in a plain
-# dictionary instead of an `nn.ModuleDict`.
-
-# %%
-from tutorials_pkg.definition import UnregisteredDictMultiHeadNet
-
-show_source(UnregisteredDictMultiHeadNet)
-
-# %% [markdown]
-# PyTorch sees the body and nothing of the heads: 2,080 parameters instead of
-# 2,476, and no head in the `state_dict`, so a saved model loses them.
-
-# %%
-loose = UnregisteredDictMultiHeadNet()
-print("parameters:", count_parameters(loose), "with ModuleDict:", count_parameters(MultiHeadNet()))
-print("state_dict:", list(loose.state_dict().keys()))
-assert count_parameters(MultiHeadNet()) - count_parameters(loose) == 32 * 10 + 10 + 32 * 2 + 2
-
-# %% [markdown]
-# `.to()` converts the body and not the heads, so the first head fails with a
-# `RuntimeError`:
-
-# %% tags=["raises-exception"] raises="RuntimeError"
-loose = loose.to(torch.float64)
-loose(x.to(torch.float64), head="digit")
-
-# %% [markdown]
-# ### `[nn.Linear(4, 4)] * 3` is one layer three times
-#
-# Multiplying a list repeats the *reference*: all three entries are the same
-# layer, sharing one set of weights.
-
-# %%
-shared = nn.Sequential(*[nn.Linear(4, 4)] * 3)
-print(shared[0] is shared[1] is shared[2])
-print("parameters:", count_parameters(shared))
-assert count_parameters(shared) == 4 * 4 + 4  # one layer's worth, not three
-
-# %% [markdown]
-# Create a new layer for each entry:
-
-# %%
-separate = nn.Sequential(*[nn.Linear(4, 4) for _ in range(3)])
-print(separate[0] is separate[1])
-print("parameters:", count_parameters(separate))
-
-# %% [markdown]
-# ### A repeated name in an `OrderedDict` silently drops a layer
-#
-# A dictionary keeps one value per key: the second `"fc"` replaces the first,
-# and no error says so.
-
-# %%
-from collections import OrderedDict
-
-dropped = nn.Sequential(OrderedDict([
-    ("fc", nn.Linear(64, 32)),
-    ("fc", nn.Linear(32, 10)),
-]))
-print(dropped)
-assert len(dropped) == 1  # two layers were written, one is left
-
-# %% [markdown]
-# The model that is left expects 32 inputs, so 64-feature digits fail with a
-# `RuntimeError`:
-
-# %% tags=["raises-exception"] raises="RuntimeError"
-dropped(x)
-
-# %% [markdown]
-# Give every layer its own name, and check the length when you build from a
-# generated list of names.
-
-# %%
-fixed = nn.Sequential(OrderedDict([("fc1", nn.Linear(64, 32)), ("fc2", nn.Linear(32, 10))]))
-assert len(fixed) == 2
-print(fixed(x).shape)
-
-# %% [markdown]
-# ### `ModuleDict` refuses some keys
-#
-# A key that is already an attribute of a `ModuleDict` raises a `KeyError`:
-# its methods (`keys`, `type`, `forward`, …) and also the attributes every
-# module sets in `__init__`, such as `training`:
-
-# %% tags=["raises-exception"] raises="KeyError"
-blocks = nn.ModuleDict()
-blocks["type"] = nn.Linear(4, 4)
-
-# %% [markdown]
-# `training` is not an attribute of the class, only of each instance, so a
-# check such as `hasattr(nn.ModuleDict, key)` lets it through, and the
-# assignment fails with a `KeyError` again:
-
-# %% tags=["raises-exception"] raises="KeyError"
-print(hasattr(nn.ModuleDict, "training"), hasattr(nn.ModuleDict(), "training"))
-blocks["training"] = nn.Linear(4, 4)
-
-# %% [markdown]
-# and so does a key with a dot, which is what layer names such as
-# `layer1.0.conv1` look like; again a `KeyError`:
-
-# %% tags=["raises-exception"] raises="KeyError"
-blocks["layer1.0.conv1"] = nn.Linear(4, 4)
-
-# %% [markdown]
-# `module_key` turns any layer name into a key the dictionary accepts. Replacing
-# the dots with `_` would not do: `layer1.0` and `layer1_0` are different layers
-# and would get the same key. So the dots become `/`, after any `%` or `/`
-# already in the name has been escaped as in a URL (`%25`, `%2F`); and a name
-# that is an attribute of a `ModuleDict` instance gets a trailing `/`, a key no
-# other name can give, because no layer name ends in a dot:
-
-# %%
-from tutorials_pkg.definition import module_key
-
-show_source(module_key)
-
-# %%
-names = ["type", "training", "layer1.0.conv1", "layer1_0_conv1", "layer1.0", "layer1_0"]
-for name in names:
-    blocks[module_key(name)] = nn.Linear(4, 4)
-print({name: module_key(name) for name in names})
-assert len(blocks) == len(names)  # distinct names, distinct keys
-
-# %% [markdown]
-# ### A `ModuleList` cannot be called
-#
-# `ModuleList` holds layers but has no `forward`, so calling it raises
-# `NotImplementedError`:
-
-# %% tags=["raises-exception"] raises="NotImplementedError"
-stack = nn.ModuleList([nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10)])
-stack(x)
-
-# %% [markdown]
-# Loop over it in your own `forward` (as `ResidualMLP` does), or, when it is a
-# plain chain, unpack it into a `Sequential`:
-
-# %%
-chain = nn.Sequential(*stack)
-print(chain(x).shape)
+# does is a plain Python `list` or `dict`, as [the next page](in_the_wild/) shows.

@@ -15,6 +15,11 @@
 #
 # PyTorch 提供三种容器，把层组合成模型：`nn.Sequential`、`nn.ModuleList` 和 `nn.ModuleDict`。三者都会**注册**它们装着的层：注册之后，PyTorch 才找得到这些层的参数，保存时才会把它们写进 `state_dict`，调用 `.to()` 时才会把它们一起移到别的设备或转换成别的数据类型。三者的区别在于谁决定计算顺序：`nn.Sequential` 按固定的链条依次执行；另外两种则由你自己写的 `forward` 决定。
 #
+# 本章分两页：
+#
+# - 本页：三种容器各自的用法，`nn.Sequential` 内部做了什么，buffer，以及什么时候用哪一种；
+# - [模型定义：常见错误](in_the_wild/)：没有注册的层、忘了 `super().__init__()`、重名的层、`ModuleDict` 不接受的键，每个错误都先实际运行、看它出错，再给出改法。
+#
 # 本页的每一段输出，都是构建网站时真正运行代码得到的，运行环境就是下面打印的版本。
 
 # %%
@@ -106,6 +111,15 @@ print(residual(x).shape)
 print([name for name, _ in residual.named_parameters()])
 
 # %% [markdown]
+# 三个模块的参数全都注册了：每个模块有 64×64 个权重和 64 个偏置，共 12,480 个参数。`count_parameters` 把 `model.parameters()` 里每个参数的元素个数加起来，也就是 PyTorch 会训练、保存和移动的参数：
+
+# %%
+from tutorials_pkg.definition import count_parameters
+
+print("parameters:", count_parameters(residual))
+assert count_parameters(residual) == 3 * (64 * 64 + 64)
+
+# %% [markdown]
 # `ModuleList` 可以像列表一样扩充：`append` 添加一个模块，`extend` 添加多个，`insert` 在指定位置插入一个。每个新模块都会被注册，按位置的名字也会随顺序重新编号：
 
 # %%
@@ -115,6 +129,22 @@ grown.extend([nn.Linear(32, 10)])
 grown.insert(1, nn.Dropout(0.1))
 print(grown)
 print(list(grown.state_dict().keys()))
+
+# %% [markdown]
+# ### `ModuleList` 不能被调用
+#
+# `ModuleList` 装着层，却没有 `forward`，所以调用它会引发 `NotImplementedError`：
+
+# %% tags=["raises-exception"] raises="NotImplementedError"
+stack = nn.ModuleList([nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10)])
+stack(x)
+
+# %% [markdown]
+# 在你自己的 `forward` 里遍历它（像 `ResidualMLP` 那样）；如果它就是一条直链，就把它展开放进 `Sequential`：
+
+# %%
+chain = nn.Sequential(*stack)
+print(chain(x).shape)
 
 # %% [markdown]
 # ## `nn.ModuleDict`：按名字选择模块
@@ -221,185 +251,4 @@ print("buffers:", [name for name, _ in holder.named_buffers()])
 # | `nn.ModuleList` | 重复的模块、循环、跳跃连接 | 自己写：遍历它 | `0`、`1`…… |
 # | `nn.ModuleDict` | 按名字选择的模块（分类头、分支、按任务区分的层） | 自己写：按键取用 | 你起的键 |
 #
-# 它们可以互相嵌套：`ModuleList` 里装 `Sequential` 模块就很常见。普通的 Python `list` 或 `dict` 则做不到这些，下一节会演示。
-
-# %% [markdown]
-# ## 实践中常见的错误
-#
-# ### 子类忘了调用 `super().__init__()`
-#
-# 每个 `nn.Module` 子类都必须先调用 `super().__init__()`，再给自己赋值层：这一调用会创建 `_parameters`、`_buffers`、`_modules` 这几个字典，`nn.Module.__setattr__` 正是把赋值的层登记在这些字典里。少了这一步，第一句 `self.fc = ...` 就会失败：
-
-# %%
-from tutorials_pkg.definition import MLPWithoutSuperInit
-
-show_source(MLPWithoutSuperInit)
-
-# %% [markdown]
-# 一构建就抛出 `AttributeError`，错误发生在 `__init__` 里：
-
-# %% tags=["raises-exception"] raises="AttributeError"
-MLPWithoutSuperInit()
-
-# %% [markdown]
-# 修正办法就是本页每个模型的第一行 `super().__init__()`，如上面的 `ResidualMLP`。
-#
-# ### 放在普通 Python 列表里的层没有被注册
-#
-# 这看起来是一个有两层的模型：
-
-# %%
-from tutorials_pkg.definition import UnregisteredListMLP, count_parameters
-
-show_source(UnregisteredListMLP)
-
-# %% [markdown]
-# 它能运行，但 PyTorch 并不知道它的层：没有参数（用 `model.parameters()` 构建的优化器什么也训练不了），`state_dict` 是空的（什么也存不下来）：
-
-# %%
-plain = UnregisteredListMLP(features=64)
-print(plain(x).shape)
-print("parameters:", count_parameters(plain))
-print("state_dict:", plain.state_dict())
-assert count_parameters(plain) == 0 and len(plain.state_dict()) == 0
-
-# %% [markdown]
-# `.to()` 也管不到这些层。换到 GPU 时，这些层会留在 CPU 上；改变数据类型在任何机器上都能看到同样的问题，报 `RuntimeError`：
-
-# %% tags=["raises-exception"] raises="RuntimeError"
-plain = plain.to(torch.float64)
-plain(x.to(torch.float64))
-
-# %% [markdown]
-# 改用 `nn.ModuleList` 即可，就像上面的 `ResidualMLP`：3 个模块，每个有 64×64 个权重和 64 个偏置，共 12,480 个参数，全部可见。
-
-# %%
-print("parameters:", count_parameters(ResidualMLP(features=64, depth=3)))
-assert count_parameters(ResidualMLP(features=64, depth=3)) == 3 * (64 * 64 + 64)
-
-# %% [markdown]
-# ### 放在普通 Python 字典里的分类头同样没有被注册
-#
-# `dict` 也一样：下面是把分类头放进普通字典、而不是 `nn.ModuleDict` 的 `MultiHeadNet`。
-
-# %%
-from tutorials_pkg.definition import UnregisteredDictMultiHeadNet
-
-show_source(UnregisteredDictMultiHeadNet)
-
-# %% [markdown]
-# PyTorch 只看得到主干，看不到任何分类头：参数是 2,080 个而不是 2,476 个，`state_dict` 里也没有分类头，保存下来的模型会丢掉它们。
-
-# %%
-loose = UnregisteredDictMultiHeadNet()
-print("parameters:", count_parameters(loose), "with ModuleDict:", count_parameters(MultiHeadNet()))
-print("state_dict:", list(loose.state_dict().keys()))
-assert count_parameters(MultiHeadNet()) - count_parameters(loose) == 32 * 10 + 10 + 32 * 2 + 2
-
-# %% [markdown]
-# `.to()` 只转换主干，不转换分类头，所以第一个分类头就抛出 `RuntimeError`：
-
-# %% tags=["raises-exception"] raises="RuntimeError"
-loose = loose.to(torch.float64)
-loose(x.to(torch.float64), head="digit")
-
-# %% [markdown]
-# ### `[nn.Linear(4, 4)] * 3` 是同一层用了三次
-#
-# 列表乘法重复的是**引用**：三个元素是同一个层，共享同一组权重。
-
-# %%
-shared = nn.Sequential(*[nn.Linear(4, 4)] * 3)
-print(shared[0] is shared[1] is shared[2])
-print("parameters:", count_parameters(shared))
-assert count_parameters(shared) == 4 * 4 + 4  # one layer's worth, not three
-
-# %% [markdown]
-# 每个位置各建一个新层：
-
-# %%
-separate = nn.Sequential(*[nn.Linear(4, 4) for _ in range(3)])
-print(separate[0] is separate[1])
-print("parameters:", count_parameters(separate))
-
-# %% [markdown]
-# ### `OrderedDict` 里重复的名字会悄悄丢掉一层
-#
-# 字典每个键只保留一个值：第二个 `"fc"` 覆盖了第一个，而且没有任何报错。
-
-# %%
-from collections import OrderedDict
-
-dropped = nn.Sequential(OrderedDict([
-    ("fc", nn.Linear(64, 32)),
-    ("fc", nn.Linear(32, 10)),
-]))
-print(dropped)
-assert len(dropped) == 1  # two layers were written, one is left
-
-# %% [markdown]
-# 剩下的模型需要 32 维输入，所以输入 64 维的手写数字会报 `RuntimeError`：
-
-# %% tags=["raises-exception"] raises="RuntimeError"
-dropped(x)
-
-# %% [markdown]
-# 每层起一个不同的名字；当名字是程序生成的时候，构建后检查一下长度。
-
-# %%
-fixed = nn.Sequential(OrderedDict([("fc1", nn.Linear(64, 32)), ("fc2", nn.Linear(32, 10))]))
-assert len(fixed) == 2
-print(fixed(x).shape)
-
-# %% [markdown]
-# ### `ModuleDict` 拒绝某些键
-#
-# 已经是 `ModuleDict` 属性的键会引发 `KeyError`：既包括它的方法（`keys`、`type`、`forward`……），也包括每个模块在 `__init__` 里设置的属性，比如 `training`：
-
-# %% tags=["raises-exception"] raises="KeyError"
-blocks = nn.ModuleDict()
-blocks["type"] = nn.Linear(4, 4)
-
-# %% [markdown]
-# `training` 不是类的属性，只是每个实例的属性，所以 `hasattr(nn.ModuleDict, key)` 这样的检查会放过它，赋值时同样抛出 `KeyError`：
-
-# %% tags=["raises-exception"] raises="KeyError"
-print(hasattr(nn.ModuleDict, "training"), hasattr(nn.ModuleDict(), "training"))
-blocks["training"] = nn.Linear(4, 4)
-
-# %% [markdown]
-# 带点号的键也一样，而 `layer1.0.conv1` 这样的层名正带有点号；同样是 `KeyError`：
-
-# %% tags=["raises-exception"] raises="KeyError"
-blocks["layer1.0.conv1"] = nn.Linear(4, 4)
-
-# %% [markdown]
-# `module_key` 把任意层名变成字典能接受的键。只把点号换成 `_` 是不行的：`layer1.0` 和 `layer1_0` 是两个不同的层，却会得到同一个键。所以点号换成 `/`，而名字里原有的 `%` 或 `/` 先按 URL 的方式转义（`%25`、`%2F`）；恰好是 `ModuleDict` 实例属性的名字，末尾再加一个 `/`。别的名字不可能得到这样的键，因为层名不会以点号结尾：
-
-# %%
-from tutorials_pkg.definition import module_key
-
-show_source(module_key)
-
-# %%
-names = ["type", "training", "layer1.0.conv1", "layer1_0_conv1", "layer1.0", "layer1_0"]
-for name in names:
-    blocks[module_key(name)] = nn.Linear(4, 4)
-print({name: module_key(name) for name in names})
-assert len(blocks) == len(names)  # distinct names, distinct keys
-
-# %% [markdown]
-# ### `ModuleList` 不能被调用
-#
-# `ModuleList` 装着层，却没有 `forward`，所以调用它会引发 `NotImplementedError`：
-
-# %% tags=["raises-exception"] raises="NotImplementedError"
-stack = nn.ModuleList([nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10)])
-stack(x)
-
-# %% [markdown]
-# 在你自己的 `forward` 里遍历它（像 `ResidualMLP` 那样）；如果它就是一条直链，就把它展开放进 `Sequential`：
-
-# %%
-chain = nn.Sequential(*stack)
-print(chain(x).shape)
+# 它们可以互相嵌套：`ModuleList` 里装 `Sequential` 模块就很常见。普通的 Python `list` 或 `dict` 则做不到这些，[下一页](in_the_wild/)会演示。
