@@ -124,7 +124,7 @@ def test_copy_button_copies_the_code_and_the_copy_runs(page, base_url, chapter, 
 REQUEST_BUDGET_BYTES = 200 * 1024
 
 
-@pytest.mark.parametrize("chapter", ["en/definition/", "grad_fn/"])
+@pytest.mark.parametrize("chapter", ["en/definition/", "grad_fn/drawing/"])
 def test_a_diagram_is_an_svg_in_the_document_and_no_request_is_large(page, base_url, chapter):
     """Diagrams are drawn at build time: an SVG in the page, no script draws it; and
     nothing the page loads (scripts, styles, the search index its worker fetches) is
