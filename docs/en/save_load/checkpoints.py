@@ -1,0 +1,307 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Saving and loading: checkpoints
+#
+# The second page of the chapter on saving and loading. [The first
+# page](../) showed why to save a `state_dict` rather than the whole model;
+# this one writes it into a checkpoint that a crash cannot break, and reads it
+# back with `load_checkpoint`, whatever wrapper or device it was saved from.
+
+# %% [markdown]
+# The examples start where [the first page](../) did: a small classifier
+# for scikit-learn's 8×8 handwritten digits, trained one step from the same
+# seed. Every file goes into a new temporary directory, which becomes the
+# working directory. Last, the versions this page runs on.
+
+# %%
+import os
+import tempfile
+
+import torch
+from torch import nn
+
+from tutorials_pkg.digits import digits_classifier, load_digits_tensors
+from tutorials_pkg.runtime import describe_runtime
+from tutorials_pkg.save_load import load_checkpoint
+from tutorials_pkg.source import show_source
+
+x, y = load_digits_tensors(flatten=True)
+torch.manual_seed(0)
+model = digits_classifier()
+optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+nn.functional.cross_entropy(model(x[:64]), y[:64]).backward()
+optimizer.step()
+model.eval()
+os.chdir(tempfile.mkdtemp())
+
+print(describe_runtime())
+
+# %% [markdown]
+# ## Writing a checkpoint that survives a crash
+#
+# `torch.save(obj, path)` opens `path` for writing first, which empties it,
+# and then writes. If the process dies half-way (out of disk, killed by a
+# scheduler, power), the last good checkpoint is gone and the file left
+# behind is truncated. Loading it fails; cut in half as here, `torch.load`
+# raises an `OSError` from the zip reader that names no file (cut elsewhere,
+# it is a `RuntimeError` saying the zip archive has no central directory, and
+# an empty file gives a bare `EOFError`):
+
+# %% tags=["raises-exception"] raises="OSError"
+import io
+
+buffer = io.BytesIO()
+torch.save(model.state_dict(), buffer)
+with open("truncated.pt", "wb") as file:
+    file.write(buffer.getvalue()[: len(buffer.getvalue()) // 2])  # what a crash leaves
+torch.load("truncated.pt")
+
+# %% [markdown]
+# The message a reader needs names the file and says what is wrong with it.
+# `load_checkpoint`, the loader of this chapter, gives a `TruncatedCheckpointError`
+# (a `ValueError`) for an empty or cut-short file:
+
+# %% tags=["raises-exception"] raises="TruncatedCheckpointError"
+load_checkpoint("truncated.pt", digits_classifier())
+
+# %% [markdown]
+# `save_checkpoint` never writes to `path` itself. It writes a temporary file
+# next to it, calls `flush` and `os.fsync` so the bytes are on the disk and
+# not only in the operating system's cache, and then `os.replace` puts the new
+# file in place in one step (a rename within one file system is atomic).
+# A reader sees either the old checkpoint or the complete new one.
+#
+# ```mermaid
+# flowchart LR
+#     s["torch.save to .ckpt.pt.1f3a9c2b.tmp"] --> c["read back: weights_only?"] --> f["flush + fsync"] --> r["os.replace(tmp, ckpt.pt)"]
+#     s -. crash .-> old(["ckpt.pt: the previous checkpoint, intact"])
+#     c -. refused .-> old
+#     f -. crash .-> old
+# ```
+#
+# Before the new file replaces the old one, it is read back with
+# `torch.load(weights_only=True)` (mapped, so the tensors' bytes are not read
+# again): anything in it that `load_checkpoint` would refuse is refused now,
+# at save time, naming the entry. Through a symbolic link it replaces the
+# file the link points to, as `torch.save` would, and keeps that file's
+# permissions; its errors name your path, not the temporary one; and the
+# temporary name is shortened where needed, so a long but valid file name
+# saves.
+
+# %%
+from tutorials_pkg.save_load import save_checkpoint
+
+show_source(save_checkpoint)
+
+# %% [markdown]
+# To see it work, save once, then make the next save fail half-way: the
+# stand-in for `torch.save` below writes half the bytes and then raises the
+# `OSError` a full disk gives.
+
+# %% tags=["raises-exception"] raises="OSError"
+import errno
+from unittest import mock
+
+save_checkpoint("ckpt.pt", model, optimizer, epoch=1)
+real_save = torch.save
+
+
+def disk_full_half_way(obj, file):
+    data = io.BytesIO()
+    real_save(obj, data)
+    file.write(data.getvalue()[: len(data.getvalue()) // 2])
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+with mock.patch("torch.save", disk_full_half_way):
+    save_checkpoint("ckpt.pt", model, optimizer, epoch=2)
+
+# %% [markdown]
+# The previous checkpoint is still there and loads, and the half-written
+# temporary file was removed:
+
+# %%
+assert torch.load("ckpt.pt")["epoch"] == 1
+assert not [name for name in os.listdir() if name.endswith(".tmp")]
+
+# %% [markdown]
+# A process killed with `SIGKILL` (or by the out-of-memory killer) cannot
+# remove its temporary file. Each save holds an advisory lock (`flock`) on its
+# temporary file while it writes, and the next save of the same path deletes
+# the temporary files that no running save holds. Below, a checkpoint is
+# saved through a link `latest.pt`, its file gets the permissions `0600`, and a
+# stand-in for such a leftover is put beside it; after the next save the link
+# is still a link, the file still `0600`, and the leftover gone:
+
+# %%
+os.makedirs("run-1")
+os.symlink("run-1/ckpt.pt", "latest.pt")
+save_checkpoint("latest.pt", model, epoch=1)
+os.chmod("run-1/ckpt.pt", 0o600)
+with open("run-1/.ckpt.pt.0123abcd.tmp", "wb") as file:  # what a killed save leaves
+    file.write(b"half a checkpoint")
+
+save_checkpoint("latest.pt", model, epoch=2)
+print(os.path.islink("latest.pt"), oct(os.stat("run-1/ckpt.pt").st_mode & 0o777), sorted(os.listdir("run-1")))
+assert torch.load("run-1/ckpt.pt")["epoch"] == 2
+
+# %% [markdown]
+# ### Metadata the loader would refuse
+#
+# `save_checkpoint` takes any keyword arguments as metadata, and whatever
+# they hold must come back through `weights_only=True`. Three common values do
+# not: a numpy number (a metric computed with numpy, `np.float64(0.9)`), a
+# `pathlib.Path`, and an `argparse.Namespace` of the run's settings. A plain
+# `torch.save` writes them without a word, and the run finds out when it
+# resumes. `save_checkpoint` refuses them at once with a `TypeError` that
+# names the entry and what to store instead, and leaves the old file as it was:
+
+# %% tags=["raises-exception"] raises="TypeError"
+import argparse
+import pathlib
+
+import numpy as np
+
+args = argparse.Namespace(lr=0.01, data=pathlib.Path("data/digits"))
+save_checkpoint("ckpt.pt", model, epoch=3, accuracy=np.float64(0.9), args=args)
+
+# %% [markdown]
+# Stored as a `float`, a `str` and a dictionary (`vars(args)`), the same
+# metadata saves and loads back:
+
+# %%
+settings = {**vars(args), "data": str(args.data)}
+save_checkpoint("ckpt.pt", model, epoch=3, accuracy=float(np.float64(0.9)), args=settings)
+print(load_checkpoint("ckpt.pt", digits_classifier()))
+
+# %% [markdown]
+# ## Loading a checkpoint: `load_checkpoint`
+#
+# `load_checkpoint` reads with `weights_only=True`, puts the weights into the
+# model and the state into the optimizer, and returns everything else that was
+# saved (epoch, losses, settings). It checks everything before it changes
+# anything: the keys and shapes of the weights, and that the optimizer has as
+# many parameter groups of as many parameters as the saved state. A file with
+# no model weights in it (a dictionary of metrics, say) is refused, also with
+# `strict=False`, and with `strict=False` a warning lists the keys that were
+# not loaded. Entries that are not tensors, such as the state a module returns
+# from `get_extra_state`, load like the rest.
+#
+# It also removes a wrapper's prefix. `nn.DataParallel` and
+# `DistributedDataParallel` keep the model as `self.module`, so every key of
+# their `state_dict` starts with `module.`; a `torch.compile`d model keeps it
+# as `_orig_mod`. The prefix is removed with torch's own
+# `torch.nn.modules.utils.consume_prefix_in_state_dict_if_present`, which looks
+# only at the start of a key: a layer that is really called `module` inside
+# the model (`encoder.module.weight`) keeps its name. The model side is
+# unwrapped the same way, so a checkpoint fits whichever way it was saved.
+
+# %%
+show_source(load_checkpoint)
+
+# %% [markdown]
+# The prefixes, as the wrappers write them (`torch.compile` only wraps here;
+# nothing is compiled until the model is called):
+
+# %%
+print(list(nn.DataParallel(model).state_dict())[:2])
+print(list(torch.compile(model).state_dict())[:2])
+
+# %% [markdown]
+# ### Saved on one device or many, loaded on one or many
+#
+# `nn.DataParallel` runs on a CPU-only machine too (it simply calls the model),
+# which is enough to produce its prefix. All four combinations load and give
+# the same outputs:
+
+# %%
+reference = model.eval()(x[:8])
+for save_wrapped in (False, True):
+    for load_wrapped in (False, True):
+        save_checkpoint("ckpt.pt", nn.DataParallel(model) if save_wrapped else model, epoch=4)
+        target = nn.DataParallel(digits_classifier()) if load_wrapped else digits_classifier()
+        meta = load_checkpoint("ckpt.pt", target)
+        same = torch.equal(target.eval()(x[:8]), reference)
+        print(f"DataParallel when saving: {save_wrapped!s:5}  when loading: {load_wrapped!s:5}  same outputs: {same}")
+        assert same
+
+# %% [markdown]
+# The usual advice still holds: save `model.module.state_dict()` from a
+# wrapped model, so the file has clean names for everyone else.
+#
+# ### Moving between GPU and CPU: `map_location`
+#
+# `torch.load` puts each tensor back on the device it was saved from. A
+# checkpoint saved on a GPU therefore needs a GPU to load, unless
+# `map_location` says otherwise:
+#
+# ```python
+# load_checkpoint(path, model, map_location="cpu")              # saved on cuda, load on a CPU machine
+# load_checkpoint(path, model.to("cuda"), map_location="cuda")  # saved on CPU, load straight to the GPU
+# torch.load(path, map_location={"cuda:1": "cuda:0"})           # a GPU index this machine does not have
+# ```
+#
+# `load_checkpoint` defaults to `"cpu"`: `load_state_dict` copies the values
+# into the model's own tensors wherever they live, so loading through the CPU
+# works for any model and never fills GPU memory with a second copy. The same
+# code on whatever device this page runs on:
+
+# %%
+from tutorials_pkg.runtime import default_device
+
+device = default_device()
+on_device = digits_classifier().to(device)
+load_checkpoint("ckpt.pt", on_device, map_location=device)
+print(on_device.fc1.weight.device, torch.equal(on_device.eval()(x[:8].to(device)).cpu(), reference))
+
+# %% [markdown]
+# ### A checkpoint that does not fit
+#
+# A model built for 8 hidden units instead of 32 gets a
+# `CheckpointMismatchError` (a `ValueError`) that lists the keys whose shapes
+# differ:
+
+# %% tags=["raises-exception"] raises="CheckpointMismatchError"
+load_checkpoint("ckpt.pt", digits_classifier(hidden=8))
+
+# %% [markdown]
+# An optimizer built differently from the one that was saved (here two
+# parameter groups instead of one) gets a `ValueError` before anything is
+# loaded, so the model keeps the weights it had:
+
+# %% tags=["raises-exception"] raises="ValueError"
+save_checkpoint("ckpt.pt", model, optimizer, epoch=4)
+target = digits_classifier()
+before = target.fc1.weight.detach().clone()
+two_groups = torch.optim.Adam([{"params": target.fc1.parameters()}, {"params": target.fc2.parameters()}])
+load_checkpoint("ckpt.pt", target, two_groups)
+
+# %%
+assert torch.equal(target.fc1.weight, before)
+print("the model was not changed")
+
+# %% [markdown]
+# With `strict=False` the keys that do not fit are skipped, and a warning
+# says which (caught here to print just its message):
+
+# %%
+import warnings
+
+partial = model.state_dict()
+del partial["fc2.bias"]
+torch.save(partial, "partial.pt")
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    load_checkpoint("partial.pt", digits_classifier(), strict=False)
+print(caught[0].category.__name__, caught[0].message)
