@@ -11,24 +11,36 @@
 # ---
 
 # %% [markdown]
-# # Checkpoints with DDP and sharded checkpoints
+# # DDP and sharded checkpoints
 #
 # When training runs in several processes, one per GPU, each process (a
 # *rank*) holds either a full copy of the model (DDP) or a slice of it
 # (FSDP). Saving and loading then raise three new questions: who writes the
 # file, who waits for it, and on which device the tensors land when they are
-# read back. This page answers them with code that really runs in several
-# processes.
+# read back. This chapter answers them with code that really runs in several
+# processes, in five pages:
 #
-# It starts with the training script you launch with `torchrun`. The script
-# picks its device itself: on a machine with GPUs each rank takes its own GPU
-# and the `nccl` backend; without one, as on the machine that built this
-# page, each rank works on the CPU with the `gloo` backend. The rest of the
-# page runs the same functions on two CPU ranks to look inside them; the
+# - This page: the training script `torchrun` starts, why every rank ends with
+#   the same weights, how every rank loads when training resumes, and the
+#   `module.` that `DataParallel` and DDP put in front of every key.
+# - [DDP: SyncBatchNorm and unused parameters](sync_and_unused/): BatchNorm
+#   across ranks, and parameters that forward never uses.
+# - [Sharded checkpoints: DCP and one file](sharded/): sharded saves with
+#   `torch.distributed.checkpoint`, and from shards to one file and back.
+# - [This chapter's launcher: run_on_ranks](launcher/): how the chapter runs a
+#   function in several processes, and its code.
+# - [Distributed checkpoints: in the wild](in_the_wild/): what goes wrong in
+#   practice, shown failing, then fixed.
+#
+# This page starts with the training script you launch with `torchrun`. The
+# script picks its device itself: on a machine with GPUs each rank takes its own
+# GPU and the `nccl` backend; without one, as on the machine that built this
+# site, each rank works on the CPU with the `gloo` backend. The rest of the
+# chapter runs the same functions on two CPU ranks to look inside them; the
 # project's GPU tests run them with `nccl` on CUDA.
 #
-# Every output on this page was produced by running the code when the site was
-# built, on the versions printed below.
+# Every output in this chapter was produced by running the code when the site
+# was built, on the versions printed below.
 
 # %%
 from tutorials_pkg.runtime import describe_runtime
@@ -123,7 +135,8 @@ print(sorted(os.listdir("torchrun_job")))
 #
 # A `torchrun` job cannot hand Python objects back to this notebook. To look
 # inside the ranks, the page starts the same function, `train_ddp`, with
-# `run_on_ranks` (from `tutorials_pkg.launcher`, shown at the end of the page):
+# `run_on_ranks` (from `tutorials_pkg.launcher`, shown on
+# [the launcher's page](launcher/)):
 # it spawns one fresh process per rank with the variables `torchrun` sets,
 # joins them in a `gloo` group, and returns what each rank returned.
 
@@ -249,112 +262,6 @@ assert gap > 1e-3
 # model, and the next checkpoint is rank 0's alone. Load on every rank.
 
 # %% [markdown]
-# ## BatchNorm across ranks: `SyncBatchNorm`
-#
-# Under DDP, each rank's BatchNorm computes the batch statistics over its own
-# batch only: with 4 images per GPU, statistics of 4 images.
-# `nn.SyncBatchNorm.convert_sync_batchnorm(model)` replaces every BatchNorm
-# layer with a `SyncBatchNorm` that keeps the same parameters and buffers and
-# computes the statistics over the batches of all ranks. Convert before
-# wrapping in DDP:
-
-# %%
-from tutorials_pkg.distributed import sync_batchnorm_step
-
-show_source(sync_batchnorm_step)
-
-# %% [markdown]
-# DDP needs a process group; a group of one process, here in the notebook, is
-# enough to try it (a `HashStore` in memory replaces the address and port):
-
-# %%
-import torch.distributed as dist
-from torch import nn
-
-dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
-synced = nn.SyncBatchNorm.convert_sync_batchnorm(nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8)))
-print(synced)
-
-# %% [markdown]
-# `SyncBatchNorm` needs the model on an accelerator: DDP refuses a model on
-# the CPU that contains one, with a `ValueError`. (The GPU tests check that on CUDA every rank's running
-# mean is that of the whole batch across the ranks.)
-
-# %% tags=["raises-exception"] raises="ValueError"
-from torch.nn.parallel import DistributedDataParallel as DDP
-
-DDP(synced)
-
-# %% [markdown]
-# ## Parameters that forward never uses: `find_unused_parameters`
-#
-# The [summary chapter](../summary/) meets a model that keeps a whole `resnet18` as
-# `self.base_model` and uses only its first three layers. Registered, its
-# 11,689,512 parameters go into every `state_dict` (128 keys, where the model
-# needs 6), and DDP expects a gradient for each of them. The same model in
-# small, on `tiny_resnet`:
-
-# %%
-from tutorials_pkg.distributed import RegistersUnusedBaseModel, count_allreduced
-
-show_source(RegistersUnusedBaseModel, count_allreduced)
-
-# %% [markdown]
-# `count_allreduced` registers a communication hook that records how many
-# values each all-reduce carries, then does what DDP does without a hook. The
-# first step runs; DDP waits for gradients that the unused parameters never
-# get, so the bucket that holds them never becomes ready, and *nothing* is
-# averaged:
-
-# %%
-images = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
-labels = torch.tensor([0, 1, 2, 3])
-unused = DDP(RegistersUnusedBaseModel())
-counts = count_allreduced(unused)
-unused_optimizer = torch.optim.SGD(unused.parameters(), lr=0.1)
-train_step(unused, unused_optimizer, images, labels)
-print("values all-reduced in step 1:", counts)
-
-# %% [markdown]
-# The next step raises a `RuntimeError` that names the parameters which got
-# no gradient (by index):
-
-# %% tags=["raises-exception"] raises="RuntimeError"
-train_step(unused, unused_optimizer, images, labels)
-
-# %% [markdown]
-# Two fixes. The first is the one the summary chapter gives: keep the base
-# model a local variable, so that only the layers forward uses are registered.
-
-# %%
-from tutorials_pkg.distributed import StemAndHead
-
-show_source(StemAndHead)
-
-# %% [markdown]
-# The second keeps the model and passes `find_unused_parameters=True`. That
-# flag has a cost: every step, DDP walks the autograd graph from the outputs to
-# find the parameters that got no gradient, and it still all-reduces them (as
-# zeros), so every step carries the whole base model:
-
-# %%
-for name, model in (("base model a local", DDP(StemAndHead())),
-                    ("find_unused_parameters", DDP(RegistersUnusedBaseModel(),
-                                                   find_unused_parameters=True))):
-    counts = count_allreduced(model)
-    model_optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    for _ in range(2):
-        train_step(model, model_optimizer, images, labels)
-    print(f"{name:22}: {len(model.module.state_dict()):2} state_dict keys, "
-          f"values all-reduced per step: {counts}")
-
-# %% [markdown]
-# Here 5,356 values instead of 322; with the tutorial's `resnet18`, its
-# 11,689,512 parameters, 46.8 MB in float32, every step. Don't register what
-# forward does not use; keep the flag for models whose forward really skips
-# parameters on some steps.
-
-# %% [markdown]
 # ## `DataParallel` and DDP: both put `module.` in front of every key
 #
 # Many tutorials still train on several GPUs with `nn.DataParallel(model)`:
@@ -363,15 +270,23 @@ for name, model in (("base model a local", DDP(StemAndHead())),
 # single machine; its `DataParallel` docstring says so:
 
 # %%
+from torch import nn
+
 doc = " ".join(nn.DataParallel.__doc__.split())
 start = doc.index("It is recommended")
 print(doc[start:doc.index(".", doc.index("single node", start)) + 1])
 
 # %% [markdown]
 # Both wrappers keep the model as `.module`, so their `state_dict()` names
-# every tensor `module.<name>`:
+# every tensor `module.<name>`. DDP needs a process group; a group of one
+# process, here in the notebook, is enough to try it (a `HashStore` in memory
+# replaces the address and port):
 
 # %%
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
 print("DataParallel:", list(nn.DataParallel(tiny_model()).state_dict()))
 print("DDP:         ", list(DDP(tiny_model()).state_dict()))
 wrapper_state = DDP(tiny_model()).state_dict()  # wrong: the wrapper's keys
@@ -397,302 +312,3 @@ from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 consume_prefix_in_state_dict_if_present(wrapper_state, "module.")
 print(list(wrapper_state))
 tiny_model().load_state_dict(wrapper_state)
-
-# %% [markdown]
-# ## Sharded checkpoints with `torch.distributed.checkpoint`
-#
-# A model too large for one device is *sharded*: with FSDP2's `fully_shard`,
-# each parameter is cut along its first dimension and each rank keeps only its
-# slice. No rank holds the whole model, so no rank can write it to one file
-# (not without gathering it first, which may not fit). The distributed
-# checkpoint package (DCP, `torch.distributed.checkpoint`) writes a folder
-# instead: each rank writes the slices it holds, and rank 0 adds a `.metadata`
-# file that says which part of which tensor is where.
-#
-# ```mermaid
-# flowchart LR
-#     W["0.weight, 8×4"] -- "rows 0–3" --> R0["rank 0"] --> F0["__0_0.distcp"]
-#     W -- "rows 4–7" --> R1["rank 1"] --> F1["__1_0.distcp"]
-#     R0 --> M[".metadata"]
-# ```
-#
-# The state dict comes from `get_model_state_dict` and
-# `get_optimizer_state_dict` (in `torch.distributed.checkpoint.state_dict`):
-# they work the same for a plain model, DDP and FSDP, and name every tensor by
-# the plain model's keys. The device mesh is made on the rank's device type
-# (`cuda` under nccl, `cpu` here).
-#
-# Loading is the mirror image, with one difference: `dcp.load` does not return
-# a state dict, it fills the one it is given, in place. So each rank first
-# builds the model and optimizer (sharded the same way, or differently: DCP
-# reshards on load), asks them for their state dict, lets `dcp.load` fill it,
-# and hands it back with `set_model_state_dict` / `set_optimizer_state_dict`.
-
-# %%
-from tutorials_pkg.distributed import load_sharded, save_sharded
-
-show_source(save_sharded, load_sharded)
-
-# %%
-saved_shards = run_on_ranks(save_sharded, "sharded")
-full = saved_shards[0]["state_dict"]
-
-print("whole model:", {name: tuple(t.shape) for name, t in full.items()})
-for rank, result in enumerate(saved_shards):
-    print(f"rank {rank} held:", result["local_shapes"])
-for name in sorted(os.listdir("sharded")):
-    print(f"{name:14} {os.path.getsize(os.path.join('sharded', name)):5} bytes")
-
-# %% [markdown]
-# A new job loads it, each rank into a model built with other weights. Whatever
-# the wrapper, the keys are the plain model's: the file written on rank 0 from
-# a DDP model and this checkpoint of an FSDP model both use the names of
-# `tiny_model()` itself, as the last line checks.
-
-# %%
-loaded_shards = run_on_ranks(load_sharded, "sharded")
-for rank, result in enumerate(loaded_shards):
-    same = all(torch.equal(result["state_dict"][name], full[name]) for name in full)
-    momentum = [round(v, 4) for v in result["optimizer"]["state"]["2.bias"]["momentum_buffer"].tolist()]
-    print(f"rank {rank}: weights as saved: {same}; momentum of 2.bias: {momentum}")
-    assert same
-assert list(state["model"]) == list(full) == list(tiny_model().state_dict())  # the plain model's keys
-
-# %% [markdown]
-# ## From a sharded checkpoint to one file, and back
-#
-# To hand a model to someone without a cluster, turn the folder into one
-# `torch.save` file with `dcp_to_torch_save` (from
-# `torch.distributed.checkpoint.format_utils`; it reads everything into one
-# process, so run it on one rank or offline). The same module converts from
-# the command line: `python -m torch.distributed.checkpoint.format_utils
-# dcp_to_torch <folder> <file>`.
-
-# %%
-from torch.distributed.checkpoint.format_utils import dcp_to_torch_save, torch_save_to_dcp
-
-dcp_to_torch_save("sharded", "one_file.pt")
-checkpoint = torch.load("one_file.pt", weights_only=True)
-print(list(checkpoint), list(checkpoint["model"]))
-
-model = tiny_model(seed=3)
-print(model.load_state_dict(checkpoint["model"]))
-assert all(torch.equal(model.state_dict()[name], full[name]) for name in full)
-
-# %% [markdown]
-# `torch_save_to_dcp` goes the other way, for example to start a sharded run
-# from a checkpoint saved in one file:
-
-# %%
-torch_save_to_dcp("one_file.pt", "sharded_again")
-print(sorted(os.listdir("sharded_again")))
-
-# %% [markdown]
-# Without converting anything, `dcp.load` can also read a sharded checkpoint
-# straight into an ordinary model in one process, with no process group:
-
-# %%
-from tutorials_pkg.distributed import load_sharded_into_plain_model
-
-show_source(load_sharded_into_plain_model)
-
-# %%
-for folder in ("sharded", "sharded_again"):
-    model = load_sharded_into_plain_model(folder, tiny_model(seed=4))
-    same = all(torch.equal(model.state_dict()[name], full[name]) for name in full)
-    print(f"{folder}: weights as saved: {same}")
-    assert same
-
-# %% [markdown]
-# ## The launcher of this page: `run_on_ranks`
-#
-# `run_on_ranks(fn, *args)` spawns one fresh Python process per rank, sets
-# the variables `torchrun` would set (the port is a free one), joins the ranks
-# in a `gloo` group (`backend="nccl"` on GPUs, or `None` to let `fn` join one
-# itself as a `torchrun` script does), and runs `fn(rank, world_size, *args)`
-# in each. It keeps three promises, which a home-made launcher easily breaks:
-#
-# - Each rank writes its result, or its error and traceback, to a temporary
-#   name and renames it once complete, so a rank stopped while writing leaves
-#   no half file: the caller gets that rank's real error, or the
-#   `TimeoutError` of a run that outlived `timeout_s`, never an `EOFError`.
-# - Each rank runs in a session of its own, and stopping a rank stops every
-#   process it started (a `subprocess.Popen`, a forked child), so none of them
-#   outlives the call or keeps the caller's output pipes open.
-# - A result that could not come back (a numpy array, a lambda) is refused in
-#   the rank, with a `TypeError` naming the rank and where in the result it
-#   sits, instead of an unpickling error in the caller.
-#
-# ```mermaid
-# sequenceDiagram
-#     participant P as this process
-#     participant R0 as rank 0
-#     participant R1 as rank 1
-#     P->>R0: spawn run_rank(0, ...)
-#     P->>R1: spawn run_rank(1, ...)
-#     R0-->R1: init_process_group("gloo") at MASTER_ADDR:MASTER_PORT
-#     R0->>R0: fn(0, 2, *args)
-#     R1->>R1: fn(1, 2, *args)
-#     R0-->>P: rank0.pt (result or error)
-#     R1-->>P: rank1.pt (result or error)
-#     P->>P: stop what still runs, then return the results or raise
-# ```
-#
-# The launcher, with every helper it uses:
-
-# %%
-show_source(run_on_ranks)
-
-# %% [markdown]
-# Spawned processes start a new interpreter and import `fn` by its module and
-# name, so `fn` must be defined at the top level of a module. A function
-# defined in a notebook cell cannot be found there; rather than letting every
-# rank crash, `run_on_ranks` refuses it at once with a `TypeError`:
-
-# %% tags=["raises-exception"] raises="TypeError"
-def which_rank(rank, world_size):
-    return rank
-
-run_on_ranks(which_rank)
-
-# %% [markdown]
-# In a script, the same function works, provided the script calls
-# `run_on_ranks` under `if __name__ == "__main__":` (each spawned process
-# imports the script, and would otherwise start the ranks again).
-
-# %% [markdown]
-# ## What goes wrong in the wild
-#
-# ### Reading the file before rank 0 has written it
-#
-# Without a barrier, the other ranks do not wait for rank 0: they read at once.
-# Here rank 0 takes 30 seconds before writing (a large checkpoint can take
-# that long), and the function stands for code that saves on rank 0 and then
-# loads on every rank:
-
-# %%
-from tutorials_pkg.distributed import load_without_barrier
-
-show_source(load_without_barrier)
-
-# %% [markdown]
-# Rank 1 finds no file and fails with `FileNotFoundError`; the launcher stops
-# rank 0 (without waiting out its 30 seconds) and raises a `RankFailedError`
-# that names the rank and its error:
-
-# %% tags=["raises-exception"] raises="RankFailedError"
-run_on_ranks(load_without_barrier, "no_barrier.pt")
-
-# %% [markdown]
-# With a checkpoint from an earlier epoch at the same path, the same race is
-# silent: rank 1 reads the old weights, or a half-written file. The mirror
-# mistake, every rank writing the same path at the same time, gives a file
-# that is whichever write finished last, or a corrupt mix of several. The fix
-# is `save_training_state` above: only rank 0 writes, and `dist.barrier()`
-# holds every rank until the file is complete, which is why both ranks of the
-# resumed run read the same state.
-
-# %% [markdown]
-# ### Loading without `map_location`
-#
-# A checkpoint records, for every tensor, the device it was saved from, and
-# `torch.load` without `map_location` creates each tensor there again.
-# `storage_locations` reads those records:
-
-# %%
-from tutorials_pkg.distributed import storage_locations
-
-show_source(storage_locations)
-
-# %%
-print(storage_locations("run/epoch1.pt"))
-unmapped = torch.load("run/epoch1.pt", weights_only=True)
-assert {str(t.device) for t in unmapped["model"].values()} <= set(storage_locations("run/epoch1.pt"))
-
-# %% [markdown]
-# Our ranks trained on the CPU, so the file says `cpu`. A file saved from a GPU
-# job says `cuda:0` for what rank 0 kept on its GPU (here the optimizer's
-# momentum; the weights were gathered to the CPU). Loaded without
-# `map_location` on a machine with 8 GPUs, every rank then creates those
-# tensors on GPU 0: eight copies on one GPU, which can run out of memory while
-# the other seven hold none. On a machine without a GPU the same load fails
-# with a `RuntimeError` ("Attempting to deserialize object on a CUDA device but
-# torch.cuda.is_available() is False", raised in `torch/serialization.py`).
-# Give each rank its own device, as `load_training_state` does; a dict remaps
-# only the locations it names, for example `{"cuda:0": f"cuda:{local_rank}"}`.
-
-# %% [markdown]
-# ### A rank fails, and the others wait for it
-#
-# A rank that raises leaves the others waiting in the next collective for a
-# partner that will never come:
-
-# %%
-from tutorials_pkg.distributed import fail_on_rank
-
-show_source(fail_on_rank)
-
-# %% [markdown]
-# `run_on_ranks` notices the failed rank, stops the others, and raises a
-# `RankFailedError` that lists the failed ranks, the first to fail first, and
-# the ranks it stopped. Rank 0 either saw its partner vanish (its own
-# `RuntimeError`, with the peer's address and port) or was stopped while
-# waiting; the cell prints what does not depend on which. (Where Python prints
-# full tracebacks, as in a terminal, each rank's own traceback comes with the
-# error, chained as its cause.)
-
-# %%
-import multiprocessing
-
-from tutorials_pkg.launcher import RankFailedError
-
-try:
-    run_on_ranks(fail_on_rank)
-except RankFailedError as error:
-    first = next(iter(error.failures))
-    print(f"first to fail: rank {first} with {error.failures[first]}")
-    print("ranks that ended without a result:", sorted({*error.failures, *error.stopped}))
-print("processes left:", multiprocessing.active_children())
-
-# %% [markdown]
-# ### A barrier only rank 0 reaches
-#
-# A collective must be called by every rank, in the same order. A `barrier`
-# indented into `if rank == 0:` breaks that: rank 0 waits in the barrier, the
-# others go on to their next collective, and each waits for the other.
-
-# %%
-from tutorials_pkg.distributed import save_with_barrier_inside_if
-
-show_source(save_with_barrier_inside_if)
-
-# %% [markdown]
-# How long they wait is the process group's timeout; by default:
-
-# %%
-from torch.distributed.constants import default_pg_nccl_timeout, default_pg_timeout
-
-print("gloo:", default_pg_timeout, " nccl:", default_pg_nccl_timeout)
-
-# %% [markdown]
-# Up to half an hour of a cluster doing nothing. `run_on_ranks` passes
-# `collective_timeout_s` to `init_process_group(timeout=...)`; with 2 seconds
-# the ranks give up quickly, and the run ends with a `RankFailedError` whose
-# messages say that an operation timed out (which rank times out first varies
-# from run to run; the other then loses its partner):
-
-# %%
-try:
-    run_on_ranks(save_with_barrier_inside_if, "inside_if.pt", collective_timeout_s=2)
-except RankFailedError as error:
-    print("a collective timed out:",
-          any("Timed out waiting 2000ms" in message for message in error.failures.values()))
-    print("ranks that ended without a result:", sorted({*error.failures, *error.stopped}))
-
-# %% [markdown]
-# The fix is the barrier outside the `if`, reached by every rank, as in
-# `save_training_state`, which both ranks went through after every epoch on
-# this page. A wait outside any collective (a rank reading from a queue that
-# stays empty, a lock never released) is not covered by that timeout;
-# `run_on_ranks` stops the whole run after `timeout_s` and raises a
-# `TimeoutError` naming the ranks still running.
