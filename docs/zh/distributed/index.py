@@ -18,7 +18,7 @@
 # - 本页：用 `torchrun` 启动的训练脚本，每个 rank 最后的权重为什么相同，恢复训练时每个 rank 怎样读取，以及 `DataParallel` 和 DDP 加在每个键前面的 `module.`。
 # - [DDP：SyncBN 与未使用的参数](sync_and_unused/)：跨 rank 的 BatchNorm，以及 forward 从不使用的参数。
 # - [分片检查点与单文件互转](sharded/)：用 `torch.distributed.checkpoint` 保存分片检查点，把它转成单个文件，再转回来。
-# - [本章的启动器：run_on_ranks](launcher/)：本章在多个进程里运行函数所用的启动器，及其代码。
+# - [启动器：run_on_ranks](launcher/)：本章在多个进程里运行函数所用的启动器，及其代码。
 # - [分布式保存：常见错误](in_the_wild/)：实践中常见的错误，先让它真的发生，再修正。
 #
 # 本页从用 `torchrun` 启动的训练脚本讲起。脚本自己选择设备：在有 GPU 的机器上，每个 rank 使用自己的那块 GPU 和 `nccl` 后端；没有 GPU 时（构建本站的机器就是这样），每个 rank 在 CPU 上用 `gloo` 后端工作。本章其余部分在两个 CPU rank 上运行同样的函数，以便看清它们内部发生了什么；项目的 GPU 测试则在 CUDA 上用 `nccl` 运行它们。
