@@ -11,7 +11,7 @@
 # ---
 
 # %% [markdown]
-# # DDP and sharded checkpoints
+# # Checkpoints with DDP and sharded checkpoints
 #
 # When training runs in several processes, one per GPU, each process (a
 # *rank*) holds either a full copy of the model (DDP) or a slice of it
