@@ -13,7 +13,7 @@
 # %% [markdown]
 # # Saving and loading: fast loading, GPUs
 #
-# The fourth page of the chapter on saving and loading. [The previous
+# The fifth page of the chapter on saving and loading. [The previous
 # page](../fine_tune_and_resume/) fine-tuned and resumed; this one loads a
 # large model's checkpoint at the speed of the disk, and shows how to choose
 # the GPUs from a script so that the choice holds.

@@ -13,8 +13,8 @@
 # %% [markdown]
 # # Saving and loading: fine-tune and resume
 #
-# The third page of the chapter on saving and loading. [The previous
-# page](../checkpoints/) loaded checkpoints that fit the model exactly; this
+# The fourth page of the chapter on saving and loading. [The previous
+# page](../loading/) loaded checkpoints that fit the model exactly; this
 # one loads a pretrained checkpoint into a model with a new head, then resumes
 # a training run from a checkpoint to the exact same numbers.
 
@@ -45,7 +45,7 @@ print(describe_runtime())
 # The most common load in practice puts a checkpoint trained for one task into
 # a model for another: a 1000-class ImageNet ResNet-18 into a model for 10
 # classes. The backbone fits and the classification head does not, so
-# [`load_checkpoint`](../checkpoints/#a-checkpoint-that-does-not-fit) refuses it with a `CheckpointMismatchError`, also with
+# [`load_checkpoint`](../loading/#a-checkpoint-that-does-not-fit) refuses it with a `CheckpointMismatchError`, also with
 # `strict=False` (which skips missing and unexpected keys, never a wrong
 # shape):
 

@@ -187,7 +187,7 @@ assert len(result.missing_keys) == len(net.state_dict())
 
 # %% [markdown]
 # `strip_prefix` (torch's `consume_prefix_in_state_dict_if_present`, shown
-# with [`load_checkpoint`](../checkpoints/#loading-a-checkpoint-load_checkpoint)) removes the prefix only at the start of a key.
+# with [`load_checkpoint`](../loading/#loading-a-checkpoint-load_checkpoint)) removes the prefix only at the start of a key.
 # A prefix is whole names, so `"module"` and `"module."` are the same:
 
 # %%

@@ -21,17 +21,18 @@
 # numbers, and loads large files at the speed of the disk. It ends with the
 # mistakes that silently keep random weights.
 #
-# The chapter has five pages:
+# The chapter has six pages:
 #
 # 1. This page: what a `state_dict` is, why to save it rather than the whole
 #    model, refusing a file that would run code, and the safetensors format.
-# 2. [Checkpoints](checkpoints/): writing a checkpoint that survives a crash,
-#    and reading it back with `load_checkpoint`.
-# 3. [Fine-tune and resume](fine_tune_and_resume/): loading pretrained weights
+# 2. [Checkpoints](checkpoints/): writing a checkpoint that survives a crash.
+# 3. [Loading](loading/): reading a checkpoint back with `load_checkpoint`,
+#    whatever wrapper or device it was saved from.
+# 4. [Fine-tune and resume](fine_tune_and_resume/): loading pretrained weights
 #    to fine-tune, and resuming training exactly.
-# 4. [Fast loading, GPUs](fast_loading/): loading large models fast, and
+# 5. [Fast loading, GPUs](fast_loading/): loading large models fast, and
 #    choosing GPUs with `CUDA_VISIBLE_DEVICES`.
-# 5. [In the wild](in_the_wild/): the mistakes met in practice that silently
+# 6. [In the wild](in_the_wild/): the mistakes met in practice that silently
 #    keep random weights.
 #
 # Every output in this chapter was produced by running the code when the site
@@ -220,8 +221,8 @@ print("same outputs from a process that has no model code")
 # A pickle can tell the loader to call any function it can import, with any
 # arguments. Here a checkpoint carries, next to real weights, an object whose
 # pickled form says "call `os.makedirs(...)`"; a real attack would call
-# something worse. `load_checkpoint` (the chapter's loader, on [the next
-# page](checkpoints/#loading-a-checkpoint-load_checkpoint)) reads with
+# something worse. `load_checkpoint` (the chapter's loader, on [the third
+# page](loading/#loading-a-checkpoint-load_checkpoint)) reads with
 # `weights_only=True`, so it fails with an `UnpicklingError` before anything
 # is called:
 

@@ -13,7 +13,7 @@
 # %% [markdown]
 # # 保存与读取：微调与续训
 #
-# 这是“模型保存与读取”一章的第三页。[上一页](../checkpoints/)读取的检查点与模型完全对得上；本页先把预训练检查点装进换了分类头的模型，再从检查点精确地恢复一次训练。
+# 这是“模型保存与读取”一章的第四页。[上一页](../loading/)读取的检查点与模型完全对得上；本页先把预训练检查点装进换了分类头的模型，再从检查点精确地恢复一次训练。
 
 # %% [markdown]
 # 所有文件都写进一个新建的临时目录，并把它设为工作目录。恢复训练的例子和其他几页一样，用 scikit-learn 自带的 8×8 手写数字。最后打印本页运行所用的版本。
@@ -37,7 +37,7 @@ print(describe_runtime())
 # %% [markdown]
 # ## 加载预训练权重来微调
 #
-# 实践中最常见的读取，是把为一个任务训练的检查点装进另一个任务的模型：把 1000 类的 ImageNet ResNet-18 装进一个 10 类的模型。主干对得上，分类头对不上，所以 [`load_checkpoint`](../checkpoints/#对不上的检查点) 以 `CheckpointMismatchError` 拒绝它，`strict=False` 时也一样（`strict=False` 只跳过缺失和多余的键，从不跳过形状不对的键）：
+# 实践中最常见的读取，是把为一个任务训练的检查点装进另一个任务的模型：把 1000 类的 ImageNet ResNet-18 装进一个 10 类的模型。主干对得上，分类头对不上，所以 [`load_checkpoint`](../loading/#对不上的检查点) 以 `CheckpointMismatchError` 拒绝它，`strict=False` 时也一样（`strict=False` 只跳过缺失和多余的键，从不跳过形状不对的键）：
 
 # %% tags=["raises-exception"] raises="CheckpointMismatchError"
 from torchvision.models import resnet18

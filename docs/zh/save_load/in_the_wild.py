@@ -155,7 +155,7 @@ print(len(result.missing_keys), "missing,", len(result.unexpected_keys), "unexpe
 assert len(result.missing_keys) == len(net.state_dict())
 
 # %% [markdown]
-# `strip_prefix`（即 torch 的 `consume_prefix_in_state_dict_if_present`，源码见[`load_checkpoint` 一节](../checkpoints/#读取检查点load_checkpoint)）只去掉键开头的前缀。前缀按完整的名字计，所以 `"module"` 和 `"module."` 是一样的：
+# `strip_prefix`（即 torch 的 `consume_prefix_in_state_dict_if_present`，源码见[`load_checkpoint` 一节](../loading/#读取检查点load_checkpoint)）只去掉键开头的前缀。前缀按完整的名字计，所以 `"module"` 和 `"module."` 是一样的：
 
 # %%
 net = encoder_net()

@@ -15,13 +15,14 @@
 #
 # 模型训练得再好，文件存坏了、读不回来，也是白费。本章按 PyTorch 推荐的方式保存和读取（保存 `state_dict`，用 `weights_only=True` 读回），让检查点不会因为程序崩溃而损坏，无论检查点是在哪种包装下保存的都能读取，把预训练检查点装进换了分类头的模型，让恢复后的训练得到完全相同的数字，并以磁盘的速度读取大文件。最后是那些会悄悄留下随机权重的错误。
 #
-# 本章分为五页：
+# 本章分为六页：
 #
 # 1. 本页：`state_dict` 是什么，为什么保存它而不是整个模型，怎样拒绝会运行代码的文件，以及 safetensors 格式；
-# 2. [检查点](checkpoints/)：写一个能扛住崩溃的检查点，再用 `load_checkpoint` 读回来；
-# 3. [微调与续训](fine_tune_and_resume/)：加载预训练权重来微调，精确地恢复训练；
-# 4. [快速读取与选择 GPU](fast_loading/)：快速读取大模型，用 `CUDA_VISIBLE_DEVICES` 选择 GPU；
-# 5. [常见错误](in_the_wild/)：实践中那些会悄悄留下随机权重的错误。
+# 2. [检查点](checkpoints/)：写一个能扛住崩溃的检查点；
+# 3. [读取检查点](loading/)：用 `load_checkpoint` 读回检查点，无论它是在哪种包装下、哪种设备上保存的；
+# 4. [微调与续训](fine_tune_and_resume/)：加载预训练权重来微调，精确地恢复训练；
+# 5. [快速读取与选择 GPU](fast_loading/)：快速读取大模型，用 `CUDA_VISIBLE_DEVICES` 选择 GPU；
+# 6. [常见错误](in_the_wild/)：实践中那些会悄悄留下随机权重的错误。
 #
 # 本章的每一段输出，都是构建网站时真正运行代码得到的，运行环境就是下面打印的版本。
 
@@ -167,7 +168,7 @@ print("same outputs from a process that has no model code")
 # %% [markdown]
 # ## 拒绝会运行代码的文件
 #
-# pickle 可以让加载方调用任何能导入的函数，参数也随它定。这里的检查点在真实权重旁边带了一个对象，它 pickle 后的内容是“调用 `os.makedirs(...)`”；真正的攻击会调用更糟糕的东西。`load_checkpoint`（本章的读取函数，见[下一页](checkpoints/#读取检查点load_checkpoint)）用 `weights_only=True` 读取，所以在调用任何东西之前就失败了，抛出 `UnpicklingError`：
+# pickle 可以让加载方调用任何能导入的函数，参数也随它定。这里的检查点在真实权重旁边带了一个对象，它 pickle 后的内容是“调用 `os.makedirs(...)`”；真正的攻击会调用更糟糕的东西。`load_checkpoint`（本章的读取函数，见[第三页](loading/#读取检查点load_checkpoint)）用 `weights_only=True` 读取，所以在调用任何东西之前就失败了，抛出 `UnpicklingError`：
 
 # %% tags=["raises-exception"] raises="UnpicklingError"
 class Payload:
