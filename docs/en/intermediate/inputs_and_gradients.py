@@ -13,7 +13,7 @@
 # %% [markdown]
 # # Layer inputs, gradients and cost
 #
-# The [previous page](../) compared what the four ways to get intermediate
+# The [previous page](../reach/) compared what the four ways to get intermediate
 # outputs can reach. This page uses hooks for two more things, the input of a
 # layer (`by_pre_hooks`) and the gradient with respect to its output
 # (`grads_by_hooks`), then measures the time and memory the four methods take.
