@@ -260,11 +260,12 @@ NAV_ITEM = re.compile(r"^  - ")                        # a top-level nav entry
 NAV_PAGE = re.compile(r"^\s+- (?:[^:]+: )?(\S+\.py)\s*$")  # a page, titled or not
 
 
-def config_with_pages(chapters) -> str:
-    """mkdocs.yml, its nav reduced to the home page and the given chapters' sections.
+def config_with_pages(wanted) -> str:
+    """mkdocs.yml, its nav reduced to the home page and the ``wanted`` pages: a chapter
+    name stands for all of its pages, a page id (``definition/index.py``) for itself.
 
-    The nav is the file's last key; each chapter is a top-level entry whose lines
-    (title, then its pages) name pages of that chapter only."""
+    The nav is the file's last key; each chapter is a top-level entry (title, then its
+    pages); an entry left without pages is dropped."""
     text = (ROOT / "mkdocs.yml").read_text(encoding="utf-8")
     head, nav = text.split("\nnav:\n")
     entries: list[list[str]] = []
@@ -273,22 +274,29 @@ def config_with_pages(chapters) -> str:
             entries.append([])
         entries[-1].append(line)
 
-    def kept(entry: list[str]) -> bool:
-        pages = [m.group(1) for line in entry if (m := NAV_PAGE.match(line))]
-        return not any(p.endswith(".py") for p in pages) or chapter_of(pages[0]) in chapters
+    def page_kept(line: str) -> bool:
+        page = NAV_PAGE.match(line)
+        return not page or page.group(1) in wanted or chapter_of(page.group(1)) in wanted
 
-    return head + "\nnav:\n" + "".join("".join(e) for e in entries if kept(e))
+    kept = []
+    for entry in entries:
+        lines = [line for line in entry if page_kept(line)]
+        had_pages = any(NAV_PAGE.match(line) for line in entry)
+        if not had_pages or any(NAV_PAGE.match(line) for line in lines):
+            kept += lines
+    return head + "\nnav:\n" + "".join(kept)
 
 
-def copy_machinery(where: Path, chapters=("definition",)) -> None:
-    """mkdocs.yml (nav: home and ``chapters``), hooks, overrides, assets and tutorials_pkg.
+def copy_machinery(where: Path, pages=("definition/index.py",)) -> None:
+    """mkdocs.yml (nav: home and ``pages``: chapter names or page ids), hooks, overrides,
+    assets and tutorials_pkg.
 
     The pages of a site run against the site's own copy of the package (the
     hook puts the site's root first on the kernels' path), so a test may edit
     the copy. The home pages are stubs (the real ones link to every chapter);
     no tutorial page is copied: ``copy_pages`` does that.
     """
-    (where / "mkdocs.yml").write_text(config_with_pages(set(chapters)), encoding="utf-8")
+    (where / "mkdocs.yml").write_text(config_with_pages(set(pages)), encoding="utf-8")
     for name in ("hooks", "overrides", "tutorials_pkg"):
         source = ROOT / name
         shutil.copytree(source, where / name, ignore=shutil.ignore_patterns("__pycache__"))

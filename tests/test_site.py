@@ -257,7 +257,7 @@ def shown(site: Path, language: str, stem: str) -> str:
 def cached_site(tmp_path_factory) -> Path:
     """A small site built once with the cache on; each test edits its own copy."""
     site = tmp_path_factory.mktemp("cached-site")
-    copy_machinery(site, CACHE_PAGES)
+    copy_machinery(site, CACHED_IDS)
     (site / "tutorials_pkg" / "probe.py").write_text('VALUE = "first"\n', encoding="utf-8")
     for language in LANGUAGES:
         for stem, code in CACHE_PAGES.items():

@@ -18,6 +18,8 @@
 # [previous page](../sharded/) were saved and loaded that way too. This page
 # shows its code, and what it asks of the function it runs.
 #
+# ## What it does, and what it promises
+#
 # `run_on_ranks(fn, *args)` spawns one fresh Python process per rank, sets
 # the variables `torchrun` would set (the port is a free one), joins the ranks
 # in a `gloo` group (`backend="nccl"` on GPUs, or `None` to let `fn` join one
@@ -59,6 +61,8 @@ from tutorials_pkg.source import show_source
 show_source(run_on_ranks)
 
 # %% [markdown]
+# ## Only functions defined in a module
+#
 # Spawned processes start a new interpreter and import `fn` by its module and
 # name, so `fn` must be defined at the top level of a module. A function
 # defined in a notebook cell cannot be found there; rather than letting every
@@ -71,6 +75,8 @@ def which_rank(rank, world_size):
 run_on_ranks(which_rank)
 
 # %% [markdown]
+# ## In a script
+#
 # In a script, the same function works, provided the script calls
 # `run_on_ranks` under `if __name__ == "__main__":` (each spawned process
 # imports the script, and would otherwise start the ranks again).

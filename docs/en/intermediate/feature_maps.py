@@ -24,6 +24,8 @@ from tutorials_pkg.intermediate import by_hooks
 from tutorials_pkg.source import show_source
 
 # %% [markdown]
+# ## The model: a small CNN
+#
 # The model is a tiny CNN, trained for a few seconds on scikit-learn's
 # bundled 8×8 handwritten digits (real data: 1,797 images, a quarter kept for
 # testing):
@@ -32,6 +34,12 @@ from tutorials_pkg.source import show_source
 from tutorials_pkg.digits import DigitsCNN, accuracy
 
 show_source(DigitsCNN)
+
+# %% [markdown]
+# ## Training it on the digits
+#
+# Fifteen epochs from a fixed seed, with the batches in a fixed order, then the
+# accuracy on the test quarter:
 
 # %%
 from tutorials_pkg.digits import load_digits_tensors, split_train_test, train_epoch
@@ -49,6 +57,8 @@ print(f"{len(x_train)} training, {len(x_test)} test images; loss {losses[0]:.3f}
 assert test_accuracy > 0.9
 
 # %% [markdown]
+# ## The feature maps of `relu1` and `relu2`
+#
 # `relu1` (8 channels at 8×8) and `relu2` (16 channels at 4×4) for one test
 # image, taken with hooks and drawn by `plot_feature_maps`: the first layer
 # responds to strokes and edges, the second combines them at a lower

@@ -15,6 +15,8 @@
 #
 # 本章从[第一页](../)起就用 `run_on_ranks` 在多个进程里运行函数，[上一页](../sharded/)的分片检查点也是这样保存和读取的。这一页给出它的代码，以及它对要运行的函数有什么要求。
 #
+# ## 它做什么，保证什么
+#
 # `run_on_ranks(fn, *args)` 为每个 rank 启动一个全新的 Python 进程，设置好 `torchrun` 会设置的那些变量（端口取一个空闲端口），把各个 rank 组成一个 `gloo` 进程组（在 GPU 上用 `backend="nccl"`，或者传 `None`，让 `fn` 像 `torchrun` 脚本那样自己加入进程组），然后在每个进程里运行 `fn(rank, world_size, *args)`。它守住三个承诺，而自己写的启动器很容易在这些地方出错：
 #
 # - 每个 rank 先把自己的结果（或者错误和 traceback）写到一个临时文件名下，写完再改名，所以一个在写入途中被停掉的 rank 不会留下写了一半的文件：调用方拿到的是这个 rank 真正的错误，或者运行超过 `timeout_s` 时承诺的 `TimeoutError`，绝不会是一个 `EOFError`。
@@ -45,6 +47,8 @@ from tutorials_pkg.source import show_source
 show_source(run_on_ranks)
 
 # %% [markdown]
+# ## 只接受定义在模块里的函数
+#
 # spawn 出来的进程会启动一个新的解释器，并按模块和名字导入 `fn`，所以 `fn` 必须定义在某个模块的顶层。定义在 notebook 单元格里的函数，新进程找不到；与其让每个 rank 都崩溃，`run_on_ranks` 直接以 `TypeError` 拒绝它：
 
 # %% tags=["raises-exception"] raises="TypeError"
@@ -54,4 +58,6 @@ def which_rank(rank, world_size):
 run_on_ranks(which_rank)
 
 # %% [markdown]
+# ## 在脚本里
+#
 # 同样的函数写在脚本里就可以用，前提是脚本把 `run_on_ranks` 的调用放在 `if __name__ == "__main__":` 之下（每个新进程都会导入这个脚本，否则它们又会各自启动一遍所有 rank）。

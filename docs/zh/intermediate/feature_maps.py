@@ -21,12 +21,19 @@ from tutorials_pkg.intermediate import by_hooks
 from tutorials_pkg.source import show_source
 
 # %% [markdown]
+# ## 模型：一个小 CNN
+#
 # 模型是一个很小的 CNN，用 scikit-learn 自带的 8×8 手写数字训练几秒（真实数据：1,797 张图，四分之一留作测试）：
 
 # %%
 from tutorials_pkg.digits import DigitsCNN, accuracy
 
 show_source(DigitsCNN)
+
+# %% [markdown]
+# ## 在手写数字上训练
+#
+# 从固定的随机种子开始，按固定的批次顺序训练 15 轮，然后看它在留作测试的四分之一上的准确率：
 
 # %%
 from tutorials_pkg.digits import load_digits_tensors, split_train_test, train_epoch
@@ -44,6 +51,8 @@ print(f"{len(x_train)} training, {len(x_test)} test images; loss {losses[0]:.3f}
 assert test_accuracy > 0.9
 
 # %% [markdown]
+# ## `relu1` 与 `relu2` 的特征图
+#
 # 一张测试图在 `relu1`（8 个通道，8×8）和 `relu2`（16 个通道，4×4）的输出，用钩子取得，由 `plot_feature_maps` 画出：第一层对笔画和边缘有响应，第二层在更低分辨率上组合它们（对这个数字，有些通道一直是零）。`svg_figure` 把图以 SVG 放进页面，任意缩放都清晰，并用图下的说明文字为它命名。
 
 # %%
