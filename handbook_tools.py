@@ -55,14 +55,13 @@ def chapters() -> list[str]:
     return sorted({chapter_of(p) for p in page_ids()})
 
 
-def chapter_page_ids(chapter: str) -> list[str]:
-    return [p for p in page_ids() if chapter_of(p) == chapter]
-
-
-def page_url(page_id: str) -> str:
-    """The page's URL under a language's root: ``save_load/index.py`` -> ``save_load/``."""
-    path = page_id.removesuffix(".py").removesuffix("index").rstrip("/")
-    return f"{path}/" if path else ""
+def page_url(page_id: str, language: str = LANGUAGES[0]) -> str:
+    """The page's URL path under the site's root: ``save_load/index.py`` -> ``save_load/``
+    (``en/save_load/`` in English; the first language sits at the root); the home
+    page, ``index.md``, is ``""``."""
+    path = Path(page_id).with_suffix("").as_posix().removesuffix("index").rstrip("/")
+    path = f"{path}/" if path else ""
+    return path if language == LANGUAGES[0] else f"{language}/{path}"
 
 
 def read_cells(path: Path):
@@ -258,6 +257,12 @@ def no_hooks_left(model) -> bool:
 
 NAV_ITEM = re.compile(r"^  - ")                        # a top-level nav entry
 NAV_PAGE = re.compile(r"^\s+- (?:[^:]+: )?(\S+\.py)\s*$")  # a page, titled or not
+
+
+def nav_page_ids() -> list[str]:
+    """The tutorial pages mkdocs.yml's nav lists, in its order."""
+    nav = (ROOT / "mkdocs.yml").read_text(encoding="utf-8").split("\nnav:\n")[1]
+    return [m.group(1) for line in nav.splitlines() if (m := NAV_PAGE.match(line))]
 
 
 def config_with_pages(wanted) -> str:

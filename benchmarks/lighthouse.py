@@ -26,7 +26,7 @@ import threading
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from handbook_tools import ROOT, build_env, page_ids, page_url, site_path
+from handbook_tools import LANGUAGES, ROOT, build_env, page_ids, page_url, site_path
 
 LIGHTHOUSE = ROOT / ".tools" / "lighthouse" / "node_modules" / ".bin" / "lighthouse"
 INSTALL = ("npm install --no-save --no-audit --no-fund --prefix .tools/lighthouse "
@@ -109,7 +109,7 @@ def chromium() -> str:
 
 def pages() -> list[str]:
     """URL paths under the site root: both home pages, every tutorial page in both languages."""
-    return ["", "en/"] + [f"{language}{page_url(p)}" for language in ("", "en/") for p in page_ids()]
+    return [page_url(p, language) for language in LANGUAGES for p in ["index.md", *page_ids()]]
 
 
 def run_lighthouse(url: str, output: Path) -> dict:

@@ -26,7 +26,7 @@ def weights(site: Path) -> list[tuple[str, int, int, int]]:
     rows = []
     for language in LANGUAGES:
         for page in page_ids():
-            path = f"{page_url(page)}" if language == LANGUAGES[0] else f"{language}/{page_url(page)}"
+            path = page_url(page, language)
             html_file = site / path / "index.html"
             if not html_file.is_file():
                 continue

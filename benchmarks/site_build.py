@@ -96,8 +96,7 @@ def page_url_paths() -> list[tuple[str, str, str]]:
     found = []
     for language in LANGUAGES:
         for page in page_ids():
-            url = page_url(page)
-            found.append((language, page, url if language == "zh" else f"{language}/{url}"))
+            found.append((language, page, page_url(page, language)))
     return found
 
 
@@ -211,7 +210,7 @@ def main() -> None:
             prose.write_text(prose.read_text(encoding="utf-8").replace(
                 "\n# %% [markdown]\n", "\n# %% [markdown]\n# A sentence edited while serving.\n#\n", 1),
                 encoding="utf-8")
-            url = base + f"en/{page_url(PROSE_PAGE)}"
+            url = base + page_url(PROSE_PAGE, "en")
             shown = wait_for(lambda: "A sentence edited while serving." in (fetch(url) or ""), 600)
             report(f"mkdocs serve shows a prose edit after:     {shown:7.1f} s")
         finally:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import tutorials_pkg
-from handbook_tools import DOCS, LANGUAGES, ROOT, chapter_of, chapters, page_ids, read_cells
+from handbook_tools import DOCS, LANGUAGES, chapter_of, chapters, nav_page_ids, page_ids, read_cells
 
 PACKAGE_DIR = Path(tutorials_pkg.__file__).parent
 WRONG_HEADING = re.compile(r"^# --- Wrong\b", re.M)
@@ -51,8 +51,7 @@ def test_every_page_has_the_module_of_its_chapter_and_imports_it(page):
 
 
 def test_every_page_is_in_the_nav_under_its_chapter():
-    nav = (ROOT / "mkdocs.yml").read_text(encoding="utf-8").split("\nnav:\n")[1]
-    listed = re.findall(r"^\s+- (?:[^:\n]+: )?(\S+\.py)\s*$", nav, re.M)
+    listed = nav_page_ids()
     assert sorted(listed) == page_ids(), (
         f"not in mkdocs.yml's nav: {sorted(set(page_ids()) - set(listed))}; "
         f"in the nav but missing: {sorted(set(listed) - set(page_ids()))}")

@@ -26,8 +26,7 @@ LOADING_RELS = {"stylesheet", "preload", "prefetch", "modulepreload", "icon", "s
 
 
 def page_dir(site: Path, language: str, page: str) -> Path:
-    url = page_url(page)
-    return site / url if language == "zh" else site / language / url
+    return site / page_url(page, language)
 
 
 def page_html(site: Path, language: str, page: str) -> str:
