@@ -2,7 +2,6 @@ import pytest
 import torch
 import torchvision
 
-from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from tutorials_pkg.blocks.mobilenet import (

@@ -1,5 +1,4 @@
 import re
-import warnings
 from collections import OrderedDict, namedtuple
 
 import pytest
