@@ -155,11 +155,10 @@ def main(argv=None) -> int:
     chosen = [p for p in args.only.split(",") if p] or pages()
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
+        reports = args.keep or Path(scratch)
+        reports.mkdir(parents=True, exist_ok=True)
         for path in chosen:
-            output = Path(scratch) / "report.json"
-            if args.keep:
-                args.keep.mkdir(parents=True, exist_ok=True)
-                output = args.keep / f"{path.strip('/').replace('/', '_') or 'home'}.json"
+            output = reports / f"{path.strip('/').replace('/', '_') or 'home'}.json"
             report = run_lighthouse(base + path, output)
             scores = [round(100 * (report["categories"][c]["score"] or 0)) for c in CATEGORIES]
             sent = report["audits"]["total-byte-weight"]["numericValue"]

@@ -153,8 +153,9 @@ def leave_a_cycle_then_exit_badly(rank: int, world_size: int, folder: str) -> in
     FreedByTheCollector(os.path.join(folder, f"freed{rank}.txt"))
     pid_file = Path(folder, "rank0.pid")
     if rank == 0:  # written whole, then renamed: rank 1 never reads a half-written file
-        Path(folder, "rank0.pid.part").write_text(str(os.getpid()))
-        os.replace(Path(folder, "rank0.pid.part"), pid_file)
+        part = Path(folder, "rank0.pid.part")
+        part.write_text(str(os.getpid()))
+        os.replace(part, pid_file)
         atexit.register(os._exit, 3)
     else:
         wait_for(pid_file.exists, what="rank 0's pid")

@@ -120,9 +120,10 @@ def highlight_html(code: str, language: str = "python") -> str:
 
     Plain names, builtins, exceptions, module names, numbers, constants (``None``),
     spaces, punctuation and operators (``in``, ``not``) get no ``<span>`` of their own
-    (they take the colour of the text around them), and the parts of a string (prefix, quotes, ``{}`` of an f-string) one
-    class, so that they merge into one span: about half the bytes. Without Pygments
-    the code is shown plain (still copyable).
+    (they take the colour of the text around them), and the parts of a string
+    (prefix, quotes, ``{}`` of an f-string) one class, so that they merge into one
+    span: about half the bytes. Without Pygments the code is shown plain (still
+    copyable).
     """
     try:
         from pygments import format as format_tokens
