@@ -108,6 +108,8 @@ def test_copy_button_copies_the_code_and_the_copy_runs(page, base_url, chapter, 
         copied = copy_block(page, block)
         # It fits the column at 1280 px: long lines wrap, nothing scrolls sideways.
         assert block.evaluate("b => b.querySelector('pre').scrollWidth <= b.querySelector('pre').clientWidth")
+        # Its lines start at the left edge (Material centres the text of a <figure>).
+        assert block.evaluate("b => getComputedStyle(b.querySelector('pre')).textAlign") in ("left", "start")
         workdir = tmp_path / f"block-{index}"
         workdir.mkdir()
         check = copied
