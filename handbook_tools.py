@@ -111,6 +111,56 @@ def run_page(path: Path, workdir: Path) -> list[CellRun]:
     return runs
 
 
+# --- the recipes pages show ---------------------------------------------------------------
+
+RECIPE_LINES = 40        # a function or a small class a reader copies
+PROGRAM_LINES = 80       # a model definition (an nn.Module subclass) or a whole program (main)
+RECIPE_MEDIAN = 20
+
+
+@dataclass
+class Recipe:
+    page: str             # page id, e.g. "save_load/checkpoints.py"
+    names: list[str]      # what the cell passes to show_source
+    lines: int            # non-blank lines of what it shows (what the copy button copies)
+    budget: int
+
+
+def shown_recipes(language: str = "en") -> list[Recipe]:
+    """Every ``show_source`` cell of ``language``'s pages, with its length and budget."""
+    import ast
+    import importlib
+    import inspect
+
+    from torch import nn
+
+    from tutorials_pkg.source import source_with_imports
+
+    recipes = []
+    for path in tutorial_pages(language):
+        names = {}  # imported so far on the page: name -> (module, name)
+        for cell in read_cells(path):
+            if cell.cell_type != "code":
+                continue
+            body = ast.parse(cell.source).body
+            names.update({alias.asname or alias.name: (node.module, alias.name)
+                          for node in ast.walk(ast.Module(body, [])) if isinstance(node, ast.ImportFrom)
+                          for alias in node.names})
+            calls = [node.value for node in body if isinstance(node, ast.Expr)
+                     and isinstance(node.value, ast.Call)
+                     and getattr(node.value.func, "id", None) == "show_source"]
+            for call in calls:
+                shown = [a.id for a in call.args]
+                objects = [getattr(importlib.import_module(names[n][0]), names[n][1]) for n in shown]
+                code = source_with_imports(*objects)
+                big = any(inspect.isclass(o) and issubclass(o, nn.Module) or o.__name__ == "main"
+                          for o in objects)
+                recipes.append(Recipe(path.relative_to(DOCS / language).as_posix(), shown,
+                                      sum(1 for line in code.splitlines() if line.strip()),
+                                      PROGRAM_LINES if big else RECIPE_LINES))
+    return recipes
+
+
 # --- building the site ------------------------------------------------------------------
 
 def build_env() -> dict[str, str]:

@@ -15,4 +15,5 @@ SUPPORT_MODULES = (
     "demo_models",  # small models that several pages and tests use
     "measure",      # median time and peak memory (pages and benchmarks)
     "launcher",     # run_on_ranks: a small cluster of processes on one machine
+    "unwrap",       # the model inside DDP / torch.compile; the tensors inside nested values
 )
