@@ -473,7 +473,7 @@ class Scripted(nn.Module):
         return self.fc(x)
 
 
-@pytest.mark.filterwarnings("ignore:`torch.jit.trace:FutureWarning")
+@pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")  # TorchScript is deprecated
 @pytest.mark.parametrize("make, what", [
     (lambda: torch.jit.script(Scripted()), "the model is TorchScript"),
     (lambda: torch.jit.trace(Scripted(), torch.randn(1, 128)), "the model is TorchScript"),
