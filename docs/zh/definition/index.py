@@ -169,7 +169,7 @@ print("parity:", multi(x, head="parity").shape)
 print(multi.heads.digit is multi.heads["digit"])
 
 # %% [markdown]
-# 名字不存在时，会报 `KeyError`，并列出现有的分类头：
+# 分类头的名字不存在时，抛出 `KeyError`，并列出现有的分类头：
 
 # %% tags=["raises-exception"] raises="KeyError"
 multi(x, head="colour")
