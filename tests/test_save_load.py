@@ -651,6 +651,8 @@ def test_the_wrong_prefix_strippers_damage_keys():
 def test_the_misspelt_prefix_strips_nothing_and_strict_false_loads_nothing():
     saved = nn.DataParallel(digits_classifier()).state_dict()
     assert list(strip_prefix_with_a_misspelt_name(saved)) == list(saved)
+    with pytest.raises(RuntimeError, match="Missing key"):  # loud under the default strict=True
+        digits_classifier().load_state_dict(strip_prefix_with_a_misspelt_name(saved))
     net = digits_classifier()
     before = copy_state_dict(net)
     result = net.load_state_dict(strip_prefix_with_a_misspelt_name(saved), strict=False)
@@ -1034,7 +1036,12 @@ def test_saved_on_the_device_loaded_on_cpu(tmp_path, device):
                                 torch.tensor([1, 2, 3, 4], device=device)).backward()
     optimizer.step()
     path = tmp_path / "ckpt.pt"
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        allocated = torch.cuda.memory_allocated(device)
     save_checkpoint(path, model, optimizer)
+    if device.type == "cuda":  # the save-time check loads nothing back onto the GPU (issue 25, 6)
+        assert torch.cuda.max_memory_allocated(device) == allocated
     assert torch.load(path, map_location=None)["model"]["fc1.weight"].device.type == device.type
     fresh = digits_classifier()
     fresh_optimizer = torch.optim.Adam(fresh.parameters())

@@ -70,7 +70,7 @@ print(describe_runtime())
 #   (Adam's averages) of that parameter's shape, which catches parameters
 #   passed in another order.
 #
-# That makes it a tool of about 180 lines, in `tutorials_pkg/save_load.py`
+# That makes it a tool of about 170 lines, in `tutorials_pkg/save_load.py`
 # (the file named, and linked, above the code below); the recipe to copy is its core, `load_weights`, which it calls once the
 # checks pass. It removes a wrapper's prefix. `nn.DataParallel` and
 # `DistributedDataParallel` keep the model as `self.module`, so every key of

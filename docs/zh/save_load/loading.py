@@ -52,7 +52,7 @@ print(describe_runtime())
 # - 权重的名字和形状（`strict=False` 时只查形状，并有一条警告列出没有加载的键）；
 # - 优化器状态：参数组个数、每组参数个数都相同，由同一种优化器保存（看它的设置项的名字），并且每个参数的状态（Adam 的滑动平均）与该参数形状相同，参数传入的顺序变了也能查出来。
 #
-# 这样它就成了一个约 180 行的工具，在 `tutorials_pkg/save_load.py` 里（下面代码上方标出并链接了这个文件）；值得复制的是它的核心 `load_weights`，检查通过后由它来加载。它会去掉包装带来的前缀。`nn.DataParallel` 和 `DistributedDataParallel` 把模型存为 `self.module`，所以它们 `state_dict` 的每个键都以 `module.` 开头；`torch.compile` 之后的模型把它存为 `_orig_mod`，而某个子模块被编译过的模型，键的中间也有 `_orig_mod`（`0._orig_mod.weight`）。前缀用 torch 自己的 `torch.nn.modules.utils.consume_prefix_in_state_dict_if_present` 去掉，而且只在没有任何键对得上模型时才去掉，所以真的叫 `module` 的层会保留自己的名字。在 meta 设备上构建的模型没有内存可供复制；这时 `load_weights` 让文件里的张量直接成为模型的张量（`assign=True`），并重新绑定共享的权重（见[快速加载](../fast_loading/)）。
+# 这样它就成了一个约 170 行的工具，在 `tutorials_pkg/save_load.py` 里（下面代码上方标出并链接了这个文件）；值得复制的是它的核心 `load_weights`，检查通过后由它来加载。它会去掉包装带来的前缀。`nn.DataParallel` 和 `DistributedDataParallel` 把模型存为 `self.module`，所以它们 `state_dict` 的每个键都以 `module.` 开头；`torch.compile` 之后的模型把它存为 `_orig_mod`，而某个子模块被编译过的模型，键的中间也有 `_orig_mod`（`0._orig_mod.weight`）。前缀用 torch 自己的 `torch.nn.modules.utils.consume_prefix_in_state_dict_if_present` 去掉，而且只在没有任何键对得上模型时才去掉，所以真的叫 `module` 的层会保留自己的名字。在 meta 设备上构建的模型没有内存可供复制；这时 `load_weights` 让文件里的张量直接成为模型的张量（`assign=True`），并重新绑定共享的权重（见[快速加载](../fast_loading/)）。
 
 # %%
 from tutorials_pkg.save_load import load_weights
