@@ -33,22 +33,23 @@ x = torch.randn(2, 3, 32, 32, device=device)
 # %% [markdown]
 # ## From a trace to a graph
 #
-# `module_graph` takes a trace and walks its graph from the output back to the
-# input. A node that belongs to a layer becomes a box; a node that merges two branches
-# (add, multiply, concatenate) stays as a small circle, because that is where
-# a residual connection joins; every other node (ReLU, pooling, reshaping) is
-# walked through.
+# `layer_edges` takes a trace and walks its graph from the input to the
+# output (`nodes_in_order` puts each node after its inputs). A node that
+# belongs to a layer becomes a box; a node that merges two branches (add,
+# multiply, concatenate) stays as a small circle, because that is where a
+# residual connection joins; every other node (ReLU, pooling, reshaping) is
+# walked through, passing on the layers its value came from.
 
 # %%
-from tutorials_pkg.grad_fn import module_graph, trace_grad_fn
+from tutorials_pkg.grad_fn import layer_edges, module_graph, trace_grad_fn
 
-show_source(module_graph)
+show_source(layer_edges)
 
 # %% [markdown]
 # ## The graph of `tiny_resnet`
 #
-# `graph.mermaid()` returns Mermaid source, which this site (and Jupyter) draws
-# as a diagram:
+# `module_graph(trace)` keeps the two in a `ModuleGraph`, whose `mermaid()`
+# returns Mermaid source, which this site (and Jupyter) draws as a diagram:
 
 # %%
 trace = trace_grad_fn(model, x)  # one forward pass

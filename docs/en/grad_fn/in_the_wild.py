@@ -164,9 +164,9 @@ print(len(leaky_nodes), "nodes after one more forward pass")
 assert len(still_hooked) == 12 and len(leaky_nodes) == 13 + 12
 
 # %% [markdown]
-# `trace_grad_fn` (its source is on the
-# [first page](../#from-nodes-back-to-modules)) builds the list of handles in one
-# comprehension and removes every one of them in a `finally`:
+# `record_grad_fn`, which `grad_fn_modules` calls (its source is on the
+# [first page](../#from-nodes-back-to-modules)), builds the list of handles in
+# one comprehension and removes every one of them in a `finally`:
 
 # %%
 clean = tiny_resnet().to(device)

@@ -20,12 +20,13 @@
 # included, which `print(model)` does not show. Pruning tools read it to find
 # the layers that must be pruned together. This page maps the nodes back to
 # the modules that made them; the pages after it draw the graph and find the
-# channels that a residual add ties together:
+# channels that must be pruned together:
 #
 # - [Drawing the graph](drawing/): a traced network's layers and residual adds,
 #   as a diagram.
-# - [Channels pruned together](pruning/): the layers a residual add couples,
-#   and pruning them as one group.
+# - [Channels pruned together](pruning/): the channels residual adds,
+#   concatenations and splits tie together, and pruning them as one group, on a
+#   small YOLO-style detector too.
 # - [In the wild](in_the_wild/): tracing under `no_grad`, frozen layers,
 #   `Identity`, hooks left behind, `torch.load`.
 #
@@ -74,26 +75,36 @@ for node in (relu_node, bn_node, conv_node):
 #
 # The graph knows operations, not modules. A forward hook on each layer of
 # interest sees the layer's output, and so its `grad_fn`: a dictionary from
-# that node to the layer is the bridge between the two. `grad_fn_modules`
-# returns it; the work is done by `trace_grad_fn`, which also keeps the
-# model's output (where the walk starts) and the input it ran on (where the
-# walk ends). Both take care of what breaks the naive version (see
-# [in the wild](in_the_wild/)): they refuse to run where autograd records nothing, make every
-# parameter require grad for the trace (frozen layers make no graph) and put
-# each flag back afterwards, run in eval mode and restore each module's mode
-# (no BatchNorm statistic moves), and raise when two layers share one node.
-# They take the input the way the model does: a tensor, a list or dict of
-# tensors as the one argument (a detection model's list of images:
-# `grad_fn_modules(model, images)` calls `model(images)`), or a tuple of
-# positional arguments; the model runs on a copy, so a model that changes its
-# input in place does not change yours. `types` is a module class, or a list
-# or tuple of them.
+# that node to the layer is the bridge between the two. `record_grad_fn` runs
+# the model once with such hooks; it also keeps, for each layer, the nodes of
+# the tensors it read (the pruning page needs them), and the model's output,
+# where a walk of the graph starts:
 
 # %%
-from tutorials_pkg.grad_fn import grad_fn_modules
+from tutorials_pkg.grad_fn import record_grad_fn
 from tutorials_pkg.source import show_source
 
-show_source(grad_fn_modules)
+show_source(record_grad_fn)
+
+# %% [markdown]
+# Two of its lines stop a silent wrong result: an output autograd recorded
+# nothing for has no node (its `grad_fn` is `None`, and all such outputs would
+# share that one key), and a layer that returns its input unchanged would take
+# the node of the layer before it (see [in the wild](in_the_wild/)).
+#
+# `grad_fn_modules(model, x)` returns the dictionary, and `trace_grad_fn`
+# the whole trace; both call `record_grad_fn`, and the rest of
+# [`tutorials_pkg/grad_fn/trace.py`](https://github.com/pytorch-handbook/pytorch-model-handbook/blob/main/tutorials_pkg/grad_fn/trace.py)
+# takes care of what breaks the naive version: they refuse to run where
+# autograd records nothing (`no_grad`, `inference_mode`), make every parameter
+# require grad for the trace (frozen layers make no graph) and put each flag
+# back afterwards, run in eval mode and restore each module's mode (no
+# BatchNorm statistic moves), and run the model on a copy of the input, so a
+# model that changes its input in place does not change yours. They take the
+# input the way the model does: a tensor, a list or dict of tensors as the one
+# argument (a detection model's list of images: `grad_fn_modules(model,
+# images)` calls `model(images)`), or a tuple of positional arguments. `types`
+# is a module class, or a list or tuple of them.
 
 # %% [markdown]
 # The network to trace: a stem and two torchvision `BasicBlock`s, the second
@@ -110,6 +121,8 @@ from tutorials_pkg.runtime import default_device
 device = default_device()
 model = tiny_resnet().to(device)
 x = torch.randn(2, 3, 32, 32, device=device)
+
+from tutorials_pkg.grad_fn import grad_fn_modules
 
 nodes = grad_fn_modules(model, x)
 names = {module: name for name, module in model.named_modules()}
@@ -148,12 +161,13 @@ print(nn.Identity()(conv_out).grad_fn is conv_out.grad_fn)
 print(nn.Dropout().eval()(conv_out).grad_fn is conv_out.grad_fn)
 
 # %% [markdown]
-# That is why the default `types` are layers that compute something (`Conv2d`,
-# `BatchNorm2d`, `Linear`, `PReLU`). An in-place ReLU does not collide: it
+# That is why the default `types` are layers that compute something: the
+# convolutions (1-D, 2-D, 3-D and transposed), `Linear`, the BatchNorms,
+# `GroupNorm`, `LayerNorm` and `PReLU`. An in-place ReLU does not collide: it
 # changes the tensor's `grad_fn` to a new node whose input is the old one. A
 # module called twice is not a collision either: two nodes, one module.
 #
-# ## Why the 2-D layers, not `_ConvNd` and `_BatchNorm`
+# ## Named layers, not `_ConvNd` and `_BatchNorm`
 #
 # The blog post on pruning YOLOv5 that this chapter answers hooks every
 # `_ConvNd` and `_BatchNorm`. Those are the private base classes (the
@@ -174,24 +188,30 @@ print("ConvTranspose2d(4, 8, 3).weight:", tuple(nn.ConvTranspose2d(4, 8, 3).weig
 assert len(covered) == 4
 
 # %% [markdown]
-# The defaults are the layers whose channels the
-# [pruning page](pruning/) can cut. A transposed convolution is one it cannot, and it says so with a
-# `TypeError` rather than cutting the wrong dimension:
+# A pruner that takes every convolution's weight to be (out, in, ...) cuts a
+# transposed convolution's input channels where it means its outputs. The
+# default `types` name each class, so no layer type is mapped without a rule
+# written for it, and the [pruning page](pruning/)'s `cut_conv` takes a
+# transposed convolution's output channels from dimension 1. Keeping output
+# channels 0 and 1 of a `ConvTranspose2d(4, 8, 3)`:
 
-# %% tags=["raises-exception"] raises="TypeError"
-from tutorials_pkg.grad_fn import keep_output_channels
+# %%
+from tutorials_pkg.grad_fn import cut_conv
 
-keep_output_channels(nn.ConvTranspose2d(4, 8, 3), torch.tensor([0, 1]))
+cut = cut_conv(nn.ConvTranspose2d(4, 8, 3), keep_out=torch.tensor([0, 1]), keep_in=None)
+print("weight:", tuple(cut["weight"].shape), " out_channels:", cut["out_channels"])
+assert cut["weight"].shape == (4, 2, 3, 3)
 
 # %% [markdown]
 # For the mapping alone, any layer will do: pass the classes you need, as a
-# list or a tuple. A 1-D convolutional net (audio, sequences):
+# list or a tuple. A 1-D convolutional net (audio, sequences), its
+# convolutions only:
 
 # %%
 audio = nn.Sequential(nn.Conv1d(2, 4, 5), nn.BatchNorm1d(4), nn.ReLU(), nn.Conv1d(4, 4, 5))
-audio_nodes = grad_fn_modules(audio, torch.randn(1, 2, 32), types=[nn.Conv1d, nn.BatchNorm1d])
+audio_nodes = grad_fn_modules(audio, torch.randn(1, 2, 32), types=[nn.Conv1d])
 print([(node.name(), type(module).__name__) for node, module in audio_nodes.items()])
-assert len(audio_nodes) == 3 and not grad_fn_modules(audio, torch.randn(1, 2, 32))
+assert len(audio_nodes) == 2 and len(grad_fn_modules(audio, torch.randn(1, 2, 32))) == 3
 
 # %% [markdown]
 # ## A trace holds the graph until you let it go

@@ -30,17 +30,17 @@ x = torch.randn(2, 3, 32, 32, device=device)
 # %% [markdown]
 # ## 从追踪结果到图
 #
-# `module_graph` 接收一次追踪的结果，从输出往回走，遍历它的计算图。属于某一层的节点画成方框；合并两条分支的节点（加、乘、拼接）保留为小圆圈，因为残差连接就是在那里汇合的；其余节点（ReLU、池化、变形）直接穿过。
+# `layer_edges` 接收一次追踪的结果，从输入到输出遍历它的计算图（`nodes_in_order` 让每个节点排在它的所有输入之后）。属于某一层的节点画成方框；合并两条分支的节点（加、乘、拼接）保留为小圆圈，因为残差连接就是在那里汇合的；其余节点（ReLU、池化、变形）直接穿过，把它的值来自哪些层传下去。
 
 # %%
-from tutorials_pkg.grad_fn import module_graph, trace_grad_fn
+from tutorials_pkg.grad_fn import layer_edges, module_graph, trace_grad_fn
 
-show_source(module_graph)
+show_source(layer_edges)
 
 # %% [markdown]
 # ## `tiny_resnet` 的计算图
 #
-# `graph.mermaid()` 返回 Mermaid 源码，本站（以及 Jupyter）会把它渲染成图：
+# `module_graph(trace)` 把这两者放进一个 `ModuleGraph`，它的 `mermaid()` 返回 Mermaid 源码，本站（以及 Jupyter）会把它渲染成图：
 
 # %%
 trace = trace_grad_fn(model, x)  # one forward pass

@@ -136,7 +136,7 @@ print(len(leaky_nodes), "nodes after one more forward pass")
 assert len(still_hooked) == 12 and len(leaky_nodes) == 13 + 12
 
 # %% [markdown]
-# `trace_grad_fn`（源码见[第一页](../#从节点回到模块)）用一个列表推导式得到所有句柄，并在 `finally` 里把它们全部移除：
+# `grad_fn_modules` 调用的 `record_grad_fn`（源码见[第一页](../#从节点回到模块)）用一个列表推导式得到所有句柄，并在 `finally` 里把它们全部移除：
 
 # %%
 clean = tiny_resnet().to(device)
