@@ -1,11 +1,11 @@
-"""Fixtures: the device of the device tests, and the built site."""
+"""Fixtures: the device of the device tests, and the site built once for every test."""
 
 from pathlib import Path
 
 import pytest
 import torch
 
-from handbook_tools import ROOT, mkdocs_build, site_path
+from handbook_tools import ROOT, build_env, executed_notebooks, mkdocs_build, site_path
 
 # cpu always; cuda where present, marked so that `pytest -m gpu` selects it.
 DEVICES = [
@@ -23,13 +23,22 @@ def device(request) -> torch.device:
 
 
 @pytest.fixture(scope="session")
-def web_root(tmp_path_factory) -> Path:
+def build_cache(tmp_path_factory) -> Path:
+    """The execution cache of the shared build: empty before it, so every page runs."""
+    return tmp_path_factory.mktemp("build-cache")
+
+
+@pytest.fixture(scope="session")
+def web_root(tmp_path_factory, build_cache) -> Path:
     """A web server's root with the whole site, both languages, at site_url's path.
 
-    Built once, with the execution cache off, so every page really runs.
+    Built once per test run: every page is executed once (an empty cache), under
+    coverage where the run measures it (pyproject.toml: coverage's subprocess patch
+    reaches the build and its kernels), and the executed notebooks stay in
+    ``build_cache`` for the page tests.
     """
     root = tmp_path_factory.mktemp("www")
-    result = mkdocs_build(ROOT, root / site_path())
+    result = mkdocs_build(ROOT, root / site_path(), env=build_env(build_cache, measured=True))
     assert result.returncode == 0, f"mkdocs build --strict failed:\n{result.stderr[-6000:]}"
     return root
 
@@ -37,3 +46,9 @@ def web_root(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def built_site(web_root) -> Path:
     return web_root / site_path()
+
+
+@pytest.fixture(scope="session")
+def executed_pages(web_root, build_cache) -> dict:
+    """Every page as the shared build executed it (page id -> notebook with outputs)."""
+    return executed_notebooks(build_cache)

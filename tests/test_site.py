@@ -14,7 +14,7 @@ import nbformat
 import pytest
 import torch
 
-from handbook_tools import (DOCS, LANGUAGES, RAISES_TAG, build_env, code_cells_in_html,
+from handbook_tools import (DOCS, LANGUAGES, RAISES_TAG, ROOT, build_env, code_cells_in_html,
                             copy_machinery, mkdocs_build, page_ids, page_url, read_cells)
 from tutorials_pkg.definition import ResidualMLP, count_parameters
 
@@ -113,7 +113,11 @@ def error_output_problems(source: Path, html: str) -> list[str]:
     ``jp-OutputArea-error``) whose exception is the one it names, with its
     message; every other cell shows none.
     """
-    cells, expected = code_cells_in_html(html), expected_errors(source)
+    return check_error_blocks(code_cells_in_html(html), expected_errors(source), source)
+
+
+def check_error_blocks(cells, expected: list[str | None], source: Path | str = "the page"
+                       ) -> list[str]:
     if len(cells) != len(expected):
         return [f"{len(cells)} code cells in the HTML, {len(expected)} in {source}"]
     problems = []
@@ -183,46 +187,89 @@ FAILING_CELL = "# %%\n1 / 0\n"
 TAGGED_FAILING_CELL = '# %% tags=["raises-exception"] raises="ZeroDivisionError"\n1 / 0\n'
 WARNING_CELL = ("import warnings\n\ndef old():\n    warnings.warn('old() goes away', FutureWarning)"
                 "\n\nold()\n")
+TAG_CASES = {  # page body -> what the build says of it (None: it builds)
+    "failing": (FAILING_CELL, "cell 1 raised, and it is not tagged 'raises-exception'"),
+    "tagged-failing": (TAGGED_FAILING_CELL, None),
+    "wrong-exception": ('# %% tags=["raises-exception"] raises="KeyError"\n1 / 0\n',
+                        "should raise KeyError and raised ZeroDivisionError"),
+    "raises-nothing": ('# %% tags=["raises-exception"] raises="ZeroDivisionError"\n1 / 1\n',
+                       "should raise ZeroDivisionError (raises=\"ZeroDivisionError\") and raised nothing"),
+    "warning": (f"# %%\n{WARNING_CELL}", "warns FutureWarning: old() goes away"),
+    "shown-warning": (f'# %% [markdown]\n# It warns: FutureWarning.\n\n# %% tags=["shows-warning"]\n'
+                      f"{WARNING_CELL}", None),
+}
 
 
-@pytest.mark.parametrize("body, should_build, message", [
-    (FAILING_CELL, False, "ZeroDivisionError"),
-    (TAGGED_FAILING_CELL, True, None),
-    ('# %% tags=["raises-exception"] raises="KeyError"\n1 / 0\n', False,
-     "should raise KeyError and raised ZeroDivisionError"),
-    ('# %% tags=["raises-exception"] raises="ZeroDivisionError"\n1 / 1\n', False,
-     "should raise ZeroDivisionError (raises=\"ZeroDivisionError\") and raised nothing"),
-    (f"# %%\n{WARNING_CELL}", False, "warns FutureWarning: old() goes away"),
-    (f'# %% [markdown]\n# It warns: FutureWarning.\n\n# %% tags=["shows-warning"]\n{WARNING_CELL}',
-     True, None),
-    (f'# %% tags=["shows-warning"]\n{WARNING_CELL}', False, "the text just before it should name it"),
-], ids=["failing", "tagged-failing", "wrong-exception", "raises-nothing", "warning",
-        "shown-warning", "shown-warning-unnamed"])
-def test_the_build_fails_where_a_cell_does_not_do_what_its_tags_say(tmp_path, body, should_build,
-                                                                     message):
-    write_scratch_project(tmp_path, body)
+def test_execution_fails_where_a_cell_does_not_do_what_its_tags_say(tmp_path):
+    """Every case in one run of the page executor (the build's first step), in parallel."""
+    from handbook_tools import execution
+
+    for case, (body, _) in TAG_CASES.items():
+        (tmp_path / "en" / case).mkdir(parents=True)
+        (tmp_path / "en" / case / "index.py").write_text(f"# %% [markdown]\n# # {case}\n\n{body}")
+    ids = [f"{case}/index.py" for case in TAG_CASES]
+    pages = execution.read_pages(tmp_path, ["en"], ids)
+    with pytest.raises(execution.PageError) as failed:
+        execution.execute_pages(pages, ROOT, None)
+    said = str(failed.value)
+    for case, (_, message) in TAG_CASES.items():
+        if message is None:
+            assert f"{case}/index.py" not in said
+        else:
+            assert f"{case}/index.py" in said and message in said, (case, said)
+
+
+def test_a_failing_cell_fails_the_strict_build_naming_page_and_cell(tmp_path):
+    write_scratch_project(tmp_path, FAILING_CELL)
     result = mkdocs_build(tmp_path, tmp_path / "site")
-    assert (result.returncode == 0) == should_build, result.stderr[-4000:]
-    if message:
-        assert message in result.stderr, result.stderr[-4000:]
-    if should_build and "raises-exception" in body:
-        page = tmp_path / "site" / "en" / "definition" / "index.html"
-        assert error_output_problems(tmp_path / "docs" / "en" / "definition" / "index.py",
-                                     page.read_text(encoding="utf-8")) == []
+    assert result.returncode != 0
+    assert "definition/index.py: cell 1 raised" in result.stderr, result.stderr[-4000:]
+    assert "ZeroDivisionError" in result.stderr
 
 
-def test_the_error_block_check_catches_a_template_that_drops_errors(tmp_path):
-    """Planted fault: a notebook template whose error outputs render as nothing."""
-    write_scratch_project(tmp_path, TAGGED_FAILING_CELL + "\n# %%\nprint('after')\n")
-    template = tmp_path / "hooks" / "templates" / "mkdocs_html" / "notebook.html.j2"
-    text = template.read_text(encoding="utf-8")
-    start, end = text.index("{% block error -%}"), text.index("{%- endblock error %}")
-    template.write_text(text[:start] + "{% block error -%}" + text[end:], encoding="utf-8")
+def test_a_shown_warning_needs_its_category_named_before_it(tmp_path):
+    write_scratch_project(tmp_path, f'# %% tags=["shows-warning"]\n{WARNING_CELL}')
     result = mkdocs_build(tmp_path, tmp_path / "site")
-    assert result.returncode == 0, result.stderr[-4000:]
-    html = (tmp_path / "site" / "en" / "definition" / "index.html").read_text(encoding="utf-8")
-    problems = error_output_problems(tmp_path / "docs" / "en" / "definition" / "index.py", html)
-    assert problems == ["code cell 0 should show one ZeroDivisionError block, shows 0"]
+    assert result.returncode != 0
+    assert "the text just before it should name it" in result.stderr, result.stderr[-4000:]
+
+
+def test_the_error_block_check_catches_a_renderer_that_drops_errors(hook_module, monkeypatch):
+    """Planted fault: a renderer whose error outputs render as nothing."""
+    page = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
+        "1 / 0", metadata={"tags": [RAISES_TAG], "raises": "ZeroDivisionError"})])
+    page.cells[0].outputs = [nbformat.v4.new_output(
+        "error", ename="ZeroDivisionError", evalue="division by zero",
+        traceback=["ZeroDivisionError: division by zero"])]
+
+    def html_of(notebook):
+        return hook_module.notebook_markdown.page_markdown(notebook, None, lambda s: None,
+                                                           hook_module.diagrams.FENCE)[0]
+
+    expected = [RAISES_TAG]
+    assert problems_in(html_of(page), expected) == []
+    renderer = hook_module.notebook_markdown.Renderer
+    real = renderer.output
+    monkeypatch.setattr(renderer, "output",
+                        lambda self, o: "" if o.output_type == "error" else real(self, o))
+    assert problems_in(html_of(page), expected) == [
+        "code cell 0 should show one ZeroDivisionError block, shows 0"]
+
+
+def problems_in(html: str, tags: list[str]) -> list[str]:
+    cells = code_cells_in_html(html)
+    return check_error_blocks(cells, ["ZeroDivisionError" if RAISES_TAG in tags else None])
+
+
+@pytest.fixture(scope="module")
+def hook_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("notebook_pages_for_site_tests",
+                                                  ROOT / "hooks" / "notebook_pages.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 # --- the execution cache ----------------------------------------------------------------
@@ -240,7 +287,7 @@ CACHED_IDS = sorted(f"{stem}/index.py" for stem in CACHE_PAGES)
 
 def cache_build(site: Path, **env) -> tuple[list[str], list[str]]:
     """Build ``site`` with the cache on; the pages executed and those taken from the cache."""
-    result = mkdocs_build(site, site / "site", env={**build_env(), "MKDOCS_JUPYTER_CACHE": "true", **env})
+    result = mkdocs_build(site, site / "site", env={**build_env(site / ".cache" / "handbook"), **env})
     assert result.returncode == 0, result.stderr[-4000:]
     found = EXECUTED.search(result.stderr)
     assert found, result.stderr[-4000:]
