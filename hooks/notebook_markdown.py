@@ -58,11 +58,16 @@ class Renderer:
         self.fence = fence  # a Mermaid fence in Markdown (hooks/diagrams.py)
         self.missing: list[str] = []
 
-    def page(self, notebook) -> str:
+    def page(self, notebook, stamp: str = "") -> str:
+        """The page; ``stamp``, a line on when its outputs were made, after its first
+        Markdown cell (the title and what the page is about)."""
         parts = []
         for cell in notebook.cells:
             if cell.cell_type == "markdown":
                 parts.append(self.markdown_cell(cell.source))
+                if stamp:
+                    parts.append(f'<p class="page-stamp">{html.escape(stamp)}</p>')
+                    stamp = ""
             elif cell.cell_type == "code":
                 parts.append(self.code_cell(cell))
         return "\n\n".join(parts) + "\n"
@@ -146,11 +151,27 @@ def markdown_safe(block: str) -> str:
     return block.replace("`", "&#96;")
 
 
-def page_markdown(notebook, source_url: str | None, diagram, fence) -> tuple[str, list[str]]:
-    """The Markdown of ``notebook`` (one language's page with its outputs); the sources of
-    the diagrams not drawn yet."""
+STAMP = {
+    "zh": "本页的输出在 {date} 构建网站时运行代码得到，整页运行 {seconds:.1f} 秒{cached}。",
+    "en": "The outputs on this page were made by running its code on {date}, when the site "
+          "was built; the page ran in {seconds:.1f} s{cached}.",
+}
+FROM_CACHE = {"zh": "（本次构建取自缓存）", "en": " (this build took them from the cache)"}
+
+
+def stamp(language: str, date: str, seconds: float, cached: bool) -> str:
+    """When a page's outputs were made and how long the page ran, in ``language``."""
+    text = STAMP.get(language, STAMP["en"])
+    return text.format(date=date, seconds=seconds,
+                       cached=FROM_CACHE.get(language, FROM_CACHE["en"]) if cached else "")
+
+
+def page_markdown(notebook, source_url: str | None, diagram, fence, stamp: str = ""
+                  ) -> tuple[str, list[str]]:
+    """The Markdown of ``notebook`` (one language's page with its outputs, and ``stamp``
+    after its first Markdown cell); the sources of the diagrams not drawn yet."""
     renderer = Renderer(source_url, diagram, fence)
-    return renderer.page(notebook), renderer.missing
+    return renderer.page(notebook, stamp), renderer.missing
 
 
 def renderer_code() -> str:

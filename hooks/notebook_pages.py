@@ -183,9 +183,11 @@ def page_markdown(state: BuildState, config, source: Path, page_id: str, languag
     executed = state.outcome.executed[page_id]
     docs_dir = Path(config.docs_dir)
     link = source_url(config)
-    key = execution.bytes_key(source, "markdown", executed.metadata["handbook"]["key"],
-                              json.dumps(executed.metadata["handbook"]["modules"]), link or "",
-                              notebook_markdown.renderer_code(), language)
+    run = executed.metadata["handbook"]
+    stamp = notebook_markdown.stamp(language, run.get("date", "?"), run["seconds"],
+                                    cached=page_id in state.outcome.cached)
+    key = execution.bytes_key(source, "markdown", run["key"], json.dumps(run["modules"]), stamp,
+                              link or "", notebook_markdown.renderer_code(), language)
 
     def render() -> str:
         problems = execution.shows_warning_prose_problems(source, executed, memo_dir(state))
@@ -193,7 +195,7 @@ def page_markdown(state: BuildState, config, source: Path, page_id: str, languag
             raise PluginError("\n".join(problems))
         notebook = execution.with_outputs(source, executed, memo_dir(state))
         text, missing = notebook_markdown.page_markdown(
-            notebook, link, diagram_drawer(docs_dir, language), diagrams.FENCE)
+            notebook, link, diagram_drawer(docs_dir, language), diagrams.FENCE, stamp)
         if missing:
             # A warning: the strict build fails, naming the command that draws them.
             log.warning(diagrams.missing_message(f"{language}/{page_id}", missing, docs_dir))

@@ -397,6 +397,7 @@ async def run_page(page: Page, root: Path, hashes: dict[str, str], threads: int,
     notebook.cells = notebook.cells[1:-1]
     notebook.metadata["handbook"] = {
         "page": page.page_id, "key": page.key, "seconds": round(seconds, 2),
+        "date": time.strftime("%Y-%m-%d", time.gmtime()),
         "modules": {path: hashes.get(path) or file_hash(Path(path)) for path in modules}}
     return notebook
 

@@ -303,3 +303,15 @@ def test_each_language_gets_its_prose_and_the_shared_outputs(execution, tmp_path
     source.write_text("# %% [markdown]\n# # Titre\n\n# %%\nprint(2)\n", encoding="utf-8")
     with pytest.raises(execution.PageError, match="code cells are not those that were executed"):
         execution.with_outputs(source, executed)
+
+
+def test_a_page_is_stamped_with_when_its_outputs_were_made(hook):
+    page = notebook(("markdown", "# T\n\nIntro."), ("code", "x"), ("markdown", "More."))
+    stamp = hook.notebook_markdown.stamp("en", "2026-12-07", 12.34, cached=True)
+    assert stamp == ("The outputs on this page were made by running its code on 2026-12-07, when "
+                     "the site was built; the page ran in 12.3 s (this build took them from the cache).")
+    text, _ = hook.notebook_markdown.page_markdown(page, None, lambda s: None, hook.diagrams.FENCE,
+                                                   stamp)
+    assert text.startswith(f'# T\n\nIntro.\n\n<p class="page-stamp">{stamp}</p>\n\n<div')
+    assert text.count("page-stamp") == 1
+    assert "2026-12-07" in hook.notebook_markdown.stamp("zh", "2026-12-07", 1, cached=False)

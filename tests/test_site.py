@@ -153,6 +153,19 @@ def test_pages_show_the_outputs_of_this_build(built_site, language):
     assert f"NotImplementedError: {raised.value}" in shown, shown
 
 
+STAMP = re.compile(r'<p class="page-stamp">[^<]*(\d{4}-\d\d-\d\d)[^<]*?(\d+\.\d) ')
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_every_page_says_when_its_outputs_were_made_and_how_long_it_ran(built_site, language,
+                                                                       executed_pages):
+    for page in page_ids():
+        found = STAMP.search(page_html(built_site, language, page))
+        assert found, f"{language}/{page} has no stamp"
+        run = executed_pages[page].metadata["handbook"]
+        assert found.groups() == (run["date"], f"{run['seconds']:.1f}"), page
+
+
 @pytest.mark.parametrize("language", LANGUAGES)
 @pytest.mark.parametrize("page", page_ids())
 def test_each_intended_error_is_shown_as_an_error_block(built_site, language, page):
