@@ -134,16 +134,24 @@ def shown_recipes(language: str = "en") -> list[Recipe]:
 # --- building the site ------------------------------------------------------------------
 
 COVERAGE_VARIABLES = ("COVERAGE_PROCESS_CONFIG", "COVERAGE_PROCESS_START")
+# The repository the tests' shared build says it was made from (GitHub Actions' variables).
+TEST_REPOSITORY = ("example/handbook", "0123456789abcdef0123456789abcdef01234567")
 
 
-def build_env(cache_dir: Path | None = None, measured: bool = False) -> dict[str, str]:
+def build_env(cache_dir: Path | None = None, measured: bool = False,
+              repository: tuple[str, str] | None = None) -> dict[str, str]:
     """The environment of a test build: no MkDocs 2 banner; the execution cache in
     ``cache_dir`` (an empty folder: every page runs, and its executed notebook stays
     there), or off. Coverage, where it measures this run, measures the build and its
     kernels only if ``measured`` (a scratch site runs a copy of the package: its lines
-    are not the package's)."""
+    are not the package's). ``repository``: the ``(owner/name, commit)`` the build is
+    told it is made from; None: none (a scratch site is not a clone)."""
     env = dict(os.environ)
     env["NO_MKDOCS_2_WARNING"] = "1"
+    env.pop("GITHUB_REPOSITORY", None)
+    env.pop("GITHUB_SHA", None)
+    if repository:
+        env["GITHUB_REPOSITORY"], env["GITHUB_SHA"] = repository
     if cache_dir is None:
         env["HANDBOOK_CACHE"] = "false"
     else:

@@ -26,12 +26,14 @@ attribute of another plugin's objects is written.
 
 import importlib.util
 import json
+import os
 import posixpath
 import re
+import subprocess
 import sys
 import weakref
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import urljoin, urlparse
 
 import jupytext
 from mkdocs.exceptions import PluginError
@@ -82,6 +84,7 @@ class BuildState:
     def __init__(self, config):
         self.config = weakref.ref(config)
         self.settings = Settings(config)
+        self.repository = repository(site_root(config))
         self.outcome = None
 
 
@@ -118,9 +121,38 @@ def memo_dir(state: BuildState) -> Path | None:
     return state.settings.cache_dir / "parsed" if state.settings.cache else None
 
 
+# --- the repository the site is built from -----------------------------------------------
+
+GITHUB_REMOTE = re.compile(r"github\.com[:/]([\w.-]+/[\w.-]+?)(?:\.git)?/?$")
+
+
+def repository(root: Path, environ=os.environ) -> tuple[str, str] | None:
+    """``(owner/name, commit)`` of the GitHub repository this build is made from: GitHub
+    Actions' ``GITHUB_REPOSITORY`` and ``GITHUB_SHA``, else the clone's ``origin`` remote
+    and ``HEAD``; None where neither tells (a local build, a fork without a remote)."""
+    if environ.get("GITHUB_REPOSITORY") and environ.get("GITHUB_SHA"):
+        return environ["GITHUB_REPOSITORY"], environ["GITHUB_SHA"]
+
+    def git(*args) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True,
+                                  timeout=30).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    found = GITHUB_REMOTE.search(git("remote", "get-url", "origin"))
+    commit = git("rev-parse", "HEAD")
+    return (found.group(1), commit) if found and commit else None
+
+
 @event_priority(-200)  # after i18n (-100)
 def on_config(config):
     state = build_state(config)
+    if state.repository:
+        # The repository link, "Edit on GitHub" and the downloads' install line name the
+        # repository this build was made from (none where it cannot tell).
+        config.repo_url = f"https://github.com/{state.repository[0]}"
+        config.edit_uri = "edit/main/docs/"
     if state.outcome is not None:
         return config
     settings, root, docs_dir = state.settings, site_root(config), Path(config.docs_dir)
@@ -155,20 +187,12 @@ def page_dest_uri(placed_uri: str) -> str:
     return posixpath.join(parent, "index.html" if name == "index" else f"{name}/index.html")
 
 
-def github_repo(repo_url: str | None) -> str | None:
-    """``owner/name`` of a GitHub ``repo_url``, else None."""
-    url = urlparse(repo_url or "")
-    return url.path.strip("/") if url.netloc == "github.com" else None
-
-
-def source_url(config) -> str | None:
-    """Where a shown recipe's file is in the repository: ``repo_url`` on the branch of
-    ``edit_uri`` (``edit/main/docs/`` -> ``.../blob/main/``)."""
-    if not config.repo_url:
+def source_url(state: BuildState) -> str | None:
+    """Where a shown recipe's file is: the repository at the commit the site is built from."""
+    if not state.repository:
         return None
-    parts = (config.edit_uri or "").strip("/").split("/")
-    branch = parts[1] if len(parts) > 1 and parts[0] in ("edit", "blob") else "main"
-    return f"{config.repo_url.rstrip('/')}/blob/{branch}/"
+    name, commit = state.repository
+    return f"https://github.com/{name}/blob/{commit}/"
 
 
 def diagram_drawer(docs_dir: Path, language: str):
@@ -182,7 +206,7 @@ def page_markdown(state: BuildState, config, source: Path, page_id: str, languag
     makes it."""
     executed = state.outcome.executed[page_id]
     docs_dir = Path(config.docs_dir)
-    link = source_url(config)
+    link = source_url(state)
     run = executed.metadata["handbook"]
     stamp = notebook_markdown.stamp(language, run.get("date", "?"), run["seconds"],
                                     cached=page_id in state.outcome.cached)
@@ -222,7 +246,7 @@ def on_files(files, config):
         return files
     languages, default = language_settings(config)
     docs_dir = Path(config.docs_dir)
-    repo = github_repo(config.repo_url)
+    repo = state.repository
     for placed in list(files):
         language, _, page_id = placed.src_uri.partition("/")
         if language not in languages or page_id not in state.outcome.executed:
@@ -249,34 +273,97 @@ def on_files(files, config):
             # The Pages deploy (mkdocs gh-deploy) keeps the built site, .ipynb files
             # included, on the gh-pages branch, where Colab can open them.
             page.downloads["colab"] = ("https://colab.research.google.com/github/"
-                                       f"{repo}/blob/gh-pages/{posixpath.join(folder, stem)}.ipynb")
+                                       f"{repo[0]}/blob/gh-pages/{posixpath.join(folder, stem)}.ipynb")
+        published = urljoin(config.site_url or "", page.url)
         files.append(File.generated(config, posixpath.join(folder, f"{stem}.py"),
-                                    abs_src_path=str(source)))
+                                    content=script_for_download(source, published,
+                                                                memo_dir(state))))
         files.append(File.generated(config, posixpath.join(folder, f"{stem}.ipynb"),
-                                    content=notebook_for_download(source, config.repo_url,
+                                    content=notebook_for_download(source, repo, published,
                                                                   memo_dir(state))))
     return files
 
 
 # --- downloads --------------------------------------------------------------------------
 
-def notebook_for_download(py_path: Path, repo_url: str | None, memo: Path | None = None) -> str:
-    """The page as ``.ipynb``, with a first cell that installs ``tutorials_pkg`` if missing."""
-    install = repo_url and (
-        f"# In Colab (or anywhere tutorials_pkg is missing) this installs it from {repo_url}\n"
-        "import importlib.util, subprocess, sys\n"
-        "if importlib.util.find_spec('tutorials_pkg') is None:\n"
-        f"    subprocess.check_call([sys.executable, '-m', 'pip', 'install', '-q', "
-        f"'git+{repo_url}'])\n")
+INSTALL_CELL = """\
+# This notebook uses tutorials_pkg, the handbook's own code, installed here from the
+# commit the site was built from if it is missing (in Colab, say).
+import importlib.util, subprocess, sys
+if importlib.util.find_spec("tutorials_pkg") is None:
+    try:
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", {package!r}], check=True)
+    except (OSError, subprocess.CalledProcessError) as error:
+        raise SystemExit("tutorials_pkg is missing and could not be installed ({{}}); offline, "
+                         "clone {repo_url} and run `pip install -e .` in it".format(error))
+"""
+NO_INSTALL_CELL = """\
+# This notebook uses tutorials_pkg, the handbook's own code. This copy of the site was
+# built without a repository to install it from: in a clone of the handbook, run
+# `pip install -e .`, then start the notebook from there.
+import importlib.util
+if importlib.util.find_spec("tutorials_pkg") is None:
+    raise SystemExit("tutorials_pkg is missing: in a clone of the handbook, run `pip install -e .`")
+"""
+
+
+def first_cell(repo: tuple[str, str] | None) -> str:
+    """The downloaded notebook's first cell: install tutorials_pkg pinned to the commit the
+    site was built from, or, without a repository, say how to install it."""
+    if repo is None:
+        return NO_INSTALL_CELL
+    name, commit = repo
+    return INSTALL_CELL.format(package=f"git+https://github.com/{name}@{commit}",
+                               repo_url=f"https://github.com/{name}")
+
+
+MARKDOWN_LINK = re.compile(r"\]\((?![a-z][a-z0-9+.-]*:)([^)\s]+)\)")
+
+
+def absolute_links(text: str, page_url: str) -> str:
+    """Markdown links relative to the page (``](checkpoints/)``, ``](#a)``) made absolute,
+    so that they lead somewhere from a notebook opened anywhere."""
+    return MARKDOWN_LINK.sub(lambda m: f"]({urljoin(page_url, m.group(1))})", text)
+
+
+def notebook_for_download(py_path: Path, repo: tuple[str, str] | None, page_url: str,
+                          memo: Path | None = None) -> str:
+    """The page as ``.ipynb``: the install cell first, links absolute (``page_url``: the
+    page's address on the published site)."""
+    install = first_cell(repo)
 
     def convert() -> str:
         notebook = execution.read_notebook(Path(py_path), memo)
-        if install:
-            notebook.cells.insert(0, jupytext.reads(install, fmt="py:percent").cells[0])
+        for cell in notebook.cells:
+            if cell.cell_type == "markdown":
+                cell.source = absolute_links(cell.source, page_url)
+        notebook.cells.insert(0, jupytext.reads(install, fmt="py:percent").cells[0])
         return jupytext.writes(notebook, fmt="ipynb")
 
-    key = execution.bytes_key(Path(py_path), "download", install or "")
+    key = execution.bytes_key(Path(py_path), "download", install, page_url)
     return execution.remembered(key, convert, memo)
+
+
+def script_for_download(py_path: Path, page_url: str, memo: Path | None = None) -> str:
+    """The page as a script that runs to its end: a cell that fails on purpose (tagged
+    ``raises-exception``) prints the exception it raises and the script goes on; links
+    absolute."""
+    key = execution.bytes_key(Path(py_path), "script", page_url)
+    return execution.remembered(key, lambda: _script(py_path, page_url, memo), memo)
+
+
+def _script(py_path: Path, page_url: str, memo: Path | None) -> str:
+    notebook = execution.read_notebook(Path(py_path), memo)
+    for cell in notebook.cells:
+        if cell.cell_type == "markdown":
+            cell.source = absolute_links(cell.source, page_url)
+        elif execution.RAISES_TAG in cell.metadata.get("tags", []):
+            expected = cell.metadata.get("raises", "Exception")
+            body = "\n".join("    " + line if line.strip() else "" for line in cell.source.splitlines())
+            cell.source = (f"try:  # this cell fails on purpose: the page shows the error\n{body}\n"
+                           f"except {expected} as error:\n"
+                           '    print(f"{type(error).__name__}: {error}")')
+    return jupytext.writes(notebook, fmt="py:percent")
 
 
 # --- the finished pages -----------------------------------------------------------------

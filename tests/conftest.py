@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from handbook_tools import ROOT, build_env, executed_notebooks, mkdocs_build, site_path
+from handbook_tools import (ROOT, TEST_REPOSITORY, build_env, executed_notebooks, mkdocs_build,
+                            site_path)
 
 # cpu always; cuda where present, marked so that `pytest -m gpu` selects it.
 DEVICES = [
@@ -35,10 +36,11 @@ def web_root(tmp_path_factory, build_cache) -> Path:
     Built once per test run: every page is executed once (an empty cache), under
     coverage where the run measures it (pyproject.toml: coverage's subprocess patch
     reaches the build and its kernels), and the executed notebooks stay in
-    ``build_cache`` for the page tests.
+    ``build_cache`` for the page tests. It is told it is made from TEST_REPOSITORY.
     """
     root = tmp_path_factory.mktemp("www")
-    result = mkdocs_build(ROOT, root / site_path(), env=build_env(build_cache, measured=True))
+    result = mkdocs_build(ROOT, root / site_path(),
+                          env=build_env(build_cache, measured=True, repository=TEST_REPOSITORY))
     assert result.returncode == 0, f"mkdocs build --strict failed:\n{result.stderr[-6000:]}"
     return root
 

@@ -114,20 +114,56 @@ def test_a_page_is_placed_where_mkdocs_places_a_markdown_page(hook):
     assert hook.download_stem("save_load/checkpoints.py") == "save_load-checkpoints"
 
 
-def test_colab_needs_a_github_repo(hook):
-    assert hook.github_repo("https://github.com/owner/name/") == "owner/name"
-    assert hook.github_repo("https://gitlab.com/owner/name") is None
-    assert hook.github_repo(None) is None
+def test_the_repository_comes_from_the_build(hook, tmp_path):
+    import subprocess
+
+    given = {"GITHUB_REPOSITORY": "owner/name", "GITHUB_SHA": "c0ffee"}
+    assert hook.repository(tmp_path, given) == ("owner/name", "c0ffee")
+    assert hook.repository(tmp_path, {}) is None  # not a clone
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run(["git", "-c", "user.email=a@b", "-c", "user.name=a", "commit", "-q",
+                    "--allow-empty", "-m", "x"], cwd=tmp_path, check=True)
+    assert hook.repository(tmp_path, {}) is None  # no origin
+    subprocess.run(["git", "remote", "add", "origin", "git@github.com:someone/fork.git"],
+                   cwd=tmp_path, check=True)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True,
+                          text=True).stdout.strip()
+    assert hook.repository(tmp_path, {}) == ("someone/fork", head)
 
 
-def test_downloaded_notebook_installs_the_package_first(hook, tmp_path):
+PAGE = ("# %% [markdown]\n# # T\n#\n# See [the next page](checkpoints/) and [this](#a).\n\n"
+        '# %%\nprint(1)\n\n# %% tags=["raises-exception"] raises="KeyError"\n{}["k"]\n\n'
+        "# %%\nprint('after')\n")
+
+
+def test_the_downloaded_notebook_installs_from_the_commit_or_says_how(hook, tmp_path):
     page = tmp_path / "p.py"
-    page.write_text("# %% [markdown]\n# # T\n\n# %%\nprint(1)\n")
-    notebook = json.loads(hook.notebook_for_download(page, "https://github.com/o/n"))
-    install, markdown, code = notebook["cells"]
-    assert "git+https://github.com/o/n" in "".join(install["source"])
-    assert "".join(code["source"]) == "print(1)"
-    assert len(json.loads(hook.notebook_for_download(page, None))["cells"]) == 2
+    page.write_text(PAGE)
+    url = "https://example.org/site/save_load/"
+    notebook = json.loads(hook.notebook_for_download(page, ("o/n", "c0ffee"), url))
+    install, markdown, *code = notebook["cells"]
+    assert "git+https://github.com/o/n@c0ffee" in "".join(install["source"])
+    assert "[the next page](https://example.org/site/save_load/checkpoints/)" in "".join(
+        markdown["source"])
+    assert "(https://example.org/site/save_load/#a)" in "".join(markdown["source"])
+    assert "".join(code[0]["source"]) == "print(1)"
+    assert code[1]["metadata"]["tags"] == ["raises-exception"]  # Jupyter honours it as it is
+    unpinned = json.loads(hook.notebook_for_download(page, None, url))["cells"][0]
+    assert "pip install -e ." in "".join(unpinned["source"])
+    assert "git+" not in "".join(unpinned["source"])
+
+
+def test_the_downloaded_script_runs_to_its_end(hook, tmp_path):
+    page = tmp_path / "p.py"
+    page.write_text(PAGE)
+    script = tmp_path / "script.py"
+    script.write_text(hook.script_for_download(page, "https://example.org/site/x/"))
+    assert "(https://example.org/site/x/checkpoints/)" in script.read_text()
+    import subprocess
+
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "1\nKeyError: 'k'\nafter\n"
 
 
 @pytest.mark.parametrize("extra, problem", [

@@ -14,7 +14,8 @@ import nbformat
 import pytest
 import torch
 
-from handbook_tools import (DOCS, LANGUAGES, RAISES_TAG, ROOT, build_env, code_cells_in_html,
+from handbook_tools import (DOCS, LANGUAGES, RAISES_TAG, ROOT, TEST_REPOSITORY, build_env,
+                            code_cells_in_html,
                             copy_machinery, mkdocs_build, page_ids, page_url, read_cells)
 from tutorials_pkg.definition import ResidualMLP, count_parameters
 
@@ -527,19 +528,60 @@ def test_search_finds_pages_in_both_languages(built_site):
 
 @pytest.mark.parametrize("language", LANGUAGES)
 @pytest.mark.parametrize("page", page_ids())
-def test_page_offers_its_py_and_ipynb(built_site, language, page):
+def test_page_offers_its_py_and_ipynb_made_from_the_repository_and_commit_built(
+        built_site, language, page):
+    name, commit = TEST_REPOSITORY
     folder = page_dir(built_site, language, page)
     # named after the page, not "index": save_load/index.py -> save_load.ipynb,
     # save_load/checkpoints.py -> save_load-checkpoints.ipynb
     stem = "-".join(p for p in Path(page).with_suffix("").parts if p != "index")
-    source = DOCS / language / page
-    assert (folder / f"{stem}.py").read_text(encoding="utf-8") == source.read_text(encoding="utf-8")
+    source = read_cells(DOCS / language / page)
+    code = [c.source for c in source if c.cell_type == "code"]
+    untagged = [c.source for c in source if c.cell_type == "code"
+                and RAISES_TAG not in c.metadata.get("tags", [])]
+    script = (folder / f"{stem}.py").read_text(encoding="utf-8")
+    compile(script, f"{stem}.py", "exec")
+    assert all(cell in script for cell in untagged)
     notebook = nbformat.reads((folder / f"{stem}.ipynb").read_text(encoding="utf-8"), as_version=4)
     nbformat.validate(notebook)
     install, *cells = notebook.cells
-    assert "pip" in install.source and "tutorials_pkg" in install.source
-    assert [c.source for c in cells] == [c.source for c in read_cells(source)]
+    assert f"git+https://github.com/{name}@{commit}" in install.source
+    assert [c.source for c in cells if c.cell_type == "code"] == code
+    relative = [link for c in cells if c.cell_type == "markdown"
+                for link in re.findall(r"\]\((?!https?:)([^)]+)\)", c.source)]
+    assert not relative, relative
     html = page_html(built_site, language, page)
-    for link in (f'href="{stem}.ipynb"', f'href="{stem}.py"', "colab.research.google.com/github/",
-                 f"/edit/main/docs/{language}/{page}"):
+    for link in (f'href="{stem}.ipynb"', f'href="{stem}.py"',
+                 f"colab.research.google.com/github/{name}/blob/gh-pages/",
+                 f"https://github.com/{name}/edit/main/docs/{language}/{page}"):
         assert link in html
+    assert f"https://github.com/{name}/blob/{commit}/tutorials_pkg/" in html or (
+        "shown-source" not in html)
+
+
+def test_a_build_without_a_repository_links_none_and_says_how_to_install(tmp_path):
+    write_scratch_project(tmp_path, "# %%\nprint('hello')\n")
+    result = mkdocs_build(tmp_path, tmp_path / "site")  # a scratch site is not a clone
+    assert result.returncode == 0, result.stderr[-4000:]
+    folder = tmp_path / "site" / "en" / "definition"
+    html = (folder / "index.html").read_text(encoding="utf-8")
+    assert "colab.research.google.com" not in html and "/edit/" not in html
+    assert "github.com" not in html
+    install = nbformat.reads((folder / "definition.ipynb").read_text(encoding="utf-8"),
+                             as_version=4).cells[0]
+    assert "pip install -e ." in install.source and "git+" not in install.source
+
+
+def test_a_downloaded_page_runs_to_its_end_as_script_and_notebook(built_site, tmp_path):
+    """One page with a cell that fails on purpose (every page: python -m benchmarks.downloads)."""
+    from nbclient import NotebookClient
+
+    folder = page_dir(built_site, "en", "definition/index.py")
+    script = tmp_path / "definition.py"
+    script.write_text((folder / "definition.py").read_text(encoding="utf-8"), encoding="utf-8")
+    result = subprocess.run([sys.executable, script.name], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=600, env={**os.environ, "MPLBACKEND": "Agg"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "NotImplementedError: " in result.stdout  # the cell that fails on purpose said so
+    notebook = nbformat.reads((folder / "definition.ipynb").read_text(encoding="utf-8"), as_version=4)
+    NotebookClient(notebook, timeout=600, resources={"metadata": {"path": str(tmp_path)}}).execute()
