@@ -26,6 +26,7 @@ attribute of another plugin's objects is written.
 
 import importlib.util
 import json
+import logging
 import os
 import posixpath
 import re
@@ -147,6 +148,9 @@ def repository(root: Path, environ=os.environ) -> tuple[str, str] | None:
 
 @event_priority(-200)  # after i18n (-100)
 def on_config(config):
+    jieba = sys.modules.get("jieba")  # Material's search segments Chinese with it
+    if jieba:
+        jieba.setLogLevel(logging.INFO)  # its own setter: no "Building prefix dict" lines
     state = build_state(config)
     if state.repository:
         # The repository link, "Edit on GitHub" and the downloads' install line name the
