@@ -18,8 +18,8 @@ import html
 from pathlib import Path
 
 from nbconvert.filters import ansi2html
-
-SOURCE_MIME = "application/vnd.handbook.source+json"  # tutorials_pkg.source.SourceBlock
+# A shown recipe's data, and code in Material's markup.
+from tutorials_pkg.source import SOURCE_MIME, highlight_html
 MERMAID_MIME = "text/vnd.mermaid"
 # Richest first, as Jupyter picks what to show.
 DISPLAY_ORDER = (SOURCE_MIME, MERMAID_MIME, "image/svg+xml", "text/html", "image/png",
@@ -86,8 +86,6 @@ class Renderer:
         return drawn
 
     def code_cell(self, cell) -> str:
-        from tutorials_pkg.source import highlight_html
-
         classes = " ".join(["jp-Cell", "jp-CodeCell",
                             *(f"celltag_{tag}" for tag in cell.metadata.get("tags", []))])
         code = "" if shows_source_only(cell.source) else (
@@ -133,8 +131,6 @@ class Renderer:
         return f"<pre>{html.escape(joined(value))}</pre>"
 
     def shown_source(self, code: str, paths: list[str]) -> str:
-        from tutorials_pkg.source import highlight_html
-
         def caption(path):
             name = f"<code>{html.escape(path)}</code>"
             if self.source_url:
