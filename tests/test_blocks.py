@@ -1,5 +1,6 @@
 import pytest
 import torch
+import torch.nn.functional as F
 import torchvision
 
 from torch.utils.flop_counter import FlopCounterMode
@@ -61,12 +62,42 @@ def test_unet_wrong_channels_or_rank_get_a_clear_error():
         model(torch.randn(1, 32, 32))
 
 
-def test_unet_training_batch_of_one_at_the_smallest_size_is_refused():
+def test_unet_training_batch_of_one_at_the_smallest_size_gets_torchs_batch_norm_error():
+    """A 1x1 bottom in training mode: torch's own ValueError says what is wrong (not reworded)."""
     model = UNet(bilinear=True).train()
-    with pytest.raises(ValueError, match="batch of 1 needs H or W of at least 32"):
+    with pytest.raises(ValueError, match="Expected more than 1 value per channel when training"):
         model(torch.randn(1, 3, 16, 16))
     assert model(torch.randn(2, 3, 16, 16)).shape == (2, 2, 16, 16)
     assert model(torch.randn(1, 3, 16, 32)).shape == (1, 2, 16, 32)
+
+
+def test_unet_is_fx_traceable_by_torchvisions_feature_extraction():
+    """The input check is one recorded call (torch.fx.wrap), not Python control flow FX stops in."""
+    from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
+
+    model = UNet().eval()
+    train_nodes, eval_nodes = get_graph_node_names(model)
+    assert train_nodes == eval_nodes and eval_nodes[:2] == ["x", "check_unet_input"]
+    assert {"up4.conv.double_conv.5", "outc.conv"} <= set(eval_nodes)  # leaf modules' calls
+    extractor = create_feature_extractor(model, {"down4": "bottom", "outc": "out"})
+    x = torch.randn(1, 3, 33, 17)
+    with torch.no_grad():
+        features = extractor(x)
+        assert features["bottom"].shape == (1, 1024, 2, 1)
+        assert torch.equal(features["out"], model(x))
+        # the check is kept in the traced graph (its result is used), so a graph of early
+        # layers only still refuses a small input with the same clear error
+        early = create_feature_extractor(model, ["down2"])
+        with pytest.raises(ValueError, match="H and W of at least 16, got 8x8"):
+            early(torch.randn(1, 3, 8, 8))
+
+
+def test_unet_too_small_input_error_stays_clear_in_eager_mode():
+    model = UNet().eval()
+    with pytest.raises(ValueError, match=r"^UNet needs H and W of at least 16, got 15x40$"):
+        model(torch.randn(1, 3, 15, 40))
+    with pytest.raises(ValueError, match=r"^UNet expects \(N, 3, H, W\), got \(3, 32, 32\)$"):
+        model(torch.randn(3, 32, 32))
 
 
 @pytest.mark.parametrize("kwargs", [{"n_channels": 0}, {"n_classes": 0}, {"n_classes": -1}])
@@ -89,6 +120,7 @@ def test_up_without_alignment_computes_the_padding_and_throws_it_away():
 def test_unet_without_alignment_breaks_on_odd_sizes_only():
     aligned, broken = UNet(bilinear=True).eval(), UNetWithoutAlignment(bilinear=True).eval()
     broken.load_state_dict(aligned.state_dict())
+    assert list(broken.state_dict()) == list(aligned.state_dict())  # the same layers and names
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         assert torch.equal(broken(x), aligned(x))  # no padding needed: the same network
@@ -168,7 +200,7 @@ def test_fixed_pool_mobilenets_fail_at_fc_on_224(model, last_map, features):
     x = torch.randn(1, 3, 224, 224)
     with torch.no_grad():
         assert model.features(x).shape == (1, 1024, last_map, last_map)
-        with pytest.raises(RuntimeError, match=rf"\(1x{features} and 1024x10\)"):
+        with pytest.raises(RuntimeError, match=rf"\(1x{features} and 1024x1000\)"):
             model(x)
 
 
@@ -181,10 +213,22 @@ def test_fixed_pool_mobilenets_fit_only_a_band_of_input_sizes(model, fits):
         for size in (fits.start - 1, fits.start, fits.stop - 1, fits.stop):
             x = torch.randn(1, 3, size, size)
             if size in fits:
-                assert model(x).shape == (1, 10), size
+                assert model(x).shape == (1, 1000), size
             else:
                 with pytest.raises(RuntimeError):  # too small for the pool, or too many features
                     model(x)
+
+
+@pytest.mark.parametrize("model", [MobileNetV1WithFixedPool, MobileNetV1WithFixedPoolAndLastStride1],
+                         ids=["hand-written", "loop"])
+def test_fixed_pool_mobilenets_run_neither_at_32_nor_with_the_7x7_map_the_post_meant(model):
+    """The post: 224 x 224 x 3 in, '7 x 7 x 1024 -> avg_pool2d(x, 2) -> 1 x 1 x 1024'."""
+    model = model().eval()
+    with torch.no_grad():
+        with pytest.raises(RuntimeError, match=r"Calculated output size: \(1024x0x0\)"):
+            model(torch.randn(1, 3, 32, 32))
+        assert F.avg_pool2d(torch.zeros(1, 1024, 7, 7), 2).shape == (1, 1024, 3, 3)  # not 1x1
+    assert model.fc.out_features == 1000
 
 
 def test_the_loop_refactor_changes_the_last_stride_and_only_the_structure_check_sees_it():
@@ -194,7 +238,7 @@ def test_the_loop_refactor_changes_the_last_stride_and_only_the_structure_check_
     loop.load_state_dict(hand.state_dict(), strict=True)  # loading does not see strides
     x = torch.randn(2, 3, 96, 96)
     with torch.no_grad():
-        assert hand(x).shape == loop(x).shape == (2, 10)
+        assert hand(x).shape == loop(x).shape == (2, 1000)
     with pytest.raises(AssertionError, match=r"different layers:\n  \('features\.13\.depthwise\.0'"
                                              r".*stride=\(2, 2\).*\n.*stride=\(1, 1\)"):
         assert_same_network(hand, loop, x)

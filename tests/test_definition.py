@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from tutorials_pkg.definition import (
+    LayerListWithoutSuperInit,
     MLPWithExtraInput,
     MLPWithoutSuperInit,
     MultiHeadNet,
@@ -40,6 +41,45 @@ def test_my_sequential_matches_nn_sequential():
     assert list(ours._modules) == ["0", "1", "2"]
     x = torch.randn(4, 6)
     assert torch.equal(ours(x), theirs(x))
+
+
+def test_my_sequential_takes_an_ordered_dict_as_nn_sequential_does():
+    layers = OrderedDict([("fc1", nn.Linear(6, 5)), ("act", nn.Tanh()), ("fc2", nn.Linear(5, 3))])
+    ours, theirs = MySequential(layers), nn.Sequential(layers)
+    assert list(ours._modules) == list(theirs._modules) == ["fc1", "act", "fc2"]
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+    x = torch.randn(4, 6)
+    assert torch.equal(ours(x), theirs(x))
+    assert type(ours._modules) is dict and type(theirs._modules) is dict  # not an OrderedDict
+    # a single layer is a chain of one, as in nn.Sequential
+    assert list(MySequential(nn.Linear(6, 5))._modules) == ["0"]
+
+
+def test_the_source_misspelling_of_ordered_dict_fails_for_any_single_argument():
+    """``isinstance(args[0], OrderDict)``: reached only when there is exactly one argument."""
+    namespace = {"nn": nn}
+    exec("""
+class MySequentialAsPrinted(nn.Module):
+    def __init__(self, *args):
+        super().__init__()
+        if len(args) == 1 and isinstance(args[0], OrderDict):
+            for key, module in args[0].items():
+                self.add_module(key, module)
+        else:
+            for idx, module in enumerate(args):
+                self.add_module(str(idx), module)
+""", namespace)
+    printed = namespace["MySequentialAsPrinted"]
+    assert len(printed(nn.Linear(2, 2), nn.ReLU())._modules) == 2
+    for single in (OrderedDict([("fc", nn.Linear(2, 2))]), nn.Linear(2, 2)):
+        with pytest.raises(NameError, match="'OrderDict' is not defined"):
+            printed(single)
+
+
+def test_grad_fn_names_carry_a_number_now():
+    out = MultiHeadNet()(torch.randn(2, 64), head="digit")
+    assert type(out.grad_fn).__name__ == "AddmmBackward0"
+    assert "grad_fn=<AddmmBackward0>" in repr(out)
 
 
 def test_residual_mlp_adds_a_skip_around_every_block():
@@ -83,6 +123,11 @@ def test_plain_dict_heads_are_invisible_to_pytorch():
 def test_forgetting_super_init_fails_when_the_first_layer_is_assigned():
     with pytest.raises(AttributeError, match=r"cannot assign module before Module.__init__\(\) call"):
         MLPWithoutSuperInit()
+
+
+def test_a_module_list_subclass_that_forgets_super_init_fails_the_same_way():
+    with pytest.raises(AttributeError, match=r"cannot assign module before Module.__init__\(\) call"):
+        LayerListWithoutSuperInit([nn.Linear(2, 2)])
 
 
 def test_sequential_passes_one_input_and_our_forward_takes_two():

@@ -11,9 +11,9 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-__all__ = ["MLPWithExtraInput", "MLPWithoutSuperInit", "MultiHeadNet", "MySequential",
-           "ResidualMLP", "Standardize", "UnregisteredDictMultiHeadNet", "UnregisteredListMLP",
-           "count_parameters", "mlp_named", "mlp_sequential", "module_key"]
+__all__ = ["LayerListWithoutSuperInit", "MLPWithExtraInput", "MLPWithoutSuperInit", "MultiHeadNet",
+           "MySequential", "ResidualMLP", "Standardize", "UnregisteredDictMultiHeadNet",
+           "UnregisteredListMLP", "count_parameters", "mlp_named", "mlp_sequential", "module_key"]
 
 
 def mlp_sequential(in_features: int = 64, hidden: int = 32, out_features: int = 10) -> nn.Sequential:
@@ -91,11 +91,15 @@ class Standardize(nn.Module):
 class MySequential(nn.Module):
     """What ``nn.Sequential`` does: register each module in order, then chain them."""
 
-    def __init__(self, *modules: nn.Module):
+    def __init__(self, *args: nn.Module):
         super().__init__()
-        for index, module in enumerate(modules):
-            # add_module stores it in self._modules, a plain dict (insertion-ordered)
-            self.add_module(str(index), module)
+        if len(args) == 1 and isinstance(args[0], OrderedDict):  # named layers
+            for name, module in args[0].items():
+                self.add_module(name, module)
+        else:  # layers named by position: "0", "1", ...
+            for index, module in enumerate(args):
+                self.add_module(str(index), module)
+        # add_module stores each in self._modules, a plain dict (insertion-ordered)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for module in self._modules.values():
@@ -133,6 +137,18 @@ class MLPWithoutSuperInit(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(x)
+
+
+class LayerListWithoutSuperInit(nn.ModuleList):
+    """Wrong: a ``ModuleList`` subclass whose ``__init__`` forgets ``super().__init__()`` too."""
+
+    def __init__(self, layers: list[nn.Module]):
+        self.layers = nn.ModuleList(layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = layer(x)
+        return x
 
 
 class UnregisteredListMLP(nn.Module):

@@ -1,10 +1,15 @@
 """Chapter: model summaries.
 
-``summary`` runs one forward pass with hooks and prints a table: each module
-once, its shapes, its parameters, the modules called more than once marked.
+``hooked_forward`` is the core the page shows: one forward pass with a hook on
+every module, each module once, and each parameter counted in the first module
+that owns it. ``summary`` calls it and takes the models readers bring: inputs
+made from a shape or passed as they are (any arguments, keywords too), eval mode
+and ``no_grad`` with each module's mode given back, lazy, compiled and
+``DataParallel`` models; it refuses TorchScript, notes the layer an error came
+from, tells unused weights from weights read without their module being called,
+and prints the table.
 """
 
-import re
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -12,9 +17,49 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
-__all__ = ["Summary", "SummaryRow", "eval_mode", "input_problem", "make_inputs", "shape_of",
-           "summary", "summary_rows", "tensor_bytes", "uncompiled"]
+from tutorials_pkg.unwrap import map_tensors, tensors_in, unwrap_model
+
+__all__ = ["Summary", "SummaryRow", "call_shape", "eval_mode", "hooked_forward", "input_problem",
+           "make_inputs", "summary", "uncompiled"]
+
+
+def call_shape(args, kwargs=None):
+    """A call's inputs with each tensor replaced by its shape: one argument's, or a list."""
+    shown = [*args, kwargs] if kwargs else list(args)
+    return map_tensors(lambda t: list(t.shape), shown[0] if len(shown) == 1 else shown)
+
+
+def hooked_forward(model: nn.Module, *args, **kwargs) -> dict[nn.Module, dict]:
+    """Run ``model(*args, **kwargs)`` once with a forward hook on every module.
+
+    For each module: its first name, its calls, the shapes of its first call, and
+    the parameters no earlier module owns (found after the call: lazy modules
+    make theirs in it).
+    """
+    # named_modules() gives each module once; model.apply() visits it once per parent
+    records = {module: {"name": name, "calls": 0, "input": None, "output": None}
+               for name, module in model.named_modules()}
+
+    def hook(module, args, kwargs, output):
+        record = records[module]
+        record["calls"] += 1
+        if record["calls"] == 1:
+            record["input"], record["output"] = call_shape(args, kwargs), call_shape([output])
+
+    handles = [module.register_forward_hook(hook, with_kwargs=True) for module in records]
+    try:
+        model(*args, **kwargs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    counted = set()  # a tied weight counts in the first module that has it
+    for module, record in records.items():
+        own = dict(module.named_parameters(recurse=False))
+        record["params"] = {n: p for n, p in own.items() if id(p) not in counted}
+        counted.update(id(p) for p in own.values())
+    return records
 
 
 @contextmanager
@@ -29,49 +74,21 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
             module.training = training
 
 
-def uncompiled(model: nn.Module) -> nn.Module:
-    """The module ``torch.compile`` wrapped (``_orig_mod``), or ``model``; refuses compiled submodules."""
-    while isinstance(getattr(model, "_orig_mod", None), nn.Module):
-        model = model._orig_mod
-    compiled = [name for name, m in model.named_modules()
-                if isinstance(getattr(m, "_orig_mod", None), nn.Module)]
-    if compiled:
-        raise TypeError(f"submodule {compiled[0]!r} was compiled with torch.compile, and hooks "
-                        "do not see inside compiled code: pass the model built before "
-                        f"compiling it, or uncompiled(model.{compiled[0]}) on its own")
-    return model
+class _ParameterReads(TorchDispatchMode):
+    """Which parameters the operations of a forward pass read, by identity.
 
+    A module can use a child's weight without calling the child: attention passes
+    ``out_proj.weight`` to one fused function. Watching the operations, not the
+    calls, sees that; it does not change which path the model takes.
+    """
 
-def shape_of(value):
-    """The shape of a tensor, or of each tensor in a tuple, list or dict; None for others."""
-    if isinstance(value, torch.Tensor):
-        return list(value.shape)
-    if isinstance(value, (list, tuple)):
-        return [shape_of(item) for item in value]
-    if isinstance(value, dict):
-        return {key: shape_of(item) for key, item in value.items()}
-    return None
+    def __init__(self, params):
+        super().__init__()
+        self.params, self.read = {id(p) for p in params}, set()
 
-
-def call_shape(args: tuple, kwargs: dict):
-    """The shapes of one call's inputs: one argument's shape, or a list; keywords as a dict."""
-    shapes = [shape_of(arg) for arg in args]
-    keywords = {key: shape for key, value in kwargs.items()
-                if (shape := shape_of(value)) is not None}
-    if not keywords:
-        return shapes[0] if len(shapes) == 1 else shapes
-    return [*shapes, keywords] if shapes else keywords
-
-
-def tensor_bytes(value) -> int:
-    """Bytes held by the tensors in ``value`` (a tensor, or tuples, lists, dicts of them)."""
-    if isinstance(value, torch.Tensor):
-        return value.numel() * value.element_size()
-    if isinstance(value, (list, tuple)):
-        return sum(tensor_bytes(item) for item in value)
-    if isinstance(value, dict):
-        return sum(tensor_bytes(item) for item in value.values())
-    return 0
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.read.update(id(t) for t in tensors_in((args, kwargs)) if id(t) in self.params)
+        return func(*args, **(kwargs or {}))
 
 
 @dataclass
@@ -83,11 +100,13 @@ class SummaryRow:
     depth: int
     params: int = 0
     trainable_params: int = 0
+    unused_params: int = 0     # of ``params``, those no operation of the forward pass read
     calls: int = 0             # times forward called it
     input_shape: object = None   # shapes on its first call
     output_shape: object = None
     aliases: list[str] = field(default_factory=list)        # other names it is registered under
     shared_params: list[str] = field(default_factory=list)  # "weight = embed.weight"
+    note: str = ""             # for a module not called: whether its weights were used
 
     @property
     def reused(self) -> bool:
@@ -129,6 +148,11 @@ class Summary:
         return sum(row.trainable_params for row in self.rows)
 
     @property
+    def unused_params(self) -> int:
+        """Parameters no operation of the forward pass read: dead weight for this input and mode."""
+        return sum(row.unused_params for row in self.rows)
+
+    @property
     def total_bytes(self) -> int:
         return self.input_bytes + self.output_bytes + self.param_bytes + self.buffer_bytes
 
@@ -150,8 +174,7 @@ class Summary:
             notes = [f"called {row.calls}x"] if row.reused else []
             notes += [f"also {alias}" for alias in row.aliases]
             notes += [f"{shared} (shared)" for shared in row.shared_params]
-            if row.calls == 0:
-                notes.append("not called")
+            notes += [row.note] if row.note else []
             label = "  " * row.depth + (f"{row.name} ({row.type})" if row.name else row.type)
             lines.append((label, _cell(row.input_shape), _cell(row.output_shape),
                           f"{params:,}" if params else "--", "; ".join(notes)))
@@ -169,6 +192,7 @@ class Summary:
             f"Total params: {self.total_params:,}",
             f"Trainable params: {self.trainable_params:,}",
             f"Non-trainable params: {self.total_params - self.trainable_params:,}",
+            f"Unused params (no operation read them): {self.unused_params:,}",
             f"Input size: {_megabytes(self.input_bytes)}",
             f"Leaf-module outputs (forward): {_megabytes(self.output_bytes)}",
             f"Params + buffers size: {_megabytes(self.param_bytes + self.buffer_bytes)}",
@@ -183,7 +207,150 @@ class Summary:
 
 
 def _is_shape(value) -> bool:
-    return isinstance(value, (tuple, list, torch.Size)) and all(isinstance(d, int) for d in value)
+    return (isinstance(value, (tuple, list, torch.Size)) and len(value) > 0
+            and all(isinstance(d, int) and d > 0 for d in value))
+
+
+def make_inputs(model: nn.Module, input_size=None, input_data=None, input_kwargs=None):
+    """``(args, kwargs)`` for ``model``: random tensors of ``input_size``, or ``input_data``
+    (a tensor, or a tuple of positional arguments of any kind) and ``input_kwargs``."""
+    if input_size is not None and input_data is not None:  # one of them would be ignored
+        raise ValueError("pass input_size or input_data, not both")
+    if input_size is None and input_data is None and input_kwargs is None:
+        raise ValueError("pass input_size (a shape with the batch dimension, e.g. (1, 3, 224, "
+                         "224)), input_data (the model's positional arguments) or input_kwargs")
+    kwargs = dict(input_kwargs or {})
+    if input_data is not None:
+        if isinstance(input_data, torch.Tensor):
+            return (input_data,), kwargs
+        if isinstance(input_data, tuple):
+            return input_data, kwargs
+        # a list could be the arguments or one argument (a detection model's images)
+        hint = "; pass keyword arguments as input_kwargs" if isinstance(input_data, dict) else ""
+        raise TypeError(f"input_data takes a tensor, or a tuple of the model's positional "
+                        f"arguments; got a {type(input_data).__name__}: to pass it as the "
+                        f"model's one argument, wrap it in a tuple, input_data=(x,){hint}")
+    if input_size is None:
+        return (), kwargs
+    sizes = [input_size] if _is_shape(input_size) else input_size
+    if not isinstance(sizes, (list, tuple)) or not sizes or not all(map(_is_shape, sizes)):
+        raise ValueError(f"input_size must be a shape of positive sizes with the batch "
+                         f"dimension, e.g. (1, 3, 224, 224), or a list of shapes; got {input_size!r}")
+    first = next(model.parameters(), None)  # lazy parameters have a device and dtype, too
+    device = first.device if first is not None else torch.device("cpu")
+    dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
+    return tuple(torch.randn(*size, device=device, dtype=dtype) for size in sizes), kwargs
+
+
+def _failed_in(error: BaseException, names: dict) -> str:
+    """Where ``error`` was raised: `` in 'name' (Type)`` for the innermost of the model's
+    modules running then (read from the traceback), or "" for the model itself."""
+    where, frame = None, error.__traceback__
+    while frame is not None:
+        module = frame.tb_frame.f_locals.get("self")
+        if isinstance(module, nn.Module) and module in names:
+            where = module
+        frame = frame.tb_next
+    return f" in {names[where]!r} ({type(where).__name__})" if where is not None and names[where] else ""
+
+
+def _not_called_note(module: nn.Module, read: set) -> str:
+    """Whether the weights of a module that was not called were used all the same."""
+    params = list(module.parameters())
+    unused = sum(p.numel() for p in params if id(p) not in read)
+    total = sum(p.numel() for p in params)
+    if not params:
+        return "not called"
+    if unused == 0:
+        return "not called, weights used"  # by its parent, or through another name
+    if unused == total:
+        return "not called, weights unused"
+    return f"not called, {unused:,} of {total:,} params unused"
+
+
+def summary(model: nn.Module, input_size=None, input_data=None, input_kwargs=None) -> Summary:
+    """Run one forward pass with hooks and tabulate every module once.
+
+    ``input_kwargs``: keyword arguments for the forward pass (with either input, or alone).
+    An error in the forward pass comes back as it was raised, with a note that
+    names the innermost module it happened in and the input shape.
+    """
+    original, model = model, unwrap_model(model)
+    scripted = [name for name, m in model.named_modules() if isinstance(m, torch.jit.ScriptModule)]
+    if scripted:  # hooks cannot be registered on TorchScript modules
+        what = f"submodule {scripted[0]!r} is" if scripted[0] else "the model is"
+        raise TypeError(f"{what} TorchScript (torch.jit.script or torch.jit.trace), which takes "
+                        "no forward hooks: summarise the nn.Module before scripting or tracing it")
+    args, kwargs = make_inputs(model, input_size, input_data, input_kwargs)
+    names = {module: name for name, module in model.named_modules()}
+    leaves = [m for m in names if next(m.children(), None) is None]
+    output_bytes = 0
+
+    def count_output(module, args, output):
+        nonlocal output_bytes
+        output_bytes += sum(t.nbytes for t in tensors_in(output))
+
+    handles = [leaf.register_forward_hook(count_output) for leaf in leaves]
+    reads = _ParameterReads(model.parameters())
+    try:  # force_eager: compiled submodules run their Python, so the hooks fire inside them
+        with eval_mode(model), torch.no_grad(), torch.compiler.set_stance("force_eager"), reads:
+            records = hooked_forward(model, *args, **kwargs)
+    except Exception as error:
+        error.add_note(f"summary: the model failed{_failed_in(error, names)} on input of shape "
+                       f"{call_shape(args, kwargs)}")
+        raise
+    finally:
+        for handle in handles:
+            handle.remove()
+
+    aliases = defaultdict(list)
+    for name, module in model.named_modules(remove_duplicate=False):
+        aliases[module].append(name)
+    counted_as = {}  # id(parameter) -> the name it was counted under
+    rows = []
+    for module, record in records.items():
+        name = record["name"]
+        row = SummaryRow(name, type(module).__name__, name.count(".") + 1 if name else 0,
+                         calls=record["calls"], input_shape=record["input"],
+                         output_shape=record["output"], aliases=aliases[module][1:])
+        for param_name, param in module.named_parameters(recurse=False):
+            if param_name not in record["params"]:  # tied: counted in an earlier row
+                row.shared_params.append(f"{param_name} = {counted_as[id(param)]}")
+                continue
+            counted_as[id(param)] = f"{name}.{param_name}" if name else param_name
+            row.params += param.numel()
+            row.trainable_params += param.numel() if param.requires_grad else 0
+            row.unused_params += param.numel() if id(param) not in reads.read else 0
+        if row.calls == 0:
+            row.note = _not_called_note(module, reads.read)
+        rows.append(row)
+    params = {id(p): p for p in model.parameters()}.values()
+    return Summary(rows, call_shape(args, kwargs), sum(t.nbytes for t in tensors_in((args, kwargs))),
+                   output_bytes, sum(p.nbytes for p in params),
+                   sum(b.nbytes for b in model.buffers()), compiled=_compiled(original))
+
+
+def _compiled(model: nn.Module) -> bool:
+    """Whether ``model`` is torch.compile's wrapper, possibly inside DataParallel / DDP."""
+    while isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+        model = model.module
+    return isinstance(getattr(model, "_orig_mod", None), nn.Module)
+
+
+# Used by tutorials_pkg.grad_fn, whose tracing needs positional tensor inputs and no
+# compiled submodule.
+
+def uncompiled(model: nn.Module) -> nn.Module:
+    """The module inside ``torch.compile`` / DDP wrappers; refuses compiled submodules."""
+    model = unwrap_model(model)
+    compiled = [name for name, m in model.named_modules()
+                if isinstance(getattr(m, "_orig_mod", None), nn.Module)]
+    if compiled:
+        raise TypeError(f"submodule {compiled[0]!r} was compiled with torch.compile, and hooks "
+                        "added after its first call do not fire inside compiled code: pass the "
+                        f"model built before compiling it, or uncompiled(model.{compiled[0]}) "
+                        "on its own")
+    return model
 
 
 def _a(name: str) -> str:
@@ -211,111 +378,3 @@ def input_problem(args: tuple) -> str | None:
         if found is not None:
             return found
     return None
-
-
-def make_inputs(model: nn.Module, input_size=None, input_data=None) -> tuple:
-    """The positional arguments for ``model``: random ones of ``input_size`` or ``input_data``."""
-    if (input_size is None) == (input_data is None):
-        raise ValueError("pass exactly one of input_size (a shape with the batch dimension, "
-                         "e.g. (1, 3, 224, 224)) or input_data (a tensor or a tuple of the "
-                         "model's positional arguments)")
-    if input_data is not None:
-        args = (input_data,) if isinstance(input_data, torch.Tensor) else input_data
-        takes = ("input_data takes a tensor, or a tuple of the model's positional arguments, "
-                 "each a tensor or a list, tuple or dict of tensors")
-        if isinstance(args, (list, dict)) and _not_a_tensor(args, "") is None:
-            raise TypeError(f"{takes}; got a {type(args).__name__} of tensors: to pass it as the "
-                            "model's one argument (a detection model's images), write (images,)")
-        if not isinstance(args, tuple) or not args:
-            got = "an empty tuple" if isinstance(args, tuple) else _a(type(args).__name__)
-            raise TypeError(f"{takes}; got {got}")
-        if (problem := input_problem(args)) is not None:
-            raise TypeError(f"{takes}; {problem}")
-        return args
-    shapes = [input_size] if _is_shape(input_size) else input_size
-    shapes = list(shapes) if isinstance(shapes, (list, tuple)) else []
-    if not shapes or not all(_is_shape(s) and s and min(s) > 0 for s in shapes):
-        raise ValueError(f"input_size must be a shape of positive sizes with the batch "
-                         f"dimension, e.g. (1, 3, 224, 224), or a list of shapes; got {input_size!r}")
-    first = next(model.parameters(), None)
-    device = first.device if first is not None else torch.device("cpu")
-    dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
-    return tuple(torch.randn(*shape, device=device, dtype=dtype) for shape in shapes)
-
-
-def summary_rows(model: nn.Module) -> list[SummaryRow]:
-    """One row per module (by identity), with the parameters it adds to the count."""
-    aliases = defaultdict(list)
-    for name, module in model.named_modules(remove_duplicate=False):
-        aliases[id(module)].append(name)
-    counted = {}  # id(parameter) -> the name it was counted under
-    rows = []
-    for name, module in model.named_modules():  # each module once, under its first name
-        row = SummaryRow(name, type(module).__name__, name.count(".") + 1 if name else 0,
-                         aliases=aliases[id(module)][1:])
-        for param_name, param in module.named_parameters(recurse=False):
-            full_name = f"{name}.{param_name}" if name else param_name
-            if id(param) in counted:  # tied: already counted in an earlier row
-                row.shared_params.append(f"{param_name} = {counted[id(param)]}")
-                continue
-            counted[id(param)] = full_name
-            row.params += param.numel()
-            row.trainable_params += param.numel() if param.requires_grad else 0
-        rows.append(row)
-    return rows
-
-
-TOO_SMALL = re.compile(r"Output size is too small|Kernel size can't be greater than actual "
-                       r"input size|smaller than kernel size|Padding size should be less than "
-                       r"the corresponding input")
-
-
-def summary(model: nn.Module, input_size=None, input_data=None) -> Summary:
-    """Run one forward pass with hooks and tabulate every module once.
-
-    An error in the forward pass comes back as it was raised, with a note that
-    names the innermost module it happened in and the input shape.
-    """
-    original = model
-    model = uncompiled(model)
-    inputs = make_inputs(model, input_size, input_data)
-    rows = summary_rows(model)
-    row_of = {id(module): row for (_, module), row in zip(model.named_modules(), rows)}
-    running = []  # modules entered and not yet left: the innermost one is where an error is
-    output_bytes = 0
-
-    def before(module, args, kwargs):
-        running.append(row_of[id(module)])
-
-    def after(module, args, kwargs, output):
-        nonlocal output_bytes
-        running.pop()
-        row = row_of[id(module)]
-        row.calls += 1
-        if row.calls == 1:
-            row.input_shape, row.output_shape = call_shape(args, kwargs), shape_of(output)
-        if not any(True for _ in module.children()):
-            output_bytes += tensor_bytes(output)
-
-    handles = []
-    try:
-        for module in model.modules():
-            handles.append(module.register_forward_pre_hook(before, with_kwargs=True))
-            handles.append(module.register_forward_hook(after, with_kwargs=True))
-        with eval_mode(model), torch.no_grad():
-            model(*inputs)
-    except Exception as error:
-        inner = running[-1] if running else None
-        where = f" in {inner.name!r} ({inner.type})" if inner and inner.name else ""
-        error.add_note(f"summary: the model failed{where} on input of shape "
-                       f"{call_shape(inputs, {})}")
-        if TOO_SMALL.search(str(error)):
-            error.add_note("summary: the input is too small for the model; try a larger input_size")
-        raise
-    finally:
-        for handle in handles:
-            handle.remove()
-    params = {id(p): p for p in model.parameters()}.values()
-    return Summary(rows, call_shape(inputs, {}), tensor_bytes(inputs), output_bytes,
-                   sum(tensor_bytes(p) for p in params),
-                   sum(tensor_bytes(b) for b in model.buffers()), compiled=model is not original)

@@ -236,9 +236,10 @@ def count_macs(model: nn.Module, x: torch.Tensor) -> int:
 # --- Wrong: what the page shows failing --------------------------------------------------
 
 class MobileNetV1WithFixedPool(nn.Module):
-    """Wrong: ends in ``F.avg_pool2d(x, 2)`` and ``Linear(1024, ...)``, which fit one map size."""
+    """Wrong: for 224x224 inputs, ``F.avg_pool2d(x, 2)`` meant to take 7x7 to 1x1, then
+    ``Linear(1024, ...)``; 2x2 pooling halves 7x7 to 3x3, and the classifier fits neither."""
 
-    def __init__(self, num_classes: int = 10):
+    def __init__(self, num_classes: int = 1000):
         super().__init__()
         self.features = nn.Sequential(
             BasicConv2d(3, 32, 3, stride=2),
@@ -259,7 +260,8 @@ class MobileNetV1WithFixedPool(nn.Module):
         self.fc = nn.Linear(1024, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.avg_pool2d(self.features(x), 2)  # a fixed 2x2 window, whatever the map's size
+        x = self.features(x)       # input 224 x 224 x 3 -> "7 x 7 x 1024"
+        x = F.avg_pool2d(x, 2)     # meant: -> 1 x 1 x 1024 (a 2x2 window: 7 x 7 -> 3 x 3)
         return self.fc(x.view(x.size(0), -1))
 
 
@@ -269,7 +271,7 @@ class MobileNetV1WithFixedPoolAndLastStride1(MobileNetV1WithFixedPool):
     # a number is (channels, stride 1), a tuple is (channels, stride)
     config = [64, (128, 2), 128, (256, 2), 256, (512, 2), 512, 512, 512, 512, 512, (1024, 2), 1024]
 
-    def __init__(self, num_classes: int = 10):
+    def __init__(self, num_classes: int = 1000):
         super().__init__(num_classes)
         layers, in_channels = [BasicConv2d(3, 32, 3, stride=2)], 32
         for item in self.config:

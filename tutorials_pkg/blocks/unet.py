@@ -10,11 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["MIN_UNET_SIZE", "DoubleConv", "Down", "OutConv", "UNet", "UNetWithoutAlignment", "Up",
-           "UpWithoutAlignment"]
-
-# Four 2x2 poolings: each spatial size must be at least 2 ** 4 to reach the bottom of the U.
-MIN_UNET_SIZE = 16
+__all__ = ["DoubleConv", "Down", "OutConv", "UNet", "UNetWithoutAlignment", "Up",
+           "UpWithoutAlignment", "check_unet_input"]
 
 
 class DoubleConv(nn.Module):
@@ -25,11 +22,9 @@ class DoubleConv(nn.Module):
         mid_channels = mid_channels or out_channels
         self.double_conv = nn.Sequential(
             nn.Conv2d(in_channels, mid_channels, kernel_size=3, padding=1, bias=False),
-            nn.BatchNorm2d(mid_channels),
-            nn.ReLU(inplace=True),
+            nn.BatchNorm2d(mid_channels), nn.ReLU(inplace=True),
             nn.Conv2d(mid_channels, out_channels, kernel_size=3, padding=1, bias=False),
-            nn.BatchNorm2d(out_channels),
-            nn.ReLU(inplace=True),
+            nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -61,10 +56,8 @@ class Up(nn.Module):
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         x = self.up(x)
-        # An odd size was rounded down on the way down: pad the difference back.
-        diff_h = skip.size(2) - x.size(2)
-        diff_w = skip.size(3) - x.size(3)
-        x = F.pad(x, [diff_w // 2, diff_w - diff_w // 2, diff_h // 2, diff_h - diff_h // 2])
+        dh, dw = skip.size(2) - x.size(2), skip.size(3) - x.size(3)  # odd sizes were rounded down
+        x = F.pad(x, [dw // 2, dw - dw // 2, dh // 2, dh - dh // 2])  # pad them back
         return self.conv(torch.cat([skip, x], dim=1))
 
 
@@ -79,55 +72,45 @@ class OutConv(nn.Module):
         return self.conv(x)
 
 
+@torch.fx.wrap  # torch.fx records one call here instead of tracing into the `if`s
+def check_unet_input(x: torch.Tensor, n_channels: int) -> torch.Tensor:
+    if x.dim() != 4 or x.size(1) != n_channels:
+        raise ValueError(f"UNet expects (N, {n_channels}, H, W), got {tuple(x.shape)}")
+    if min(x.shape[2:]) < 16:  # four 2x2 poolings take 16 pixels to 1
+        raise ValueError(f"UNet needs H and W of at least 16, got {x.size(2)}x{x.size(3)}")
+    return x  # returned and used, so that a traced graph keeps the call
+
+
 class UNet(nn.Module):
     """Encoder (inc, down1-4), decoder (up1-4) with skip connections, 1x1 head."""
 
-    up_block = Up  # the decoder block; a subclass may swap it
-
     def __init__(self, n_channels: int = 3, n_classes: int = 2, bilinear: bool = False):
         super().__init__()
-        if n_channels < 1 or n_classes < 1:
-            raise ValueError(f"n_channels and n_classes must be at least 1, "
-                             f"got n_channels={n_channels}, n_classes={n_classes}")
-        self.n_channels = n_channels
-        self.n_classes = n_classes
-        self.bilinear = bilinear
+        if min(n_channels, n_classes) < 1:  # with 0, torch builds it and fails only in forward
+            raise ValueError(f"n_channels and n_classes must be at least 1, got {n_channels}, "
+                             f"{n_classes}")
+        self.n_channels, self.n_classes, self.bilinear = n_channels, n_classes, bilinear
         factor = 2 if bilinear else 1  # bilinear upsampling cannot halve the channels
         self.inc = DoubleConv(n_channels, 64)
         self.down1 = Down(64, 128)
         self.down2 = Down(128, 256)
         self.down3 = Down(256, 512)
         self.down4 = Down(512, 1024 // factor)
-        self.up1 = self.up_block(1024, 512 // factor, bilinear)
-        self.up2 = self.up_block(512, 256 // factor, bilinear)
-        self.up3 = self.up_block(256, 128 // factor, bilinear)
-        self.up4 = self.up_block(128, 64, bilinear)
+        self.up1 = Up(1024, 512 // factor, bilinear)
+        self.up2 = Up(512, 256 // factor, bilinear)
+        self.up3 = Up(256, 128 // factor, bilinear)
+        self.up4 = Up(128, 64, bilinear)
         self.outc = OutConv(64, n_classes)
 
-    def check_input(self, x: torch.Tensor) -> None:
-        """Raise a ValueError naming what is wrong with ``x`` and what is needed."""
-        if x.dim() != 4 or x.size(1) != self.n_channels:
-            raise ValueError(f"UNet expects (N, {self.n_channels}, H, W), got {tuple(x.shape)}")
-        n, _, h, w = x.shape
-        if min(h, w) < MIN_UNET_SIZE:
-            raise ValueError(f"UNet needs H and W of at least {MIN_UNET_SIZE}, got {h}x{w}")
-        if self.training and n * (h // MIN_UNET_SIZE) * (w // MIN_UNET_SIZE) == 1:
-            # batch norm in training needs more than one value per channel at the 1x1 bottom
-            raise ValueError(f"in training mode a batch of 1 needs H or W of at least 32, "
-                             f"got {h}x{w}; use a batch of 2 or more, or model.eval()")
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.check_input(x)
-        x1 = self.inc(x)
+        x1 = self.inc(check_unet_input(x, self.n_channels))
         x2 = self.down1(x1)
         x3 = self.down2(x2)
         x4 = self.down3(x3)
-        x5 = self.down4(x4)
-        x = self.up1(x5, x4)
+        x = self.up1(self.down4(x4), x4)
         x = self.up2(x, x3)
         x = self.up3(x, x2)
-        x = self.up4(x, x1)
-        return self.outc(x)
+        return self.outc(self.up4(x, x1))
 
 
 # --- Wrong: what the page shows failing --------------------------------------------------
@@ -141,13 +124,16 @@ class UpWithoutAlignment(Up):
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         x = self.up(x)
-        diff_h = skip.size(2) - x.size(2)
-        diff_w = skip.size(3) - x.size(3)
-        padded = F.pad(x, [diff_w // 2, diff_w - diff_w // 2, diff_h // 2, diff_h - diff_h // 2])
+        dh, dw = skip.size(2) - x.size(2), skip.size(3) - x.size(3)
+        padded = F.pad(x, [dw // 2, dw - dw // 2, dh // 2, dh - dh // 2])
         return self.conv(torch.cat([skip, x], dim=1))  # x, not padded: the padding is lost
 
 
 class UNetWithoutAlignment(UNet):
-    """Wrong: a U-Net whose decoder blocks do not align sizes."""
+    """Wrong: a U-Net whose decoder blocks do not align sizes (the same layers and names)."""
 
-    up_block = UpWithoutAlignment
+    def __init__(self, n_channels: int = 3, n_classes: int = 2, bilinear: bool = False):
+        super().__init__(n_channels, n_classes, bilinear)
+        for up in (self.up1, self.up2, self.up3, self.up4):
+            up.__class__ = UpWithoutAlignment  # the same layers, the wrong forward
+

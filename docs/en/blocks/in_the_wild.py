@@ -88,6 +88,61 @@ x1.size[2]
 print(x1.size(2), x1.shape[2])
 
 # %% [markdown]
+# ## A misspelt class in `super(...)`
+#
+# The same tutorial calls the older two-argument form,
+# `super(DoubleConv, self).__init__()`, and misspells the class twice:
+# `super(DoubleCov, self)` in `DoubleConv` and `super(Unet, self)` in `UNet`.
+# The `class` statements run without complaint, so the file imports; the name
+# is looked up only when `__init__` runs:
+
+# %%
+from torch import nn
+
+
+class DoubleConv(nn.Module):  # as printed, cut to one convolution
+    def __init__(self, in_channels, out_channels):
+        super(DoubleCov, self).__init__()  # misspelt: DoubleCov
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+class UNet(nn.Module):  # as printed, cut to its first block
+    def __init__(self, n_channels=3):
+        super(Unet, self).__init__()  # misspelt: Unet
+        self.inc = DoubleConv(n_channels, 64)
+
+    def forward(self, x):
+        return self.inc(x)
+
+
+print("both classes are defined:", DoubleConv.__name__, UNet.__name__)
+
+# %% [markdown]
+# Building the block raises a `NameError`:
+
+# %% tags=["raises-exception"] raises="NameError"
+DoubleConv(3, 64)
+
+# %% [markdown]
+# and so does building the model, for `Unet` (a `NameError` again):
+
+# %% tags=["raises-exception"] raises="NameError"
+UNet()
+
+# %% [markdown]
+# `super().__init__()` with no arguments, as every block of this chapter
+# writes it, names no class: there is nothing to misspell, and it stays right
+# when the class is renamed. The chapter's `DoubleConv` and `UNet` build:
+
+# %%
+from tutorials_pkg.blocks.unet import DoubleConv, UNet
+
+print(DoubleConv(3, 64).double_conv[0], type(UNet().inc).__name__)
+
+# %% [markdown]
 # ## A depthwise convolution without `groups`
 #
 # Leave out `groups=in_channels` and the layer still runs and gives the same
@@ -214,13 +269,15 @@ print(list(nn.Sequential(OrderedDict(layers))._modules))
 # %% [markdown]
 # ## A MobileNet v1 "refactored" into a loop is another network, and neither fits 224×224
 #
-# A widely read post builds MobileNet v1 twice for CIFAR-style training: first
-# written out layer by layer, then "refactored" into a loop over a config list
-# in which a plain number means stride 1 and a tuple gives the stride. Both end
-# as code for 32×32 images often does: a fixed `F.avg_pool2d(x, 2)`, then
-# `nn.Linear(1024, num_classes)`, which fits only the one map size the author
-# had in mind. Our reconstruction of the two, with the blocks of the
-# [MobileNet page](../mobilenet/):
+# A widely read post builds MobileNet v1 twice: first written out layer by
+# layer, then "refactored" into a loop over a config list in which a plain
+# number means stride 1 and a tuple gives the stride. Its comments say what
+# the author had in mind: an input of 224 × 224 × 3, 1,000 classes, and a last
+# map of 7 × 7 × 1024 that `F.avg_pool2d(x, 2)` turns into 1 × 1 × 1024 for
+# `nn.Linear(1024, num_classes)`. A 2×2 window with stride 2 does not do that:
+# it takes 7×7 to 3×3, so the map the author had in mind does not fit the
+# classifier. Our reconstruction of the two, with the blocks of the
+# [MobileNet page](../mobilenet/) and the post's comments:
 
 # %%
 from tutorials_pkg.blocks.mobilenet import (
@@ -259,10 +316,10 @@ assert difference < 1e-9
 assert_same_network(hand, refactored, x96)
 
 # %% [markdown]
-# At 224×224, the size MobileNet is made for, both fail at the last layer with
-# a `RuntimeError` from the classifier's matrix multiply. The hand-written
-# version, with six stride-2 layers, ends at 4×4; pooled 2×2, that is
-# 1024 × 2 × 2 = 4,096 features:
+# At 224×224, the size the post states, both fail at the last layer with a
+# `RuntimeError` from the classifier's matrix multiply. The hand-written
+# version, with six stride-2 layers, does not even reach 7×7: it ends at 4×4;
+# pooled 2×2, that is 1024 × 2 × 2 = 4,096 features:
 
 # %% tags=["raises-exception"] raises="RuntimeError"
 x224 = torch.randn(1, 3, 224, 224)
@@ -270,9 +327,9 @@ with torch.no_grad():
     hand(x224)
 
 # %% [markdown]
-# The loop version, with five, ends at 7×7; pooled with a 2×2 window and
-# stride 2, that is 3×3 and 1024 × 3 × 3 = 9,216 features (the `RuntimeError`
-# again):
+# The loop version, with five, ends at the 7×7 of the comment; pooled with a
+# 2×2 window and stride 2, that is 3×3 and 1024 × 3 × 3 = 9,216 features, not
+# 1,024 (the `RuntimeError` again):
 
 # %% tags=["raises-exception"] raises="RuntimeError"
 with torch.no_grad():
@@ -283,7 +340,8 @@ with torch.no_grad():
 # takes at all: `F.avg_pool2d(x, 2)` halves the last map, rounding down, and
 # the classifier gets its 1,024 features only when that leaves 1×1, that is
 # from a last map of 2×2 or 3×3 (a 1×1 map cannot be pooled at all). The
-# hand-written version takes 65 to 192 pixels, the loop version 33 to 96:
+# hand-written version takes 65 to 192 pixels, the loop version 33 to 96;
+# neither takes 224, nor the 32×32 of CIFAR:
 
 # %%
 import torch.nn.functional as F
@@ -299,6 +357,15 @@ with torch.no_grad():
         print(f"  sizes that fit: {[size for size in sizes if last[size] in (2, 3)]}")
 assert F.avg_pool2d(hand.features(x224), 2).flatten(1).shape[1] == 4 * 1024
 assert F.avg_pool2d(refactored.features(x224), 2).flatten(1).shape[1] == 9 * 1024
+
+# %% [markdown]
+# On a 32×32 image both end at a 1×1 map, which a 2×2 window cannot pool:
+# `F.avg_pool2d` raises a `RuntimeError` whose calculated output size is
+# 1024×0×0, before the classifier is reached:
+
+# %% tags=["raises-exception"] raises="RuntimeError"
+with torch.no_grad():
+    refactored(torch.randn(1, 3, 32, 32))
 
 # %% [markdown]
 # The fix is [`MobileNetV1`](../mobilenet/#mobilenet-v1-from-a-config-table)

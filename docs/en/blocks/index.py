@@ -102,11 +102,18 @@ device = default_device()
 # `forward`: the encoder's outputs `x1` … `x4` are kept and handed to the
 # decoder blocks. With bilinear upsampling the upsampling step cannot halve
 # the channels, so the deepest blocks are built half as wide (`factor`).
-# `forward` first checks the input and raises a `ValueError` that says what
-# size or channel count is needed, before any layer runs. The source below
-# holds the four blocks and the model, with the imports they need. (`UNet`
-# also refuses `n_channels` or `n_classes` below 1 when it is built, with a
-# `ValueError`, instead of a model that fails later or returns no classes.)
+# Before any layer runs, `forward` passes the input through
+# `check_unet_input`, which returns it unchanged when it fits and raises a
+# `ValueError` that says what size or channel count is needed when it does
+# not. The check is a function decorated with `torch.fx.wrap` rather than
+# `if`s in `forward`: `torch.fx` (behind torchvision's
+# `create_feature_extractor`) traces `forward` with placeholder values whose
+# sizes are unknown, and an `if` on a size would stop the trace; a wrapped
+# function is recorded as one call and runs for real on real inputs. The
+# source below holds the four blocks, the check and the model, with the
+# imports they need. (`UNet` also refuses `n_channels` or `n_classes` below 1
+# when it is built, with a `ValueError`: with 0, torch would build the model
+# and fail only when it runs, with a message about a weight of size 0.)
 
 # %%
 from tutorials_pkg.blocks.unet import UNet
@@ -190,3 +197,49 @@ with torch.no_grad():
 
 # %% tags=["raises-exception"] raises="ValueError"
 unet(torch.randn(1, 3, 15, 40, device=device))
+
+# %% [markdown]
+# In training mode, batch norm needs more than one value per channel. A batch
+# of one image smaller than 32 on both sides leaves a 1×1 map at the bottom of
+# the U, and torch's `BatchNorm2d` says so itself, with a `ValueError`:
+
+# %% tags=["raises-exception"] raises="ValueError"
+unet_bilinear.train()(torch.randn(1, 3, 16, 16, device=device))
+
+# %% [markdown]
+# A batch of two runs in training mode, and the one image in evaluation mode:
+
+# %%
+print(unet_bilinear(torch.randn(2, 3, 16, 16, device=device)).shape)
+with torch.no_grad():
+    print(unet_bilinear.eval()(torch.randn(1, 3, 16, 16, device=device)).shape)
+
+# %% [markdown]
+# ### Intermediate outputs with `create_feature_extractor`
+#
+# Because the input check is one recorded call, torch.fx traces the whole
+# model: `get_graph_node_names` lists every node (the check is the second,
+# after the input), and `create_feature_extractor` returns the outputs of the
+# stages asked for, here the bottom of the U and the last layer, which equals
+# the model's output.
+
+# %%
+from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
+
+train_nodes, eval_nodes = get_graph_node_names(unet_bilinear)
+print(len(eval_nodes), "nodes:", eval_nodes[:3], "...", eval_nodes[-2:])
+extractor = create_feature_extractor(unet_bilinear, {"down4": "bottom", "outc": "out"})
+x = torch.randn(1, 3, 33, 20, device=device)
+with torch.no_grad():
+    features = extractor(x)
+    print({name: tuple(t.shape) for name, t in features.items()})
+    assert eval_nodes[1] == "check_unet_input"
+    assert torch.equal(features["out"], unet_bilinear(x))
+
+# %% [markdown]
+# A graph of the first layers only still holds the check, because their input
+# is its result, so a small input gets the same `ValueError` there:
+
+# %% tags=["raises-exception"] raises="ValueError"
+early = create_feature_extractor(unet_bilinear, ["down2"])
+early(torch.randn(1, 3, 8, 8, device=device))

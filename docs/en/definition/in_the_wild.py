@@ -59,6 +59,22 @@ MLPWithoutSuperInit()
 # [the previous page](../), `super().__init__()`, as in
 # [`ResidualMLP`](../#nnmodulelist-repeated-blocks-your-own-forward).
 #
+# A container subclass needs the call as much as any module. A widely read
+# tutorial subclasses `nn.ModuleList`, forgets `super().__init__()` there
+# too, and fails in the same way, with an `AttributeError` at the first
+# assignment of a module:
+
+# %%
+from tutorials_pkg.definition import LayerListWithoutSuperInit
+
+show_source(LayerListWithoutSuperInit)
+
+# %% tags=["raises-exception"] raises="AttributeError"
+LayerListWithoutSuperInit([nn.Linear(64, 32), nn.ReLU()])
+
+# %% [markdown]
+# The same first line, `super().__init__()`, fixes it.
+#
 # ## Layers kept in a plain Python list are not registered
 #
 # This looks like a model with two layers:
@@ -225,3 +241,82 @@ for name in names:
     blocks[module_key(name)] = nn.Linear(4, 4)
 print({name: module_key(name) for name in names})
 assert len(blocks) == len(names)  # distinct names, distinct keys
+
+# %% [markdown]
+# ## A misspelt `OrderedDict` in `MySequential`
+#
+# A widely read tutorial rebuilds `nn.Sequential` as
+# [the previous page](../#what-nnsequential-does-inside) does, with the
+# `OrderedDict` branch, but spells it `OrderDict`. Python looks a name up
+# only when the line runs, and `len(args) == 1 and ...` stops before the name
+# whenever there are several arguments, so the usual test, a few layers,
+# passes:
+
+# %%
+from collections import OrderedDict
+
+
+class MySequentialAsPrinted(nn.Module):  # the tutorial's version, misspelling included
+    def __init__(self, *args):
+        super().__init__()
+        if len(args) == 1 and isinstance(args[0], OrderDict):  # OrderDict: not a name
+            for key, module in args[0].items():
+                self.add_module(key, module)
+        else:
+            for idx, module in enumerate(args):
+                self.add_module(str(idx), module)
+
+    def forward(self, x):
+        for module in self._modules.values():
+            x = module(x)
+        return x
+
+
+several = MySequentialAsPrinted(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+print(list(several._modules), several(x).shape)
+
+# %% [markdown]
+# The branch it was written for, one `OrderedDict`, raises a `NameError`:
+
+# %% tags=["raises-exception"] raises="NameError"
+MySequentialAsPrinted(OrderedDict([("fc1", nn.Linear(64, 32)), ("act", nn.ReLU())]))
+
+# %% [markdown]
+# and so does any single argument, a one-layer chain included: the test
+# reaches `isinstance(args[0], OrderDict)` whenever `len(args) == 1`.
+
+# %%
+try:
+    MySequentialAsPrinted(nn.Linear(64, 10))
+except NameError as error:
+    print("NameError:", error)
+else:
+    raise AssertionError("a single layer should reach the misspelt name")
+
+# %% [markdown]
+# The `MySequential` of the previous page spells it right and takes both:
+
+# %%
+from tutorials_pkg.definition import MySequential
+
+print(list(MySequential(OrderedDict([("fc1", nn.Linear(64, 32)), ("act", nn.ReLU())]))._modules))
+print(list(MySequential(nn.Linear(64, 10))._modules))
+
+# %% [markdown]
+# ## `grad_fn=<AddmmBackward>` in printed outputs
+#
+# The same tutorial prints a model's output as `grad_fn=<AddmmBackward>`. On
+# today's torch the node is `AddmmBackward0`: backward nodes carry a number,
+# which tells apart the formulas of one operator (`pow` with a number and
+# with a tensor are `PowBackward0` and `PowBackward1`). Code that compares
+# the printed name with `"AddmmBackward"` never matches now; strip the digits,
+# or compare with the numbered name:
+
+# %%
+out = MultiHeadNet()(x[:2], head="parity")
+print(out)
+name = type(out.grad_fn).__name__
+assert name == "AddmmBackward0" and name != "AddmmBackward"
+w = torch.ones(3, requires_grad=True)
+print("w ** 2:", type(w.pow(2).grad_fn).__name__, " w ** w:", type(w.pow(w).grad_fn).__name__)
+assert name.rstrip("0123456789") == "AddmmBackward"  # the name without its number

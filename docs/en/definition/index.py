@@ -205,8 +205,11 @@ multi(x, head="colour")
 #
 # A `Sequential` is an `nn.Module` that calls `add_module` for each layer, which
 # stores it in `self._modules`, and whose `forward` walks that dictionary in
-# order. `_modules` is a plain `dict` (insertion-ordered), as every `dict` in
-# Python 3.7 and later. A dozen lines do the same:
+# order. Its `__init__` takes either the layers, named by position, or one
+# `OrderedDict`, whose keys become the names. `_modules` is a plain `dict`
+# (insertion-ordered, as every `dict` in Python 3.7 and later), not the
+# `OrderedDict` that older releases of torch used and many tutorials still
+# name. Fifteen lines do the same, both ways of calling it:
 
 # %%
 from tutorials_pkg.definition import MySequential
@@ -223,8 +226,25 @@ ours, theirs = MySequential(*layers), nn.Sequential(*layers)
 print(type(ours._modules), list(ours._modules.keys()))
 print(list(ours.state_dict().keys()) == list(theirs.state_dict().keys()))
 print(torch.equal(ours(x), theirs(x)))
+assert type(ours._modules) is dict and type(theirs._modules) is dict
 
 # %% [markdown]
+# and given an `OrderedDict`, the same names:
+
+# %%
+from collections import OrderedDict
+
+named_layers = OrderedDict([("fc1", nn.Linear(64, 32)), ("act", nn.ReLU()), ("fc2", nn.Linear(32, 10))])
+ours, theirs = MySequential(named_layers), nn.Sequential(named_layers)
+print(list(ours._modules.keys()), list(ours.state_dict().keys()) == list(theirs.state_dict().keys()))
+assert list(ours._modules) == list(theirs._modules) == ["fc1", "act", "fc2"]
+assert torch.equal(ours(x), theirs(x))
+
+# %% [markdown]
+# A widely read tutorial writes this branch with `OrderDict` for `OrderedDict`;
+# [the next page](in_the_wild/#a-misspelt-ordereddict-in-mysequential) shows
+# what that does.
+#
 # ### One input, passed from layer to layer
 #
 # `nn.Sequential.forward` takes one input and hands each layer the output of

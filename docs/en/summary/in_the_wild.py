@@ -156,10 +156,10 @@ assert frozen_stem.training and not frozen_stem.bn1.training
 # Every pooling layer halves the picture. SqueezeNet 1.1 given a 16×16 input
 # has nothing left by its third max-pool, and PyTorch raises a `RuntimeError`
 # from deep inside the pooling layer. `summary` raises that same error, type
-# and message unchanged (a CUDA out-of-memory error stays one, too), and adds
-# notes below it: the layer that failed and the input shape, and, because this
-# message says the output is too small, a hint to use a larger input. An
-# error of another kind gets the first note only.
+# and message unchanged (a CUDA out-of-memory error stays one, too): the
+# message already says the output is too small. What torch cannot say is
+# where in the model it happened, so `summary` adds one note below it: the
+# layer that failed and the input shape.
 
 # %% tags=["raises-exception"] raises="RuntimeError"
 squeezenet = torchvision.models.squeezenet1_1(weights=None)
@@ -184,3 +184,82 @@ assert small.total_params == published
 
 # %% tags=["raises-exception"] raises="ValueError"
 summary(squeezenet, input_size=(1, 3, 64, 64), input_data=torch.randn(1, 3, 64, 64))
+
+# %% [markdown]
+# ## torchsummary counts only `weight` and `bias`, and fails on tuples and `None`
+#
+# `torchsummary` counts a layer's parameters by reading its `weight` and
+# `bias` attributes. A parameter by any other name is left out: a class token,
+# a position embedding, `nn.LSTM`'s `weight_ih_l0`, `nn.MultiheadAttention`'s
+# `in_proj_weight`. A class token, as in a vision transformer:
+
+# %%
+class ClassToken(nn.Module):  # a learnable token put before the sequence, as in ViT
+    def __init__(self):
+        super().__init__()
+        self.token = nn.Parameter(torch.zeros(1, 1, 8))
+        self.fc = nn.Linear(8, 2)
+
+    def forward(self, x):
+        return self.fc(torch.cat([self.token.expand(len(x), -1, -1), x], 1))
+
+
+printed = io.StringIO()
+with contextlib.redirect_stdout(printed):
+    torchsummary_summary(ClassToken(), (5, 8), device="cpu")
+reported = int(re.search(r"Total params: ([\d,]+)", printed.getvalue()).group(1))
+print(f"torchsummary: {reported}; the model has {sum(p.numel() for p in ClassToken().parameters())}")
+assert reported == 8 * 2 + 2  # fc only: the token's 8 are not a .weight or .bias
+
+# %% [markdown]
+# It also takes every output to be a tensor or a flat list of tensors and
+# calls `.size()` on each. `nn.LSTM` returns `(output, (h, c))`, and
+# `nn.MultiheadAttention(..., need_weights=False)` returns `(output, None)`:
+# both fail with an `AttributeError`.
+
+# %% tags=["raises-exception"] raises="AttributeError"
+class LSTMClassifier(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lstm = nn.LSTM(8, 16, batch_first=True)
+        self.fc = nn.Linear(16, 2)
+
+    def forward(self, x):
+        out, _ = self.lstm(x)  # (output, (h, c)): a tuple inside a tuple
+        return self.fc(out[:, -1])
+
+
+lstm_model = LSTMClassifier()
+torchsummary_summary(lstm_model, (5, 8), device="cpu")
+
+# %% [markdown]
+# The error leaves `torchsummary`'s hooks on the model: it removes them only
+# after a forward pass that succeeds. `summary` records every tensor's shape
+# wherever it is in the output, keeps other values as they are, and counts
+# parameters by module, whatever their names:
+
+# %%
+print("hooks left on lstm_model.lstm:", len(lstm_model.lstm._forward_hooks))
+for model in (ClassToken(), LSTMClassifier()):
+    counted = summary(model, input_size=(1, 5, 8))
+    print(type(model).__name__, counted.total_params, counted.rows[1].output_shape)
+    assert counted.total_params == sum(p.numel() for p in model.parameters())
+
+# %% [markdown]
+# ## A scripted model
+#
+# `torch.jit.script` and `torch.jit.trace` turn a model into TorchScript, and
+# TorchScript modules take no forward hooks. `summary` says so before running
+# anything, with a `TypeError` that names the scripted module (the model, or
+# the child that was scripted) and what to pass instead. (On torch 2.14
+# `torch.jit.script` itself warns with a `FutureWarning`: TorchScript is
+# deprecated in favour of `torch.compile` and `torch.export`.)
+
+# %% tags=["raises-exception", "shows-warning"] raises="TypeError"
+summary(torch.jit.script(ResNet18Stem()), input_size=(1, 3, 32, 32))
+
+# %% [markdown]
+# The module before scripting is the one to summarise:
+
+# %%
+print(f"{summary(ResNet18Stem(), input_size=(1, 3, 32, 32)).total_params:,}")

@@ -24,14 +24,14 @@
 #
 # The chapter has three pages:
 #
-# - this one: torchsummary's double count and why, the model to fix, and a
-#   `summary` that counts each module once;
+# - this one: torchsummary's double count and why, the model to fix, the
+#   core of a summary that counts each module once, and what `summary` takes;
 # - [Summaries of real models](real_models/): ResNet-18 checked against
-#   torchinfo, a detection model, tied weights, the memory estimate, and the
-#   model left as it was;
+#   torchinfo, a detection model, tied weights, `not called` that is not dead
+#   weight, the memory estimate, and the model left as it was;
 # - [Model summaries: in the wild](in_the_wild/): a slice of a `Sequential`,
 #   a summary in training mode, `model.eval()` without the way back, an input
-#   too small, and more.
+#   too small, torchsummary on tuples and class tokens, and more.
 #
 # Every output on this page was produced by running the code when the site was
 # built, on the versions printed below.
@@ -110,9 +110,10 @@ assert visits.count("Conv2d") == 20 + 1  # resnet18 has 20 convolutions; conv1 a
 # gets them all; all 122 of its `state_dict` entries are saved with every
 # checkpoint, beside `layer0`'s 6 copies of the same three layers. Our own
 # summary (next section) shows the diagnosis in one table: `base_model` holds
-# almost all the parameters and is `not called`. (`layer0`'s three layers are
-# counted where they were registered first, inside `base_model`, so `layer0`'s
-# own row shows `--`.)
+# almost all the parameters, is `not called`, and all of them but the 9,536
+# that `layer0` runs are unused: no operation of the forward pass read them.
+# (`layer0`'s three layers are counted where they were registered first,
+# inside `base_model`, so `layer0`'s own row shows `--`.)
 
 # %%
 from tutorials_pkg.summary import summary
@@ -121,6 +122,7 @@ diagnosis = summary(kept, input_size=(1, 3, 32, 32))
 print(diagnosis.table(max_depth=1))
 rows = {row.name: row for row in diagnosis.rows}
 assert rows["base_model"].calls == 0 and diagnosis.total_params == 11_689_512
+assert diagnosis.unused_params == 11_689_512 - used
 print("state_dict entries:", len(kept.state_dict()))
 assert len(kept.state_dict()) == 128
 
@@ -199,37 +201,124 @@ torchsummary_summary(ResNet18Stem(), (1, 3, 32, 32), device="cpu")
 # %% [markdown]
 # ## A summary that counts each module once
 #
-# `tutorials_pkg.summary.summary` takes the model and exactly one of
-# `input_size` (a shape *with* the batch dimension, as in `torchinfo`, or a
-# list of shapes; random inputs are made on the model's device) or
-# `input_data` (your own tensor, or a tuple of the model's positional
-# arguments, any of which may be a list, tuple or dict of tensors). What it
-# does differently:
+# A summary needs two things: one forward pass with a hook on every module,
+# and a count that gives each parameter to one module. `hooked_forward` is
+# that core, and `summary` calls it:
 #
-# - one row per module, from `named_modules()` (each module once, under the
-#   first name it was registered with; the other names are noted);
-# - each parameter counted in the first row that owns it, so the rows add up to
-#   `sum(p.numel() for p in model.parameters())`, tied weights and parameters
-#   of the model itself included;
-# - one pre-hook and one hook per module: the hooks count calls (a module
-#   called twice in `forward` is marked) and record the shapes, also of the
-#   inputs a module is given by keyword (`attn(query=x, key=x, value=x)`);
-# - the forward pass runs in eval mode under `torch.no_grad()`, and each
-#   module's own mode is put back afterwards; the hooks are removed in a
-#   `finally`, so also when the forward pass fails;
-# - a model compiled with `torch.compile` is summarised through the module it
-#   wraps (`_orig_mod`), run eagerly: once a compiled model has run, hooks
-#   added later are not seen by the compiled code it reuses, and every layer
-#   would read `not called`.
+# - `named_modules()` gives each module once, under the first name it was
+#   registered with, so each module gets one hook (`model.apply` would hook
+#   `conv1` once per parent);
+# - the hook counts calls (a module called twice in `forward` is marked) and
+#   keeps the shapes of the first call, also of inputs passed by keyword
+#   (`attn(query=x, key=x, value=x)`): every tensor in the arguments becomes
+#   its shape, other values stay as they are;
+# - the hooks are removed in a `finally`, so also when the forward pass fails;
+# - after the call, each module gets the parameters no earlier module owns, so
+#   the counts add up to `sum(p.numel() for p in model.parameters())`, tied
+#   weights and parameters of the model itself included. Counting *after* the
+#   call also counts lazy modules (`nn.LazyLinear`), which make their
+#   parameters in the first call.
 
 # %%
-show_source(summary)
+from tutorials_pkg.summary import hooked_forward
+
+show_source(hooked_forward)
+
+# %% [markdown]
+# It runs on its own. On the question's model: every module once, `conv1`
+# called once though it has two names, and each parameter counted once:
+
+# %%
+records = hooked_forward(kept, torch.randn(1, 3, 32, 32))
+for module, record in list(records.items())[:4]:
+    print(f"{record['name'] or '(model)':18} calls={record['calls']}  "
+          f"params={sum(p.numel() for p in record['params'].values()):,}")
+unique = sum(p.numel() for record in records.values() for p in record["params"].values())
+assert unique == sum(p.numel() for p in kept.parameters()) == 11_689_512
+
+# %% [markdown]
+# `summary` calls `hooked_forward`; the rest of its file (the caption above
+# links `tutorials_pkg/summary.py`) takes the models readers bring: it makes
+# the inputs, runs in eval mode under `torch.no_grad()` and gives each module
+# its own mode back, refuses TorchScript, runs compiled submodules eagerly,
+# notes which layer an error came from, tells unused weights from weights used
+# without their module being called, and prints the table with a memory
+# estimate.
+#
+# ## What `summary` takes
+#
+# `summary(model, input_size=None, input_data=None, input_kwargs=None)`:
+#
+# - `model`: an `nn.Module`; one wrapped by `torch.compile`, `DataParallel` or
+#   DDP is summarised through the module inside; lazy modules and compiled
+#   submodules work. TorchScript (`torch.jit.script`, `torch.jit.trace`) takes
+#   no hooks: a `TypeError` says to pass the module before scripting it.
+# - `input_size`: a shape *with* the batch dimension, as in `torchinfo`, or a
+#   list of shapes, one per positional argument: random tensors on the model's
+#   device, in its dtype.
+# - `input_data`: a tensor, or a tuple of the positional arguments as `forward`
+#   takes them: lists of images, dicts, strings, `None`. The tensors are found
+#   wherever they are. A list or dict on its own is refused, because it could
+#   be the arguments or one argument: write `(images,)`.
+# - `input_kwargs`: keyword arguments for `forward`, with either input or alone.
+#
+# Passing both `input_size` and `input_data` is a `ValueError` (one would be
+# ignored). Here a model takes a batch dict holding a string and a keyword-only
+# mask:
+
+# %%
+class MaskedClassifier(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, batch, *, mask):
+        return self.fc(batch["features"] * mask)
+
+
+batch = {"features": torch.randn(2, 8), "label": "cat"}
+masked = summary(MaskedClassifier(), input_data=(batch,), input_kwargs={"mask": torch.ones(8)})
+print(masked)
+assert masked.input_shape == [{"features": [2, 8], "label": "cat"}, {"mask": [8]}]
+
+# %% [markdown]
+# ### Hooks and `torch.compile`
+#
+# A hook registered *before* the first call of a compiled model fires. One
+# added *after* it does not: the calls that follow reuse compiled code made
+# without it.
+
+# %%
+fired = []
+early = nn.Sequential(nn.Linear(3, 4), nn.ReLU())
+early[0].register_forward_hook(lambda *args: fired.append("registered before"))
+torch.compile(early, backend="eager")(torch.randn(2, 3))
+
+late = nn.Sequential(nn.Linear(3, 4), nn.ReLU())
+compiled = torch.compile(late, backend="eager")
+compiled(torch.randn(2, 3))
+late[0].register_forward_hook(lambda *args: fired.append("registered after"))
+compiled(torch.randn(2, 3))
+print(fired)
+assert fired == ["registered before"]
+
+# %% [markdown]
+# `summary` adds its hooks late, so it summarises a compiled model through the
+# module it wraps (`_orig_mod`), and runs compiled submodules with
+# `torch.compiler.set_stance("force_eager")`, which runs their Python code,
+# hooks included. Every layer of the compiled part is called:
+
+# %%
+with_compiled_part = nn.Sequential(compiled, nn.Linear(4, 2))
+rows = summary(with_compiled_part, input_size=(2, 3)).rows
+print([(row.name, row.calls) for row in rows])
+assert all(row.calls == 1 for row in rows)
 
 # %% [markdown]
 # The rows are data, too: `name`, `type`, `input_shape`, `output_shape`,
-# `params`, `trainable_params`, `calls` (and `reused`, true when `calls > 1`),
-# `aliases`. The first layer of the question's model is registered under two
-# names:
+# `params`, `trainable_params`, `unused_params`, `calls` (and `reused`, true
+# when `calls > 1`), `aliases`, `note`. The first layer of the question's model
+# is registered under two names:
 
 # %%
 conv_row = diagnosis.rows[2]

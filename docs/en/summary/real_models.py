@@ -20,8 +20,10 @@
 # tied weights; then it says what the memory estimate counts and checks that
 # the summary leaves the model as it was.
 #
-# The page runs on its own: first the imports it uses and the versions it
-# runs on.
+# After them, `not called` that is not dead weight: attention that uses a
+# layer's weight without calling it, branches that run only in training, and
+# containers. The page runs on its own: first the imports it uses and the
+# versions it runs on.
 
 # %%
 import torch
@@ -156,6 +158,75 @@ assert per_module == unique_tied + 10 * 4
 tied_summary = summary(tied, input_data=torch.tensor([[1, 2, 3]]))
 print(tied_summary)
 assert tied_summary.total_params == unique_tied == 10 * 4 + 10 + 4
+
+# %% [markdown]
+# `torchinfo` adds up each layer's parameters, so it counts the shared matrix
+# in both layers (40 and 50); what it then finds outside the layers is the
+# model's 54 minus those 90, below zero, so the model's own `scale` is counted
+# as nothing:
+
+# %%
+tied_info = torchinfo.summary(tied, input_data=torch.tensor([[1, 2, 3]]), verbose=0)
+print(f"torchinfo {torchinfo.__version__}: {tied_info.total_params} for {unique_tied} parameters")
+assert tied_info.total_params == 10 * 4 + (10 * 4 + 10) == 90
+
+# %% [markdown]
+# ## `not called` is not always dead weight
+#
+# A row marked `not called` is a module whose `forward` never ran. That is the
+# diagnosis of the question's `base_model`, but a module's weights can be used
+# without calling it, and a module can run only in one mode. So the summary
+# also watches every operation of the forward pass (a `TorchDispatchMode`) and
+# notes, for a module that was not called, whether any operation read its
+# weights: `not called, weights used` or `not called, weights unused`. Only
+# the second is dead weight; `Unused params` in the table adds up the
+# parameters no operation read.
+#
+# **Attention.** `nn.MultiheadAttention` passes `out_proj.weight` and
+# `out_proj.bias` to one fused function and never calls `out_proj`; the same
+# holds in every layer of torchvision's ViT-B/16 (built here for 32×32 images,
+# which changes only the length of its position embedding) and of
+# `nn.TransformerEncoder`, whose layers sit in an `nn.ModuleList`: a container
+# that `forward` never calls, only the layers in it.
+
+# %%
+vit = torchvision.models.vit_b_16(weights=None, image_size=32)
+vit_summary = summary(vit, input_size=(1, 3, 32, 32))
+out_proj = [row for row in vit_summary.rows if row.name.endswith("out_proj")]
+print(len(out_proj), "rows like", out_proj[0].name, "->", out_proj[0].note)
+assert len(out_proj) == 12 and all(row.note == "not called, weights used" for row in out_proj)
+assert vit_summary.unused_params == 0
+
+layer = nn.TransformerEncoderLayer(16, 2, 32, batch_first=True)
+encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+encoder_summary = summary(encoder, input_size=(2, 5, 16))
+for row in encoder_summary.rows:
+    if row.calls == 0:
+        print(f"{row.name:28} {row.type:32} {row.note}")
+assert encoder_summary.unused_params == 0
+
+# %% [markdown]
+# **Branches that run in one mode only.** `summary` runs the model in eval
+# mode, and eval mode changes which branches run. GoogLeNet's auxiliary
+# classifiers `aux1` and `aux2` run only in training mode: the summary marks
+# them `not called, weights unused`, and their parameters are all the
+# `Unused params`. They are dead weight for inference (a model exported for it
+# can drop them), not for training:
+
+# %%
+googlenet = torchvision.models.googlenet(weights=None, init_weights=True)
+googlenet_summary = summary(googlenet, input_size=(1, 3, 96, 96))
+aux = [row for row in googlenet_summary.rows if row.name in ("aux1", "aux2")]
+print([(row.name, row.note) for row in aux])
+print(f"unused params: {googlenet_summary.unused_params:,}")
+aux_params = sum(p.numel() for m in (googlenet.aux1, googlenet.aux2) for p in m.parameters())
+assert all(row.note == "not called, weights unused" for row in aux)
+assert googlenet_summary.unused_params == aux_params
+
+with torch.no_grad():  # in training mode the auxiliary classifiers run
+    outputs = googlenet.train()(torch.randn(2, 3, 96, 96))
+print(type(outputs).__name__, [name for name in outputs._fields])
+assert outputs.aux_logits1 is not None
 
 # %% [markdown]
 # ## What the memory estimate counts

@@ -75,6 +75,55 @@ x1.size[2]
 print(x1.size(2), x1.shape[2])
 
 # %% [markdown]
+# ## `super(...)` 里拼错的类名
+#
+# 同一篇教程用的是较早的两参数写法 `super(DoubleConv, self).__init__()`，而且两处把类名拼错了：`DoubleConv` 里写成 `super(DoubleCov, self)`，`UNet` 里写成 `super(Unet, self)`。`class` 语句照常执行，文件也能正常导入；这个名字要到 `__init__` 运行时才去查找：
+
+# %%
+from torch import nn
+
+
+class DoubleConv(nn.Module):  # as printed, cut to one convolution
+    def __init__(self, in_channels, out_channels):
+        super(DoubleCov, self).__init__()  # misspelt: DoubleCov
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+class UNet(nn.Module):  # as printed, cut to its first block
+    def __init__(self, n_channels=3):
+        super(Unet, self).__init__()  # misspelt: Unet
+        self.inc = DoubleConv(n_channels, 64)
+
+    def forward(self, x):
+        return self.inc(x)
+
+
+print("both classes are defined:", DoubleConv.__name__, UNet.__name__)
+
+# %% [markdown]
+# 构建这个模块时抛出 `NameError`：
+
+# %% tags=["raises-exception"] raises="NameError"
+DoubleConv(3, 64)
+
+# %% [markdown]
+# 构建模型也一样，这次找不到的是 `Unet`（还是 `NameError`）：
+
+# %% tags=["raises-exception"] raises="NameError"
+UNet()
+
+# %% [markdown]
+# 不带参数的 `super().__init__()`（本章每个模块都这样写）不提类名，也就无从拼错，类改名后也不用跟着改。本章的 `DoubleConv` 和 `UNet` 都能正常构建：
+
+# %%
+from tutorials_pkg.blocks.unet import DoubleConv, UNet
+
+print(DoubleConv(3, 64).double_conv[0], type(UNet().inc).__name__)
+
+# %% [markdown]
 # ## 忘了 `groups` 的 depthwise 卷积
 #
 # 漏掉 `groups=in_channels`，这一层照样能运行，输出形状也一样，所以什么都不会报错；但现在每个输出通道都要看所有输入通道，参数量（和乘加次数）变成原来的 `in_channels` 倍：
@@ -180,7 +229,7 @@ print(list(nn.Sequential(OrderedDict(layers))._modules))
 # %% [markdown]
 # ## 把 MobileNet v1 “重构”成循环，得到的是另一个网络，而且两者都放不进 224×224
 #
-# 一篇广为流传的博客为 CIFAR 风格的训练搭了两遍 MobileNet v1：先逐层手写，再“重构”成遍历配置列表的循环，列表里单独一个数表示步长 1，元组则给出步长。两个版本的结尾都是为 32×32 图片写的代码常见的样子：固定的 `F.avg_pool2d(x, 2)`，再接 `nn.Linear(1024, num_classes)`，只适合作者设想的那一种特征图尺寸。下面是我们用 [MobileNet 一页](../mobilenet/)的模块重现的这两个版本：
+# 一篇广为流传的博客把 MobileNet v1 搭了两遍：先逐层手写，再“重构”成遍历配置列表的循环，列表里单独一个数表示步长 1，元组则给出步长。从它的注释看得出作者的设想：输入 224 × 224 × 3，1,000 个类别，最后的特征图是 7 × 7 × 1024，由 `F.avg_pool2d(x, 2)` 变成 1 × 1 × 1024，再交给 `nn.Linear(1024, num_classes)`。可是 2×2、步长 2 的窗口做不到这一点：它把 7×7 变成 3×3，所以作者设想的特征图尺寸本身就与分类器对不上。下面是我们用 [MobileNet 一页](../mobilenet/)的模块重现的这两个版本，注释照搬原文的设想：
 
 # %%
 from tutorials_pkg.blocks.mobilenet import (
@@ -211,7 +260,7 @@ assert difference < 1e-9
 assert_same_network(hand, refactored, x96)
 
 # %% [markdown]
-# 在 MobileNet 本来面向的 224×224 上，两者都在最后一层出错：分类器做矩阵乘法时抛出 `RuntimeError`。手写版本有六个步长为 2 的层，最后得到 4×4；池化成 2×2，就是 1024 × 2 × 2 = 4,096 个特征：
+# 在博客写明的 224×224 上，两者都在最后一层出错：分类器做矩阵乘法时抛出 `RuntimeError`。手写版本有六个步长为 2 的层，连 7×7 都到不了，最后是 4×4；池化成 2×2，就是 1024 × 2 × 2 = 4,096 个特征：
 
 # %% tags=["raises-exception"] raises="RuntimeError"
 x224 = torch.randn(1, 3, 224, 224)
@@ -219,14 +268,14 @@ with torch.no_grad():
     hand(x224)
 
 # %% [markdown]
-# 循环版本只有五个，最后得到 7×7；用 2×2、步长 2 的窗口池化成 3×3，就是 1024 × 3 × 3 = 9,216 个特征（同样是 `RuntimeError`）：
+# 循环版本只有五个，最后正是注释里的 7×7；用 2×2、步长 2 的窗口池化成 3×3，就是 1024 × 3 × 3 = 9,216 个特征，而不是 1,024 个（同样是 `RuntimeError`）：
 
 # %% tags=["raises-exception"] raises="RuntimeError"
 with torch.no_grad():
     refactored(x224)
 
 # %% [markdown]
-# 特征数从哪里来，以及每个版本到底能接收哪些输入尺寸：`F.avg_pool2d(x, 2)` 把最后的特征图减半（向下取整），只有剩下 1×1 时分类器才得到它的 1,024 个特征，也就是最后的特征图必须是 2×2 或 3×3（1×1 的特征图根本无法池化）。手写版本能接收 65 到 192 像素，循环版本是 33 到 96：
+# 特征数从哪里来，以及每个版本到底能接收哪些输入尺寸：`F.avg_pool2d(x, 2)` 把最后的特征图减半（向下取整），只有剩下 1×1 时分类器才得到它的 1,024 个特征，也就是最后的特征图必须是 2×2 或 3×3（1×1 的特征图根本无法池化）。手写版本能接收 65 到 192 像素，循环版本是 33 到 96；两者都接收不了 224，也接收不了 CIFAR 的 32×32：
 
 # %%
 import torch.nn.functional as F
@@ -242,6 +291,13 @@ with torch.no_grad():
         print(f"  sizes that fit: {[size for size in sizes if last[size] in (2, 3)]}")
 assert F.avg_pool2d(hand.features(x224), 2).flatten(1).shape[1] == 4 * 1024
 assert F.avg_pool2d(refactored.features(x224), 2).flatten(1).shape[1] == 9 * 1024
+
+# %% [markdown]
+# 在 32×32 的图上，两者最后都只剩 1×1 的特征图，2×2 的窗口无法池化：还没到分类器，`F.avg_pool2d` 就抛出 `RuntimeError`，报出的输出尺寸是 1024×0×0：
+
+# %% tags=["raises-exception"] raises="RuntimeError"
+with torch.no_grad():
+    refactored(torch.randn(1, 3, 32, 32))
 
 # %% [markdown]
 # 修正就是 MobileNet 一页的 [`MobileNetV1`](../mobilenet/#用配置表生成-mobilenet-v1)：只有一张配置表，不存在需要保持一致的第二个版本（逐层写出的版本用 `assert_same_network` 与它核对过）；最后一个步长按论文的尺寸一栏取 1；再用 `nn.AdaptiveAvgPool2d(1)` 把任意大小的特征图池化成 1×1，于是无论输入多大，分类器都能得到它的 1,024 个特征：

@@ -71,7 +71,7 @@ device = default_device()
 #
 # ### 组装好的模型
 #
-# `UNet` 按通道数创建各个模块，并在 `forward` 里把它们连起来：编码器的输出 `x1` … `x4` 被保留下来，交给解码器的模块。用双线性上采样时，上采样这一步无法把通道数减半，所以最深的几个模块只建一半宽（`factor`）。`forward` 先检查输入：在任何一层运行之前，就抛出说明需要什么尺寸或通道数的 `ValueError`。下面的源代码包含四个模块和模型本身，以及它们需要的 import。（`n_channels` 或 `n_classes` 小于 1 时，`UNet` 在构建时就抛出 `ValueError`，而不是造出一个之后才出错、或者根本不输出任何类别的模型。）
+# `UNet` 按通道数创建各个模块，并在 `forward` 里把它们连起来：编码器的输出 `x1` … `x4` 被保留下来，交给解码器的模块。用双线性上采样时，上采样这一步无法把通道数减半，所以最深的几个模块只建一半宽（`factor`）。在任何一层运行之前，`forward` 先把输入交给 `check_unet_input`：输入合乎要求时原样返回；不合要求时抛出 `ValueError`，说明需要什么尺寸或通道数。这个检查写成一个用 `torch.fx.wrap` 装饰的函数，而不是 `forward` 里的 `if`：`torch.fx`（torchvision 的 `create_feature_extractor` 就建立在它之上）用不知道尺寸的占位值追踪 `forward`，对尺寸的 `if` 会让追踪中断；被 wrap 的函数则被记成一次调用，遇到真实输入时照常运行。下面的源代码包含四个模块、这个检查和模型本身，以及它们需要的 import。（`n_channels` 或 `n_classes` 小于 1 时，`UNet` 在构建时就抛出 `ValueError`：如果是 0，torch 会照样把模型建出来，直到运行时才出错，报的是一个大小为 0 的权重。）
 
 # %%
 from tutorials_pkg.blocks.unet import UNet
@@ -82,7 +82,7 @@ show_source(UNet)
 # %% [markdown]
 # ### 参数量：与 milesial/Pytorch-UNet 核对
 #
-# 输入 3 通道、输出 2 类时，milesial/Pytorch-UNet 的模型用转置卷积有 31,037,698 个参数，用双线性上采样有 17,263,042 个。我们的模型完全相同：
+# 输入 3 通道、输出 2 类时，milesial/Pytorch-UNet 的模型用转置卷积有 31,037,698 个参数，用双线性上采样有 17,263,042 个。我们的模型参数量与之相同：
 
 # %%
 from tutorials_pkg.definition import count_parameters
@@ -135,7 +135,46 @@ with torch.no_grad():
         assert unet(x).shape[2:] == unet_bilinear(x).shape[2:] == size
 
 # %% [markdown]
-# 减半四次，每条边至少需要 16 个像素。更小的输入会得到一个说明所需尺寸的 `ValueError`，而不是在某个池化层深处出错（通道数不对的输入也一样）：
+# 减半四次，每条边至少需要 16 个像素。输入更小时，模型抛出 `ValueError` 并说明所需的尺寸，而不是在某个池化层深处出错（通道数不对的输入也一样）：
 
 # %% tags=["raises-exception"] raises="ValueError"
 unet(torch.randn(1, 3, 15, 40, device=device))
+
+# %% [markdown]
+# 训练模式下，batch norm 要求每个通道不止一个值。一个批量只有一张图、而且两条边都小于 32 时，U 的底部只剩 1×1 的特征图，torch 的 `BatchNorm2d` 会自己指出这一点，抛出 `ValueError`：
+
+# %% tags=["raises-exception"] raises="ValueError"
+unet_bilinear.train()(torch.randn(1, 3, 16, 16, device=device))
+
+# %% [markdown]
+# 两张图的批量在训练模式下可以运行，一张图在评估模式下也可以：
+
+# %%
+print(unet_bilinear(torch.randn(2, 3, 16, 16, device=device)).shape)
+with torch.no_grad():
+    print(unet_bilinear.eval()(torch.randn(1, 3, 16, 16, device=device)).shape)
+
+# %% [markdown]
+# ### 用 `create_feature_extractor` 取中间层输出
+#
+# 输入检查只是一次被记录的调用，所以 torch.fx 能追踪整个模型：`get_graph_node_names` 列出所有节点（检查是输入之后的第二个），`create_feature_extractor` 返回所要的各级输出，这里是 U 的底部和最后一层，后者与模型的输出相同。
+
+# %%
+from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
+
+train_nodes, eval_nodes = get_graph_node_names(unet_bilinear)
+print(len(eval_nodes), "nodes:", eval_nodes[:3], "...", eval_nodes[-2:])
+extractor = create_feature_extractor(unet_bilinear, {"down4": "bottom", "outc": "out"})
+x = torch.randn(1, 3, 33, 20, device=device)
+with torch.no_grad():
+    features = extractor(x)
+    print({name: tuple(t.shape) for name, t in features.items()})
+    assert eval_nodes[1] == "check_unet_input"
+    assert torch.equal(features["out"], unet_bilinear(x))
+
+# %% [markdown]
+# 只含前几层的图也保留着这个检查，因为这几层的输入就是它的返回值，所以输入太小时，这里同样抛出 `ValueError`：
+
+# %% tags=["raises-exception"] raises="ValueError"
+early = create_feature_extractor(unet_bilinear, ["down2"])
+early(torch.randn(1, 3, 8, 8, device=device))

@@ -50,6 +50,19 @@ MLPWithoutSuperInit()
 # %% [markdown]
 # 修正办法就是[上一页](../)每个模型 `__init__` 的第一行 `super().__init__()`，比如 [`ResidualMLP`](../#nnmodulelist重复的模块自己写-forward)。
 #
+# 容器的子类同样需要这一调用。一篇广为流传的教程继承了 `nn.ModuleList`，在那里也忘了 `super().__init__()`，结果一样：第一次给模块赋值时抛出 `AttributeError`：
+
+# %%
+from tutorials_pkg.definition import LayerListWithoutSuperInit
+
+show_source(LayerListWithoutSuperInit)
+
+# %% tags=["raises-exception"] raises="AttributeError"
+LayerListWithoutSuperInit([nn.Linear(64, 32), nn.ReLU()])
+
+# %% [markdown]
+# 修正办法还是在第一行调用 `super().__init__()`。
+#
 # ## 放在普通 Python 列表里的层没有被注册
 #
 # 这看起来是一个有两层的模型：
@@ -193,3 +206,71 @@ for name in names:
     blocks[module_key(name)] = nn.Linear(4, 4)
 print({name: module_key(name) for name in names})
 assert len(blocks) == len(names)  # distinct names, distinct keys
+
+# %% [markdown]
+# ## `MySequential` 里拼错的 `OrderedDict`
+#
+# 一篇广为流传的教程像[上一页](../#nnsequential-内部做了什么)那样重写 `nn.Sequential`，也写了 `OrderedDict` 分支，却拼成了 `OrderDict`。Python 直到执行那一行时才查找名字，而参数不止一个时，`len(args) == 1 and ...` 在查到这个名字之前就停下了，所以常见的测试（传几层进去）能通过：
+
+# %%
+from collections import OrderedDict
+
+
+class MySequentialAsPrinted(nn.Module):  # the tutorial's version, misspelling included
+    def __init__(self, *args):
+        super().__init__()
+        if len(args) == 1 and isinstance(args[0], OrderDict):  # OrderDict: not a name
+            for key, module in args[0].items():
+                self.add_module(key, module)
+        else:
+            for idx, module in enumerate(args):
+                self.add_module(str(idx), module)
+
+    def forward(self, x):
+        for module in self._modules.values():
+            x = module(x)
+        return x
+
+
+several = MySequentialAsPrinted(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+print(list(several._modules), several(x).shape)
+
+# %% [markdown]
+# 这个分支本来要处理的情形，即传入一个 `OrderedDict`，会抛出 `NameError`：
+
+# %% tags=["raises-exception"] raises="NameError"
+MySequentialAsPrinted(OrderedDict([("fc1", nn.Linear(64, 32)), ("act", nn.ReLU())]))
+
+# %% [markdown]
+# 只传一个参数时都是如此，只有一层的链也不例外：只要 `len(args) == 1`，就会执行到 `isinstance(args[0], OrderDict)`。
+
+# %%
+try:
+    MySequentialAsPrinted(nn.Linear(64, 10))
+except NameError as error:
+    print("NameError:", error)
+else:
+    raise AssertionError("a single layer should reach the misspelt name")
+
+# %% [markdown]
+# 上一页的 `MySequential` 拼写正确，两种用法都支持：
+
+# %%
+from tutorials_pkg.definition import MySequential
+
+print(list(MySequential(OrderedDict([("fc1", nn.Linear(64, 32)), ("act", nn.ReLU())]))._modules))
+print(list(MySequential(nn.Linear(64, 10))._modules))
+
+# %% [markdown]
+# ## 打印结果里的 `grad_fn=<AddmmBackward>`
+#
+# 同一篇教程打印出的模型输出带着 `grad_fn=<AddmmBackward>`。在今天的 torch 上，这个节点叫 `AddmmBackward0`：反向节点的名字带一个编号，用来区分同一个算子的不同求导公式（`pow` 的指数是数和是张量时，分别是 `PowBackward0` 和 `PowBackward1`）。拿打印出的名字和 `"AddmmBackward"` 比较的代码，现在永远匹配不上；应当去掉末尾的数字，或者直接和带编号的名字比较：
+
+# %%
+out = MultiHeadNet()(x[:2], head="parity")
+print(out)
+name = type(out.grad_fn).__name__
+assert name == "AddmmBackward0" and name != "AddmmBackward"
+w = torch.ones(3, requires_grad=True)
+print("w ** 2:", type(w.pow(2).grad_fn).__name__, " w ** w:", type(w.pow(w).grad_fn).__name__)
+assert name.rstrip("0123456789") == "AddmmBackward"  # the name without its number

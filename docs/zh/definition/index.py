@@ -177,7 +177,7 @@ multi(x, head="colour")
 # %% [markdown]
 # ## `nn.Sequential` 内部做了什么
 #
-# `Sequential` 是一个 `nn.Module`：它对每一层调用 `add_module`，把层存进 `self._modules`；它的 `forward` 按顺序遍历这个字典。`_modules` 是普通的 `dict`（按插入顺序排列），Python 3.7 起所有 `dict` 都是如此。十几行代码就能做到同样的事：
+# `Sequential` 是一个 `nn.Module`：它对每一层调用 `add_module`，把层存进 `self._modules`；它的 `forward` 按顺序遍历这个字典。它的 `__init__` 既可以接收若干层（按位置命名），也可以接收一个 `OrderedDict`（键就是层名）。`_modules` 是普通的 `dict`（按插入顺序排列，Python 3.7 起所有 `dict` 都是如此），而不是 `OrderedDict`：那是较早版本的 torch 用的，不少教程至今还这么说。十五行代码就能做到同样的事，两种调用方式都支持：
 
 # %%
 from tutorials_pkg.definition import MySequential
@@ -193,8 +193,23 @@ ours, theirs = MySequential(*layers), nn.Sequential(*layers)
 print(type(ours._modules), list(ours._modules.keys()))
 print(list(ours.state_dict().keys()) == list(theirs.state_dict().keys()))
 print(torch.equal(ours(x), theirs(x)))
+assert type(ours._modules) is dict and type(theirs._modules) is dict
 
 # %% [markdown]
+# 给它一个 `OrderedDict`，层名也相同：
+
+# %%
+from collections import OrderedDict
+
+named_layers = OrderedDict([("fc1", nn.Linear(64, 32)), ("act", nn.ReLU()), ("fc2", nn.Linear(32, 10))])
+ours, theirs = MySequential(named_layers), nn.Sequential(named_layers)
+print(list(ours._modules.keys()), list(ours.state_dict().keys()) == list(theirs.state_dict().keys()))
+assert list(ours._modules) == list(theirs._modules) == ["fc1", "act", "fc2"]
+assert torch.equal(ours(x), theirs(x))
+
+# %% [markdown]
+# 一篇广为流传的教程在这个分支里把 `OrderedDict` 写成了 `OrderDict`；[下一页](in_the_wild/#mysequential-里拼错的-ordereddict)演示这样会怎样。
+#
 # ### 只有一个输入，逐层传下去
 #
 # `nn.Sequential.forward` 只接收一个输入，并把上一层的输出交给下一层。没有办法在中途给某一层第二个输入：用两个参数调用这条链，会抛出 `TypeError`。

@@ -91,7 +91,7 @@ print("num_batches_tracked:", batchnorm.num_batches_tracked.item())
 assert moved > 0 and batchnorm.num_batches_tracked.item() == 1
 
 # %% [markdown]
-# `summary` 在 eval 模式、`torch.no_grad()` 下运行，如[上一页](../real_models/#模型保持原样)所示：滑动统计量保持不变。
+# `summary` 在评估模式、`torch.no_grad()` 下运行，如[上一页](../real_models/#模型保持原样)所示：滑动统计量保持不变。
 
 # %%
 victim = ResNet18Stem()
@@ -104,7 +104,7 @@ assert batchnorm.num_batches_tracked.item() == 0 and victim.training
 # %% [markdown]
 # ## 只有 `model.eval()`，没有切换回去
 #
-# 手写的 summary 如果调用了 `model.eval()` 却忘了切换回去，模型就停留在 eval 模式：接下来的训练中 BatchNorm 被冻结、dropout 被关闭，而且没有任何提示。事后调用 `model.train()` 也不对：它会把你特意冻结在 eval 模式的部分也打开。
+# 手写的 summary 如果调用了 `model.eval()` 却忘了切换回去，模型就停留在评估模式：接下来的训练中 BatchNorm 被冻结、dropout 被关闭，而且没有任何提示。事后调用 `model.train()` 也不对：它会把你特意冻结在评估模式的部分也打开。
 
 # %%
 def shapes_in_eval(model, x):  # the wrong way: eval(), and no way back
@@ -136,7 +136,7 @@ assert frozen_stem.training and not frozen_stem.bn1.training
 # %% [markdown]
 # ## 输入对模型来说太小
 #
-# 每个池化层都把图像缩小一半。SqueezeNet 1.1 拿到 16×16 的输入，到第三个 max-pool 时就什么都不剩了，PyTorch 在池化层内部抛出 `RuntimeError`。`summary` 抛出的就是这个错误，类型和消息都不变（CUDA 显存不足的错误也还是原来的错误），只在下面加上说明：出错的层和输入形状；因为这条消息说的是输出太小，还会提示换一个更大的输入。其他种类的错误只加第一条说明。
+# 每个池化层都把图像缩小一半。SqueezeNet 1.1 拿到 16×16 的输入，到第三个 max-pool 时就什么都不剩了，PyTorch 在池化层内部抛出 `RuntimeError`。`summary` 抛出的就是这个错误，类型和消息都不变（CUDA 显存不足的错误也还是原来的错误）：消息本身已经说明输出太小。PyTorch 说不出的是错误发生在模型的哪个位置，所以 `summary` 在下面加一条说明：出错的层和输入形状。
 
 # %% tags=["raises-exception"] raises="RuntimeError"
 squeezenet = torchvision.models.squeezenet1_1(weights=None)
@@ -159,3 +159,68 @@ assert small.total_params == published
 
 # %% tags=["raises-exception"] raises="ValueError"
 summary(squeezenet, input_size=(1, 3, 64, 64), input_data=torch.randn(1, 3, 64, 64))
+
+# %% [markdown]
+# ## torchsummary 只数 `weight` 和 `bias`，遇到元组和 `None` 就出错
+#
+# `torchsummary` 读取层的 `weight` 和 `bias` 属性来数参数。名字不是这两个的参数都被漏掉：类别 token、位置嵌入、`nn.LSTM` 的 `weight_ih_l0`、`nn.MultiheadAttention` 的 `in_proj_weight`。下面是视觉 Transformer 里那样的类别 token：
+
+# %%
+class ClassToken(nn.Module):  # a learnable token put before the sequence, as in ViT
+    def __init__(self):
+        super().__init__()
+        self.token = nn.Parameter(torch.zeros(1, 1, 8))
+        self.fc = nn.Linear(8, 2)
+
+    def forward(self, x):
+        return self.fc(torch.cat([self.token.expand(len(x), -1, -1), x], 1))
+
+
+printed = io.StringIO()
+with contextlib.redirect_stdout(printed):
+    torchsummary_summary(ClassToken(), (5, 8), device="cpu")
+reported = int(re.search(r"Total params: ([\d,]+)", printed.getvalue()).group(1))
+print(f"torchsummary: {reported}; the model has {sum(p.numel() for p in ClassToken().parameters())}")
+assert reported == 8 * 2 + 2  # fc only: the token's 8 are not a .weight or .bias
+
+# %% [markdown]
+# 它还假定每个输出都是张量，或者由张量组成的一层列表，对其中每一项调用 `.size()`。`nn.LSTM` 返回 `(output, (h, c))`，`nn.MultiheadAttention(..., need_weights=False)` 返回 `(output, None)`：两者都会抛出 `AttributeError`。
+
+# %% tags=["raises-exception"] raises="AttributeError"
+class LSTMClassifier(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lstm = nn.LSTM(8, 16, batch_first=True)
+        self.fc = nn.Linear(16, 2)
+
+    def forward(self, x):
+        out, _ = self.lstm(x)  # (output, (h, c)): a tuple inside a tuple
+        return self.fc(out[:, -1])
+
+
+lstm_model = LSTMClassifier()
+torchsummary_summary(lstm_model, (5, 8), device="cpu")
+
+# %% [markdown]
+# 出错之后，`torchsummary` 的钩子还留在模型上：它只在前向传播成功之后才移除钩子。`summary` 记录输出中每个张量的形状，不管它在哪一层，其他值原样保留；参数按模块来数，不管叫什么名字：
+
+# %%
+print("hooks left on lstm_model.lstm:", len(lstm_model.lstm._forward_hooks))
+for model in (ClassToken(), LSTMClassifier()):
+    counted = summary(model, input_size=(1, 5, 8))
+    print(type(model).__name__, counted.total_params, counted.rows[1].output_shape)
+    assert counted.total_params == sum(p.numel() for p in model.parameters())
+
+# %% [markdown]
+# ## 脚本化的模型
+#
+# `torch.jit.script` 和 `torch.jit.trace` 把模型变成 TorchScript，而 TorchScript 模块不接受前向钩子。`summary` 在运行任何东西之前就指出这一点：抛出 `TypeError`，说明哪个模块是脚本化的（整个模型，或者被脚本化的那个子模块），以及应该传入什么。（在 torch 2.14 上，`torch.jit.script` 本身还会发出 `FutureWarning`：TorchScript 已被弃用，建议改用 `torch.compile` 和 `torch.export`。）
+
+# %% tags=["raises-exception", "shows-warning"] raises="TypeError"
+summary(torch.jit.script(ResNet18Stem()), input_size=(1, 3, 32, 32))
+
+# %% [markdown]
+# 应该做 summary 的，是脚本化之前的模块：
+
+# %%
+print(f"{summary(ResNet18Stem(), input_size=(1, 3, 32, 32)).total_params:,}")

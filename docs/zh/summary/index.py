@@ -17,9 +17,9 @@
 #
 # 本章分三页：
 #
-# - 本页：torchsummary 的重复计数及其原因，要改的模型，以及每个模块只数一次的 `summary`；
-# - [真实模型上的 summary](real_models/)：用 torchinfo 核对 ResNet-18，检测模型，共享的权重，内存估计，以及 summary 不改变模型；
-# - [模型结构概览：常见错误](in_the_wild/)：`Sequential` 的切片、训练模式下的 summary、只有 `model.eval()` 没有切换回去、太小的输入等。
+# - 本页：torchsummary 的重复计数及其原因，要改的模型，每个模块只数一次的 summary 的核心，以及 `summary` 接收什么；
+# - [真实模型上的 summary](real_models/)：用 torchinfo 核对 ResNet-18，检测模型，共享的权重，并非无用权重的 `not called`，内存估计，以及 summary 不改变模型；
+# - [模型结构概览：常见错误](in_the_wild/)：`Sequential` 的切片、训练模式下的 summary、只有 `model.eval()` 没有切换回去、太小的输入、torchsummary 遇到元组和类别 token 等。
 #
 # 本页的每一段输出，都是构建网站时实际运行代码得到的，运行环境就是下面打印的版本。
 
@@ -78,7 +78,7 @@ assert visits.count("Conv2d") == 20 + 1  # resnet18 has 20 convolutions; conv1 a
 # %% [markdown]
 # ## 要改的是模型，而不只是工具
 #
-# 那个问答的回答改的是工具（每个模块只挂一次钩子）。模型本身的问题更大：`self.base_model = ...` 把整个 resnet18 都**注册**进了模型。它的 11,689,512 个参数都在 `parameters()` 里，优化器会拿到全部参数；它的 122 个 `state_dict` 条目每次保存 checkpoint 都会写进去，旁边还有 `layer0` 对同样三层的 6 个条目。我们自己的 summary（下一节）用一张表就能看出问题：`base_model` 占了几乎全部参数，却是 `not called`。（`layer0` 的三层计在最先注册它们的地方，也就是 `base_model` 里，所以 `layer0` 自己那一行显示 `--`。）
+# 那个问答的回答改的是工具（每个模块只挂一次钩子）。模型本身的问题更大：`self.base_model = ...` 把整个 resnet18 都**注册**进了模型。它的 11,689,512 个参数都在 `parameters()` 里，优化器会拿到全部参数；它的 122 个 `state_dict` 条目每次保存检查点 都会写进去，旁边还有 `layer0` 对同样三层的 6 个条目。我们自己的 summary（下一节）用一张表就能看出问题：`base_model` 占了几乎全部参数，却是 `not called`；除了 `layer0` 运行的 9,536 个参数，其余参数全都没有用到：前向传播中没有任何运算读过它们。（`layer0` 的三层计在最先注册它们的地方，也就是 `base_model` 里，所以 `layer0` 自己那一行显示 `--`。）
 
 # %%
 from tutorials_pkg.summary import summary
@@ -87,6 +87,7 @@ diagnosis = summary(kept, input_size=(1, 3, 32, 32))
 print(diagnosis.table(max_depth=1))
 rows = {row.name: row for row in diagnosis.rows}
 assert rows["base_model"].calls == 0 and diagnosis.total_params == 11_689_512
+assert diagnosis.unused_params == 11_689_512 - used
 print("state_dict entries:", len(kept.state_dict()))
 assert len(kept.state_dict()) == 128
 
@@ -134,9 +135,9 @@ finally:
 print("two steps, no unused parameters")
 
 # %% [markdown]
-# ### torchsummary 的默认值：`device="cuda"`，输入不带 batch 维
+# ### torchsummary 的默认值：`device="cuda"`，输入不带批量维
 #
-# 调用 `torchsummary` 之前还要知道两件事。它的 `device` 默认是 `"cuda"`：有 CUDA 时，它在 GPU 上生成随机输入，模型如果还留在 CPU 上就会出错（没有 CUDA 时，它不声不响地改用 CPU）。它的 `input_size` **不带** batch 维：它自己生成一个大小为 2 的 batch（`torch.rand(2, *input_size)`），打印时把 batch 写成 `-1`。`torchinfo` 和下面的 summary 接收的都是**带** batch 维的形状。
+# 调用 `torchsummary` 之前还要知道两件事。它的 `device` 默认是 `"cuda"`：有 CUDA 时，它在 GPU 上生成随机输入，模型如果还留在 CPU 上就会出错（没有 CUDA 时，它不声不响地改用 CPU）。它的 `input_size` **不带**批量维：它自己生成一个大小为 2 的批量（`torch.rand(2, *input_size)`），打印时把批量大小写成 `-1`。`torchinfo` 和下面的 summary 接收的都是**带** 批量维的形状。
 
 # %%
 import inspect
@@ -144,7 +145,7 @@ import inspect
 print(inspect.signature(torchsummary_summary))
 
 # %% [markdown]
-# 如果像 `torchinfo` 那样给出带 batch 维的形状，`torchsummary` 会再加一个 batch 维，第一个卷积就抛出 `RuntimeError`，说输入是 5 维的：
+# 如果像 `torchinfo` 那样给出带批量维的形状，`torchsummary` 会再加一个批量维，第一个卷积就抛出 `RuntimeError`，说输入是 5 维的：
 
 # %% tags=["raises-exception"] raises="RuntimeError"
 torchsummary_summary(ResNet18Stem(), (1, 3, 32, 32), device="cpu")
@@ -152,19 +153,88 @@ torchsummary_summary(ResNet18Stem(), (1, 3, 32, 32), device="cpu")
 # %% [markdown]
 # ## 每个模块只数一次的 summary
 #
-# `tutorials_pkg.summary.summary` 接收模型，以及 `input_size` 和 `input_data` 二者之一（恰好一个）：`input_size` 是**包含** batch 维的形状（与 `torchinfo` 相同），或者一组形状，会在模型所在的设备上生成随机输入；`input_data` 是你自己的张量，或者由模型的位置参数组成的元组，其中每个参数都可以是张量的列表、元组或字典。它的不同之处：
+# summary 要做两件事：跑一次前向传播，每个模块上挂一个钩子；再数参数，每个参数只算给一个模块。`hooked_forward` 就是这个核心，`summary` 调用的正是它：
 #
-# - 每个模块一行，来自 `named_modules()`（每个模块只出现一次，用它第一次注册时的名字；其他名字在备注里列出）；
-# - 每个参数计入拥有它的第一行，所以各行加起来正好等于 `sum(p.numel() for p in model.parameters())`，共享（tied）的权重和模型自身的参数也不例外；
-# - 每个模块一个前置钩子（pre-hook）和一个钩子：它们统计调用次数（在 `forward` 里被调用两次的模块会被标出）并记录形状，模块以关键字参数接收的输入（`attn(query=x, key=x, value=x)`）也会按名字列出；
-# - 前向传播在 eval 模式、`torch.no_grad()` 下运行，结束后每个模块恢复各自原来的模式；钩子在 `finally` 里移除，所以前向传播失败时也会移除；
-# - 用 `torch.compile` 编译过的模型，通过它包装的模块（`_orig_mod`）以 eager 方式运行来统计：编译后的模型一旦运行过，之后再加的钩子不会被它复用的编译代码看到，每一层都会显示 `not called`。
+# - `named_modules()` 给出每个模块一次，用的是它第一次注册时的名字，所以每个模块只挂一个钩子（`model.apply` 会按父模块的个数给 `conv1` 挂上几次）；
+# - 钩子统计调用次数（在 `forward` 里被调用两次的模块会被标出），并记下第一次调用的形状，以关键字参数传入的输入（`attn(query=x, key=x, value=x)`）也不例外：参数中的每个张量换成它的形状，其他值原样保留；
+# - 钩子在 `finally` 里移除，所以前向传播失败时也会移除；
+# - 调用结束后，每个模块分到此前没有模块拥有的参数，所以各模块的参数加起来正好等于 `sum(p.numel() for p in model.parameters())`，共享（tied）的权重和模型自身的参数也不例外。在调用**之后**数参数，惰性模块（`nn.LazyLinear`）也能数对：它们在第一次调用时才创建参数。
 
 # %%
-show_source(summary)
+from tutorials_pkg.summary import hooked_forward
+
+show_source(hooked_forward)
 
 # %% [markdown]
-# 各行也是数据：`name`、`type`、`input_shape`、`output_shape`、`params`、`trainable_params`、`calls`（以及 `calls > 1` 时为真的 `reused`）、`aliases`。问答里那个模型的第一层注册在两个名字下：
+# 它可以单独运行。用在问答里的模型上：每个模块只出现一次，`conv1` 虽然有两个名字，也只被调用一次，每个参数只数一次：
+
+# %%
+records = hooked_forward(kept, torch.randn(1, 3, 32, 32))
+for module, record in list(records.items())[:4]:
+    print(f"{record['name'] or '(model)':18} calls={record['calls']}  "
+          f"params={sum(p.numel() for p in record['params'].values()):,}")
+unique = sum(p.numel() for record in records.values() for p in record["params"].values())
+assert unique == sum(p.numel() for p in kept.parameters()) == 11_689_512
+
+# %% [markdown]
+# `summary` 调用 `hooked_forward`；文件里其余的代码（上面的标题链接到 `tutorials_pkg/summary.py`）负责接住读者带来的各种模型：生成输入；在评估模式、`torch.no_grad()` 下运行，结束后每个模块恢复各自原来的模式；拒绝 TorchScript；让编译过的子模块以 eager 方式运行；出错时注明错误来自哪一层；区分没有用到的权重和模块虽未被调用、权重却被用到的情况；最后打印表格和内存估计。
+#
+# ## `summary` 接收什么
+#
+# `summary(model, input_size=None, input_data=None, input_kwargs=None)`：
+#
+# - `model`：一个 `nn.Module`；被 `torch.compile`、`DataParallel` 或 DDP 包装过的模型，按里面的模块统计；惰性模块和编译过的子模块都可以。TorchScript（`torch.jit.script`、`torch.jit.trace`）不接受钩子：这时会抛出 `TypeError`，提示传入脚本化之前的模块。
+# - `input_size`：**包含**批量维的形状（与 `torchinfo` 相同），或者一组形状，每个位置参数一个：在模型所在的设备上、按模型的 dtype 生成随机张量。
+# - `input_data`：一个张量，或者一个元组，按 `forward` 接收的样子放入各个位置参数：图像列表、字典、字符串、`None` 都可以，其中的张量无论在哪一层都能找到。单独传一个列表或字典会被拒绝，因为它既可能是全部参数，也可能是一个参数：请写成 `(images,)`。
+# - `input_kwargs`：传给 `forward` 的关键字参数，可以和上面任意一种输入一起用，也可以单独用。
+#
+# 同时传入 `input_size` 和 `input_data` 会抛出 `ValueError`（否则其中一个会被悄悄忽略）。下面的模型接收一个批量字典，里面有一个字符串，还有一个只能按关键字传入的 mask：
+
+# %%
+class MaskedClassifier(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, batch, *, mask):
+        return self.fc(batch["features"] * mask)
+
+
+batch = {"features": torch.randn(2, 8), "label": "cat"}
+masked = summary(MaskedClassifier(), input_data=(batch,), input_kwargs={"mask": torch.ones(8)})
+print(masked)
+assert masked.input_shape == [{"features": [2, 8], "label": "cat"}, {"mask": [8]}]
+
+# %% [markdown]
+# ### 钩子与 `torch.compile`
+#
+# 在编译后的模型第一次调用**之前**注册的钩子会触发；在第一次调用**之后**才加的钩子不会触发：之后的调用复用的编译代码是在没有它的时候生成的。
+
+# %%
+fired = []
+early = nn.Sequential(nn.Linear(3, 4), nn.ReLU())
+early[0].register_forward_hook(lambda *args: fired.append("registered before"))
+torch.compile(early, backend="eager")(torch.randn(2, 3))
+
+late = nn.Sequential(nn.Linear(3, 4), nn.ReLU())
+compiled = torch.compile(late, backend="eager")
+compiled(torch.randn(2, 3))
+late[0].register_forward_hook(lambda *args: fired.append("registered after"))
+compiled(torch.randn(2, 3))
+print(fired)
+assert fired == ["registered before"]
+
+# %% [markdown]
+# `summary` 的钩子是后加的，所以它通过编译后的模型所包装的模块（`_orig_mod`）来统计；编译过的子模块则用 `torch.compiler.set_stance("force_eager")` 运行，这样执行的是它们的 Python 代码，钩子也会触发。编译的那部分里每一层都被调用了：
+
+# %%
+with_compiled_part = nn.Sequential(compiled, nn.Linear(4, 2))
+rows = summary(with_compiled_part, input_size=(2, 3)).rows
+print([(row.name, row.calls) for row in rows])
+assert all(row.calls == 1 for row in rows)
+
+# %% [markdown]
+# 各行也是数据：`name`、`type`、`input_shape`、`output_shape`、`params`、`trainable_params`、`unused_params`、`calls`（以及 `calls > 1` 时为真的 `reused`）、`aliases`、`note`。问答里那个模型的第一层注册在两个名字下：
 
 # %%
 conv_row = diagnosis.rows[2]
