@@ -361,6 +361,9 @@ def copy_machinery(where: Path, pages=("definition/index.py",)) -> None:
     for language in LANGUAGES:
         (where / "docs" / language).mkdir(parents=True)
         (where / "docs" / language / "index.md").write_text("# Preview\n", encoding="utf-8")
+        for page in (DOCS / language).glob("*.md"):  # the other Markdown pages the nav lists
+            if page.name != "index.md":
+                shutil.copy(page, where / "docs" / language / page.name)
 
 
 def copy_pages(where: Path, chapters) -> None:
