@@ -12,8 +12,7 @@ the floor:
   as it returns (lazy: nothing read yet) and with one byte of every page
   touched (a complete load); with ``MAP_SHARED`` instead of the default
   ``MAP_PRIVATE`` (``torch.serialization.set_default_mmap_options``); and
-  ``load_on_meta``, which first warms the page cache with one sequential read
-  (``warm_page_cache``);
+  ``load_on_meta`` after ``warm_page_cache`` (one sequential read first);
 - safetensors: ``load_file`` + ``load_state_dict(assign=True)`` into a meta
   model, lazy, touched, and after ``warm_page_cache``.
 
@@ -21,14 +20,15 @@ the floor:
 cache before each run (``posix_fadvise(DONTNEED)``, no root needed), and
 checks with ``mincore`` that the drop worked. Then the save times: plain
 ``torch.save``, ``torch.save`` + fsync, and the atomic ``save_checkpoint``.
-Where CUDA is present, a third table loads onto the GPU. The temporary files
-are removed at the end.
+Where CUDA is present, a third table loads onto the GPU. Last, what checking
+the file's CRC-32s costs (``load_checkpoint`` does, before ``torch.load``)
+next to ``torch.load`` itself. The temporary files are removed at the end.
 
 Not in the tables: ``posix_fadvise(WILLNEED)`` chunk by chunk before mapping
 (Linux reads at most the readahead window per call). Tried on Linux 6.18 it
 was 1.7-2.5x the floor cold, and it slowed the loads timed after it.
 
-    python -m benchmarks.checkpoint_load [--size-mb 256] [--repeats 5] [--cold]
+    python -m benchmarks.checkpoint_load [--size-mb 256] [--repeats 5] [--cold] [--crc-only]
 """
 
 import argparse
@@ -47,7 +47,8 @@ from torch import nn
 
 from tutorials_pkg.measure import seconds_each
 from tutorials_pkg.save_load import (
-    drop_from_page_cache, load_on_meta, save_checkpoint, touch_every_page, warm_page_cache,
+    drop_from_page_cache, load_on_meta, read_checkpoint, save_checkpoint, touch_every_page,
+    warm_page_cache,
 )
 
 WIDTH = 4096  # one Linear(4096, 4096) holds 64 MiB of float32 weights
@@ -102,7 +103,9 @@ def load_recipes(checkpoint: Path, tensors: Path, layers: int, buffer: bytearray
 
     def mapped(warm=False, touch=True):
         def run():
-            model = load_on_meta(checkpoint, lambda: build(layers, width), warm=warm)
+            if warm:
+                warm_page_cache(checkpoint)
+            model = load_on_meta(checkpoint, lambda: build(layers, width))
             if touch:
                 touch_every_page(model)
             return model
@@ -131,7 +134,7 @@ def load_recipes(checkpoint: Path, tensors: Path, layers: int, buffer: bytearray
         "meta + mmap + assign (lazy, as returned)": mapped(touch=False),
         "meta + mmap + assign, every page touched": mapped(),
         "  the same with MAP_SHARED": mapped_shared,
-        "load_on_meta (warm_page_cache first), touched": mapped(warm=True),
+        "warm_page_cache + load_on_meta, touched": mapped(warm=True),
         "safetensors + assign (lazy, as returned)": safetensors(touch=False),
         "safetensors + assign, every page touched": safetensors(),
         "safetensors after warm_page_cache, touched": safetensors(warm=True),
@@ -192,11 +195,30 @@ def report(title: str, recipes: dict, repeats: int, before=None, device: str = "
     return times
 
 
+def crc_cost(checkpoint: Path, repeats: int) -> float:
+    """Print and return what checking the CRC-32s costs, as a fraction of ``torch.load``'s time."""
+    import zipfile
+
+    def check():
+        with zipfile.ZipFile(checkpoint) as archive:
+            assert archive.testzip() is None
+
+    loads = {"torch.load(weights_only=True)": lambda: torch.load(checkpoint, weights_only=True),
+             "CRC-32 check of every record (zipfile)": check,
+             "read_checkpoint (check + torch.load)": lambda: read_checkpoint(checkpoint)}
+    times = [statistics.median(r) for r in seconds_each(list(loads.values()), repeats)]
+    print(f"\ncost of the CRC-32 check, warm page cache (median of {repeats})")
+    for name, seconds in zip(loads, times):
+        print(f"  {name:50} {seconds:9.3f} s  {seconds / times[0]:5.2f}x torch.load")
+    return times[1] / times[0]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mb", type=int, default=256, help="checkpoint size, at least 200")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--cold", action="store_true", help="also time with the file dropped from the cache")
+    parser.add_argument("--crc-only", action="store_true", help="only the cost of the CRC-32 check")
     args = parser.parse_args()
     if args.size_mb < 200:
         parser.error("--size-mb must be at least 200")
@@ -215,6 +237,9 @@ def main() -> None:
         print(f"checkpoint: {size / 1e6:.0f} MB ({layers} x Linear({WIDTH}, {WIDTH})), "
               f"safetensors file {tensors.stat().st_size / 1e6:.0f} MB")
 
+        if args.crc_only:
+            crc_cost(checkpoint, args.repeats)
+            return
         buffer = bytearray(max(size, tensors.stat().st_size))
         recipes = load_recipes(checkpoint, tensors, layers, buffer)
         residency = resident_fraction(checkpoint)
@@ -258,6 +283,7 @@ def main() -> None:
         base = times["torch.save (no fsync)"]
         for name, seconds in times.items():
             print(f"  {name:50} {seconds:9.3f} s  {seconds / base:5.2f}x plain")
+        crc_cost(checkpoint, args.repeats)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
         print("\ntemporary files removed")

@@ -207,7 +207,7 @@ def test_several_inputs_by_shape_and_by_data():
 def test_both_kinds_of_input_or_none_are_refused():
     with pytest.raises(ValueError, match="pass input_size or input_data, not both"):
         summary(nn.Linear(3, 2), input_size=(1, 3), input_data=torch.randn(1, 3))
-    with pytest.raises(ValueError, match=r"pass input_size \(a shape .*input_data .* or input_kwargs"):
+    with pytest.raises(ValueError, match=r"pass input_size \(a shape .*input_data .*input_kwargs"):
         summary(nn.Linear(3, 2))
 
 
@@ -224,7 +224,8 @@ def test_input_data_that_is_neither_a_tensor_nor_a_tuple_is_refused_with_the_cal
         data, got):
     with pytest.raises(TypeError, match=rf"input_data takes a tensor, or a tuple of the model's "
                                         rf"positional arguments; {got}: to pass it as the "
-                                        rf"model's one argument, wrap it in a tuple, input_data=\(x,\)"):
+                                        rf"model's one argument, wrap it in a tuple, "
+                                        rf"input_data=\(x,\)"):
         summary(nn.Linear(3, 2), input_data=data)
     if isinstance(data, dict):
         with pytest.raises(TypeError, match="pass keyword arguments as input_kwargs"):
@@ -714,3 +715,24 @@ def test_torchinfo_counts_a_tied_weight_twice():
     theirs = torchinfo.summary(Tied(), input_data=tokens, verbose=0).total_params
     assert theirs == count_parameters(Tied()) + 10 * 4 == 90
     assert summary(Tied(), input_data=tokens).total_params == 50
+
+
+def test_dataparallel_and_compile_wrappers_are_unwrapped():
+    model, compiled = compiled_and_called()
+    result = summary(nn.DataParallel(compiled), input_size=(2, 3))
+    assert [row.name for row in result.rows] == ["", "0", "1", "2"] and result.compiled
+    plain = summary(nn.DataParallel(model), input_size=(2, 3))
+    assert not plain.compiled and plain.total_params == count_parameters(model)
+
+
+def test_a_module_without_parameters_that_is_not_called_is_only_not_called():
+    class SpareActivation(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.spare = nn.Linear(3, 3), nn.GELU()
+
+        def forward(self, x):
+            return self.fc(x)
+
+    rows = {row.name: row for row in summary(SpareActivation(), input_size=(1, 3)).rows}
+    assert rows["spare"].note == "not called" and rows["fc"].note == ""

@@ -9,6 +9,7 @@ from tutorials_pkg.blocks.mobilenet import MobileNetV1, MobileNetV2
 from tutorials_pkg.demo_models import TiedEmbeddingNet
 from tutorials_pkg.surgery import (
     ExtraInputNet,
+    ExtraInputNetOnLogits,
     ExtraOutputNet,
     ExtraOutputNetThatDropsHead,
     ExtraOutputNetWithUnusedLayer,
@@ -21,6 +22,7 @@ from tutorials_pkg.surgery import (
     module_names,
     replace_module,
     replace_modules_of_type,
+    train_only,
     trainable_parameter_names,
 )
 
@@ -441,3 +443,108 @@ def test_pretrained_true_stands_for_the_v1_weights_not_the_default(monkeypatch):
         resnet18(pretrained=False)
     assert any(w.category is UserWarning and "'pretrained' is deprecated since 0.13" in str(w.message)
                for w in caught)
+
+
+def test_weights_and_another_num_classes_are_refused_before_any_download(monkeypatch):
+    """The page's failing cell: torchvision checks num_classes before it fetches the weights."""
+    from torchvision.models import ResNet18_Weights
+    from torchvision.models._api import WeightsEnum
+
+    def refuse_download(self, *args, **kwargs):
+        raise AssertionError("a download was attempted")
+
+    monkeypatch.setattr(WeightsEnum, "get_state_dict", refuse_download)
+    for weights in (ResNet18_Weights.DEFAULT, "DEFAULT"):
+        with pytest.raises(ValueError, match="'num_classes' expected value 1000 but got 10"):
+            resnet18(weights=weights, num_classes=10)
+
+
+def test_load_the_weights_then_replace_the_head_keeps_the_backbone():
+    downloaded = resnet18(weights=None).state_dict()
+    model = resnet18(weights=None)
+    model.load_state_dict(downloaded)
+    model.fc = nn.Linear(model.fc.in_features, 10)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in downloaded.items()
+               if not k.startswith("fc."))
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_a_new_head_needs_the_models_dtype_and_device(device, images):
+    model = resnet18(weights=None).double().eval().to(device)
+    x = images.double().to(device)
+    plain = copy.deepcopy(model)
+    replace_module(plain, "fc", classifier_head(plain.fc.in_features, 10))  # float32, on the CPU
+    with pytest.raises(RuntimeError, match="dtype|device|same"):
+        plain(x)
+    head = classifier_head(model.fc.in_features, 10).to(model.fc.weight)
+    assert head.fc1.weight.dtype == torch.float64 and head.fc1.weight.device == model.fc.weight.device
+    replace_module(model, "fc", head.eval())
+    assert model(x).shape == (3, 10)
+
+
+def test_model_train_each_epoch_moves_frozen_batch_norm_and_train_only_does_not(images):
+    model = resnet18(weights=None, num_classes=10)
+    freeze_except(model, "fc")
+    model.train()  # what an epoch loop starts with
+    before = model.bn1.running_mean.clone()
+    with torch.no_grad():
+        model(images)
+    assert not torch.equal(model.bn1.running_mean, before)
+    assert train_only(model, "fc") is model
+    assert model.fc.training and not model.bn1.training and not model.layer4[1].bn2.training
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        model(images)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    with pytest.raises(KeyError, match="close names"):
+        train_only(model, "fc2")
+
+
+def test_extra_output_net_keeps_only_the_heads_name_and_runs_the_whole_model(base, images):
+    wrapper = ExtraOutputNet(copy.deepcopy(base))
+    assert wrapper.head == "fc" and isinstance(wrapper.model.fc, nn.Linear)
+    assert torch.equal(wrapper(images)[0], base(images))
+
+
+def test_the_tutorials_extra_input_model_joins_the_scalar_to_the_logits_not_the_features(images):
+    model = ExtraInputNetOnLogits(resnet18(weights=None)).eval()
+    seen = []
+    model.fc_add.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    probabilities = model(images, torch.ones(3))
+    assert seen[0].shape == (3, 1001) and torch.equal(seen[0][:, -1], torch.ones(3))
+    assert (seen[0][:, :1000] >= 0).all()  # after the ReLU
+    assert torch.allclose(probabilities.sum(dim=1), torch.ones(3))
+    fixed = ExtraInputNet(resnet18(weights=None), extra_features=1)
+    assert fixed.fc.in_features == 512 + 1
+
+
+def test_a_body_sliced_from_children_loses_what_forward_does_in_code():
+    from torchvision.models import mobilenet_v2
+
+    x = torch.randn(2, 3, 64, 64)
+    resnet, mobile = resnet18(weights=None).eval(), mobilenet_v2(weights=None).eval()
+    with torch.no_grad():
+        assert nn.Sequential(*list(resnet.children())[:-1])(x).shape == (2, 512, 1, 1)
+        assert nn.Sequential(*list(mobile.children())[:-1])(x).shape == (2, 1280, 2, 2)
+        resnet.fc, mobile.classifier = nn.Identity(), nn.Identity()
+        assert resnet(x).shape == (2, 512) and mobile(x).shape == (2, 1280)
+
+
+def test_calling_forward_directly_skips_hooks_and_extra_output_net_says_so():
+    calls = []
+    layer = nn.Linear(4, 2)
+    layer.register_forward_hook(lambda module, args, output: calls.append(module))
+    layer(torch.randn(1, 4))
+    layer.forward(torch.randn(1, 4))
+    assert len(calls) == 1
+
+    class CallsForwardDirectly(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.fc.forward(x)
+
+    with pytest.raises(RuntimeError, match="'fc' ran 0 times"):
+        ExtraOutputNet(CallsForwardDirectly())(torch.randn(1, 4))

@@ -8,13 +8,13 @@ definition, surgery, save_load and intermediate.
 from collections import OrderedDict
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 __all__ = ["DigitsCNN", "accuracy", "digits_classifier", "load_digits_tensors",
            "split_train_test", "train_epoch"]
 
 
-def load_digits_tensors(flatten: bool = False) -> tuple[Tensor, Tensor]:
+def load_digits_tensors(flatten: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """The 1,797 digits as ``(images, labels)``, pixels in [0, 1].
 
     Images are ``(N, 1, 8, 8)``, or ``(N, 64)`` vectors with ``flatten=True``.
@@ -28,8 +28,8 @@ def load_digits_tensors(flatten: bool = False) -> tuple[Tensor, Tensor]:
     return (images.flatten(1) if flatten else images), labels
 
 
-def split_train_test(x: Tensor, y: Tensor, test_fraction: float = 0.25,
-                     seed: int = 0) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def split_train_test(x: torch.Tensor, y: torch.Tensor, test_fraction: float = 0.25,
+                     seed: int = 0) -> tuple[torch.Tensor, ...]:
     """``(x_train, y_train, x_test, y_test)``, a random ``test_fraction`` held out. Used by: intermediate."""
     if not 0 < test_fraction < 1:
         raise ValueError(f"test_fraction must be between 0 and 1, got {test_fraction}")
@@ -41,12 +41,8 @@ def split_train_test(x: Tensor, y: Tensor, test_fraction: float = 0.25,
 
 def digits_classifier(hidden: int = 32, dropout: float = 0.1) -> nn.Sequential:
     """A small classifier for the digits as 64-number vectors (10 classes). Used by: save_load."""
-    return nn.Sequential(OrderedDict([
-        ("fc1", nn.Linear(64, hidden)),
-        ("relu", nn.ReLU()),
-        ("dropout", nn.Dropout(dropout)),
-        ("fc2", nn.Linear(hidden, 10)),
-    ]))
+    return nn.Sequential(OrderedDict(fc1=nn.Linear(64, hidden), relu=nn.ReLU(),
+                                     dropout=nn.Dropout(dropout), fc2=nn.Linear(hidden, 10)))
 
 
 class DigitsCNN(nn.Module):
@@ -65,18 +61,15 @@ class DigitsCNN(nn.Module):
         self.pool2 = nn.MaxPool2d(2)  # 4×4 -> 2×2
         self.fc = nn.Linear(16 * 2 * 2, num_classes)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.pool1(self.relu1(self.conv1(x)))
         x = self.pool2(self.relu2(self.conv2(x)))
         return self.fc(torch.flatten(x, 1))
 
 
-def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor,
-                generator: torch.Generator, batch_size: int = 64) -> float:
-    """One pass over ``(x, y)`` in an order drawn from ``generator``; return the mean loss.
-
-    Used by: save_load (resuming a run), intermediate (training the CNN).
-    """
+def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
+                y: torch.Tensor, generator: torch.Generator, batch_size: int = 64) -> float:
+    """One pass over ``(x, y)`` in an order drawn from ``generator``; return the mean loss."""
     model.train()
     order = torch.randperm(len(x), generator=generator)
     total = 0.0
@@ -91,6 +84,6 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor, y
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     """Fraction of ``x`` that ``model`` classifies as ``y``. Used by: intermediate."""
     return (model(x).argmax(dim=1) == y).float().mean().item()

@@ -1,24 +1,21 @@
 """Chapter: saving and loading.
 
 Checkpoints are dictionaries of ``state_dict``s, written atomically and read
-with ``weights_only=True``; every check runs before anything changes.
+with ``weights_only=True``. ``load_checkpoint`` is a tool: it takes the files
+readers bring (its own, Lightning-style, bare ``state_dict``s; saved through any
+wrapper) and refuses, before it changes anything, what does not fit. Its core,
+``load_weights``, is the recipe the pages show.
 """
 
-import argparse
 import difflib
-import glob
-import io
 import os
-import pickle
-import stat
-import sys
-import types
-import uuid
+import re
+import shutil
+import tempfile
 import warnings
 import zipfile
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
-from pathlib import Path
 from typing import NamedTuple
 
 import torch
@@ -26,21 +23,18 @@ from torch import nn
 from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
 from tutorials_pkg.digits import digits_classifier, train_epoch
-
-try:
-    import fcntl
-except ImportError:  # Windows: no advisory locks, so leftovers are not cleaned up
-    fcntl = None
+from tutorials_pkg.unwrap import unwrap_model
 
 __all__ = [
-    "CheckpointMismatchError", "Run", "TruncatedCheckpointError", "WRAPPER_PREFIXES",
+    "CheckpointMismatchError", "CorruptCheckpointError", "NotACheckpointError", "Run",
+    "TruncatedCheckpointError", "WRAPPER_PREFIXES", "check_loads_with_weights_only",
     "check_state_dict", "convert_to_state_dicts", "copy_state_dict", "digits_run",
     "drop_from_page_cache", "filter_state_dict", "in_page_cache", "load_checkpoint",
-    "load_on_meta", "misspelt_visible_devices", "restore_run_state", "run_state",
-    "save_atomically", "save_checkpoint", "select_gpus",
+    "load_on_meta", "load_weights", "misspelt_visible_devices", "read_checkpoint",
+    "restore_run_state", "run_state", "save_atomically", "save_checkpoint", "select_gpus",
     "strip_prefix", "strip_prefix_by_replacing_anywhere", "strip_prefix_by_slicing_every_key",
-    "strip_prefix_with_a_misspelt_name", "strip_wrapper_prefixes", "touch_every_page",
-    "train_run", "unwrap_model", "warm_page_cache",
+    "strip_prefix_with_a_misspelt_name", "strip_wrapper_prefixes",
+    "touch_every_page", "train_run", "warm_page_cache",
 ]
 
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DataParallel / DDP, torch.compile
@@ -50,112 +44,43 @@ WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DataParallel / DDP, torch.compil
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module,
                     optimizer: torch.optim.Optimizer | None = None, **meta) -> None:
-    """Save ``model`` (and ``optimizer``) state and ``meta`` (epoch, ...) to ``path``, atomically."""
+    """Save ``model``'s (and ``optimizer``'s) state and ``meta`` (epoch, ...) to ``path``, atomically."""
+    if not isinstance(optimizer, (torch.optim.Optimizer, type(None))):  # optimizer={...} as meta
+        raise TypeError(f"optimizer= is the optimizer, not a {type(optimizer).__name__}: rename it")
     checkpoint = {"model": model.state_dict(), **meta}
     if optimizer is not None:
         checkpoint["optimizer"] = optimizer.state_dict()
-    save_atomically(checkpoint, path, weights_only=True)
+    save_atomically(checkpoint, path)
 
 
-def save_atomically(obj: object, path: str | os.PathLike, weights_only: bool = False) -> None:
-    """``torch.save(obj, path)`` so that ``path`` is either the old file or the complete new one.
-
-    ``weights_only=True``: only if ``torch.load(weights_only=True)`` can read it back.
-    """
-    target = Path(os.path.realpath(path))
-    _remove_leftovers(target)
-    temporary = target.with_name(f"{_temporary_prefix(target)}{uuid.uuid4().hex[:8]}.tmp")
+def save_atomically(obj, path: str | os.PathLike) -> None:
+    """``torch.save(obj, path)``, but ``path`` holds the old file or the whole new one, never half."""
+    check_loads_with_weights_only(obj)  # refuse now what torch.load would refuse later
+    target = os.path.realpath(path)  # through a symlink: replace the file it points to
+    folder, name = os.path.split(target)  # one temporary name: the next save replaces a killed one's
+    temporary = os.path.join(folder, f".{os.fsencode(name)[:200].decode(errors='ignore')}.tmp")
     try:
-        try:
-            file = open(temporary, "xb")
-        except OSError as error:  # name the caller's path, not the temporary one
-            raise OSError(error.errno, error.strerror, os.fspath(path)) from error
-        with file:
-            if fcntl is not None:
-                fcntl.flock(file, fcntl.LOCK_EX)  # "a save is writing this": see _remove_leftovers
-            if target.exists() and os.chmod in os.supports_fd:
-                os.chmod(file.fileno(), stat.S_IMODE(target.stat().st_mode))
-            torch.save(obj, file)
+        with open(temporary, "wb") as file:
+            if os.path.exists(target):
+                shutil.copymode(target, temporary)  # keep the file's permissions
+            torch.save(obj, file)  # it stores a CRC-32 of each tensor's bytes
             file.flush()
-            if weights_only:
-                _check_loads_weights_only(temporary, obj, path)
-            os.fsync(file.fileno())
-        os.replace(temporary, target)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
+            os.fsync(file.fileno())  # on the disk before it takes the old file's place
+        os.replace(temporary, target)  # atomic: readers see the old file or the new one
+    except BaseException as error:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        if getattr(error, "filename", None) == temporary:  # name the caller's path instead
+            raise type(error)(error.errno, error.strerror, os.fspath(path)) from error
         raise
-    if os.name == "posix":  # make the rename itself durable
-        directory = os.open(target.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
 
 
-def _temporary_prefix(target: Path) -> str:
-    """``.<name>.``, the name shortened so that the temporary name fits the file system's limit."""
-    try:
-        limit = os.pathconf(target.parent, "PC_NAME_MAX")
-    except (AttributeError, OSError, ValueError):
-        limit = 255
-    name = os.fsencode(target.name)[: limit - len("..12345678.tmp")]
-    return f".{os.fsdecode(name)}."
-
-
-def _remove_leftovers(target: Path) -> None:
-    """Delete the temporary files of killed saves of ``target``: those no live save holds locked."""
-    if fcntl is None:
-        return
-    prefix = _temporary_prefix(target)
-    for leftover in target.parent.glob(glob.escape(prefix) + "*.tmp"):
-        token = leftover.name[len(prefix):-len(".tmp")]
-        if not token or token.strip("0123456789abcdef"):
-            continue  # not a name that save_atomically makes
-        try:
-            with open(leftover, "rb") as file:
-                fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)  # fails while its save runs
-                leftover.unlink()
-        except OSError:  # locked by a save in progress, gone already, or not ours to delete
-            continue
-
-
-def _check_loads_weights_only(written: Path, obj: object, path: str | os.PathLike) -> None:
-    try:
-        torch.load(written, weights_only=True, mmap=True)  # mapped: the tensors' bytes are not read
-    except pickle.UnpicklingError as error:
-        where, value = _refused_entry(obj, "checkpoint")
-        kind = f"{type(value).__module__}.{type(value).__qualname__}"
-        raise TypeError(f"{where} is a {kind}, which torch.load(weights_only=True) refuses; "
-                        f"store {_instead(value)} instead ({path} was not changed)") from error
-
-
-def _refused_entry(value: object, where: str) -> tuple[str, object]:
-    """The innermost entry of ``value`` that ``torch.load(weights_only=True)`` refuses, and where it is."""
-    if isinstance(value, Mapping):
-        items = value.items()
-    elif isinstance(value, (list, tuple)):
-        items = enumerate(value)
-    else:
-        return where, value
-    for key, item in items:
-        buffer = io.BytesIO()
-        torch.save(item, buffer)
-        buffer.seek(0)
-        try:
-            torch.load(buffer, weights_only=True)
-        except pickle.UnpicklingError:
-            return _refused_entry(item, f"{where}[{key!r}]")
-    return where, value
-
-
-def _instead(value: object) -> str:
-    if type(value).__module__.partition(".")[0] == "numpy":
-        return "torch.from_numpy(x) or x.tolist()" if type(value).__name__ == "ndarray" else "float(x) or int(x)"
-    if isinstance(value, os.PathLike):
-        return "str(path)"
-    if isinstance(value, (argparse.Namespace, types.SimpleNamespace)):
-        return "vars(args)"
-    return "numbers, strings, tensors, or lists and dicts of them"
+def check_loads_with_weights_only(obj) -> None:
+    """Raise torch's ``UnpicklingError``, which names the global, if ``torch.load`` would refuse ``obj``."""
+    with tempfile.TemporaryFile() as file, torch.serialization.skip_data():  # no tensor bytes
+        torch.save(obj, file)
+        file.seek(0)
+        torch.load(file, weights_only=True, map_location="meta")  # meta: no memory, no GPU
 
 
 # --- Loading --------------------------------------------------------------------------------
@@ -168,132 +93,126 @@ class TruncatedCheckpointError(ValueError):
     """The file is empty or cut short, e.g. by a crash during a plain ``torch.save``."""
 
 
+class NotACheckpointError(ValueError):
+    """The file is not one ``torch.save`` wrote (text, JSON, NumPy, a plain pickle, ...)."""
+
+
+class CorruptCheckpointError(ValueError):
+    """The file's bytes differ from those ``torch.save`` wrote: their CRC-32 says so."""
+
+
 def load_checkpoint(path: str | os.PathLike, model: nn.Module,
                     optimizer: torch.optim.Optimizer | None = None,
                     map_location: str | torch.device | None = "cpu", strict: bool = True) -> dict:
-    """Load a checkpoint into ``model`` (and ``optimizer``); return the rest of it (epoch, ...)."""
-    checkpoint = _read(path, map_location=map_location)
-    state_dict = _model_state(checkpoint, path)
+    """Load a checkpoint into ``model`` (and ``optimizer``); return the rest of it (epoch, ...).
+
+    Before it changes anything it checks the file (a ``torch.save`` file, whole, its CRC-32s),
+    the weights' names and shapes, and the optimizer state's kind, group sizes
+    and per-parameter shapes. ``load_weights`` does the loading.
+    """
+    checkpoint = read_checkpoint(path, map_location)
+    key, state_dict = _model_state(checkpoint, path)
+    target = unwrap_model(model)
+    state_dict = strip_wrapper_prefixes(state_dict, target)
+    missing, unexpected = check_state_dict(target, state_dict, strict=strict, source=str(path))
     if optimizer is not None:
         if "optimizer" not in checkpoint:
             raise KeyError(f"{path} has no optimizer state; it holds {sorted(checkpoint)}")
         _check_optimizer_state(optimizer, checkpoint["optimizer"], path)
-    target = unwrap_model(model)
-    state_dict = strip_wrapper_prefixes(state_dict, target)
-    missing, unexpected = check_state_dict(target, state_dict, strict=strict, source=str(path))
-    target.load_state_dict(state_dict, strict=strict)
+    load_weights(target, state_dict, strict=strict)
     if optimizer is not None:
         optimizer.load_state_dict(checkpoint["optimizer"])
     if missing or unexpected:
         warnings.warn(f"{path} loaded with strict=False: not in the file, left as they were: "
                       f"{_listing(missing)}; not in the model, ignored: {_listing(unexpected)}",
                       stacklevel=2)
-    if "model" not in checkpoint:
-        return {}
-    return {key: value for key, value in checkpoint.items() if key not in ("model", "optimizer")}
+    return {} if key is None else {k: v for k, v in checkpoint.items() if k not in (key, "optimizer")}
 
 
-def _read(path: str | os.PathLike, **kwargs) -> object:
-    """``torch.load(path, weights_only=True)``, with an error that names an empty or cut-short file."""
+def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device | None = "cpu",
+                    mmap: bool = False) -> object:
+    """``torch.load(path, weights_only=True)``, refusing with a clear error a file that is not a
+    ``torch.save`` file, is empty or cut short, or whose bytes fail their CRC-32 (not checked
+    when ``mmap``: that would read the whole file)."""
+    with open(path, "rb") as file:
+        head = file.read(4)
+    if not head:
+        raise TruncatedCheckpointError(f"{path} is empty (0 bytes)")
+    if head == b"PK\x03\x04" and not zipfile.is_zipfile(path):
+        raise TruncatedCheckpointError(
+            f"{path} is cut short: its {os.path.getsize(path):,} bytes do not end like a torch.save "
+            "file (a zip archive); a save or a copy stopped half-way")
+    if head == b"PK\x03\x04":
+        with zipfile.ZipFile(path) as archive:
+            records = archive.infolist()
+            if not any(record.filename.endswith("/data.pkl") for record in records):
+                raise NotACheckpointError(f"{path} is a zip archive, but not one torch.save wrote "
+                                          "(it has no data.pkl)")
+            if not mmap and any(record.CRC for record in records):  # 0: saved without CRC-32s
+                _check_crc32(archive, path)
+    elif head != b"\x80\x02\x8a\x0a":  # the start of torch.save's format before zip (torch < 1.6)
+        raise NotACheckpointError(
+            f"{path} is not a PyTorch checkpoint: torch.save writes a zip archive with a pickle in "
+            f"it, and this file starts with {head!r}. Open it with what wrote it (json, numpy.load, ...)")
+    return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+
+
+def _check_crc32(archive: zipfile.ZipFile, path) -> None:
+    """Read every record of ``archive`` (a torch.save file), checking it against its CRC-32.
+
+    torch.save stores them, and torch.load does not check them: bytes changed on the disk load.
+    """
     try:
-        return torch.load(path, weights_only=True, **kwargs)
-    except (EOFError, OSError, RuntimeError) as error:
-        size = os.path.getsize(path) if os.path.isfile(path) else None
-        if size == 0:
-            raise TruncatedCheckpointError(f"{path} is empty (0 bytes)") from error
-        if size is not None and not zipfile.is_zipfile(path):
-            raise TruncatedCheckpointError(
-                f"{path} is cut short: its {size:,} bytes do not end like a torch.save file "
-                "(a zip archive); a save or a copy stopped half-way") from error
-        raise
+        damaged = archive.testzip()
+    except (zipfile.BadZipFile, OSError) as error:  # a record's header is damaged
+        raise CorruptCheckpointError(f"{path} is damaged: {error}; use another copy") from error
+    if damaged is not None:
+        raise CorruptCheckpointError(f"{path} is damaged: the bytes of {damaged} are not those "
+                                     "torch.save wrote (their CRC-32 differs); use another copy")
 
 
-def _model_state(checkpoint: object, path: str | os.PathLike) -> Mapping:
-    """The model's ``state_dict`` in a checkpoint: its ``"model"`` entry, or the whole file."""
+MODEL_KEYS = ("model", "state_dict", "model_state_dict")  # ours, Lightning's, a common hand-made one
+
+
+def _model_state(checkpoint: object, path) -> tuple[str | None, Mapping]:
+    """Where the model's ``state_dict`` is in a checkpoint: its key (None: the whole file), and it."""
     if not isinstance(checkpoint, Mapping):
         raise TypeError(f"{path} holds a {type(checkpoint).__name__}, not a checkpoint dictionary")
-    if "model" in checkpoint:
-        return checkpoint["model"]
+    for key in MODEL_KEYS:
+        if isinstance(checkpoint.get(key), Mapping):
+            return key, checkpoint[key]
     if checkpoint and all(isinstance(value, torch.Tensor) or str(key).endswith("_extra_state")
                           for key, value in checkpoint.items()):
-        return checkpoint  # a bare state_dict
-    raise ValueError(f"{path} holds no model weights: no 'model' entry, and not every entry is a "
-                     f"tensor (it holds {_listing(sorted(map(str, checkpoint)))})")
+        return None, checkpoint  # a bare state_dict
+    holders = [str(key) for key, value in checkpoint.items() if isinstance(value, Mapping)
+               and value and all(isinstance(v, torch.Tensor) for v in value.values())]
+    hint = f"; the tensors are under {holders}: pass checkpoint[{holders[0]!r}]" if holders else ""
+    raise ValueError(f"{path} holds no model weights: no entry named {' / '.join(MODEL_KEYS)}, and "
+                     f"not every entry is a tensor (it holds {_listing(sorted(map(str, checkpoint)))})"
+                     f"{hint}")
 
 
 def _check_optimizer_state(optimizer: torch.optim.Optimizer, state: Mapping, path) -> None:
-    saved = [len(group["params"]) for group in state["param_groups"]]
-    current = [len(group["params"]) for group in optimizer.param_groups]
-    if saved != current:
-        raise ValueError(f"{path}: the optimizer state has {len(saved)} parameter groups of {saved} "
-                         f"parameters, the optimizer {len(current)} of {current}; build the "
+    """Refuse optimizer state that ``optimizer.load_state_dict`` would take and then fail on, or
+    load wrong: another kind of optimizer, other group sizes, parameters in another order."""
+    saved, groups = state["param_groups"], optimizer.param_groups
+    if [len(g["params"]) for g in saved] != [len(g["params"]) for g in groups]:
+        raise ValueError(f"{path}: the optimizer state has {len(saved)} parameter groups of "
+                         f"{[len(g['params']) for g in saved]} parameters, the optimizer "
+                         f"{len(groups)} of {[len(g['params']) for g in groups]}; build the "
                          "optimizer as it was built when the checkpoint was saved")
-
-
-def filter_state_dict(state_dict: Mapping[str, torch.Tensor],
-                      model: nn.Module) -> tuple[dict, dict[str, str]]:
-    """The entries of ``state_dict`` that fit ``model`` by name and shape, and why each other one does not.
-
-    The kept names fit ``unwrap_model(model)``.
-    """
-    if not isinstance(state_dict, Mapping):
-        raise TypeError(f"state_dict must be a mapping of names to tensors, not {type(state_dict).__name__}")
-    target = unwrap_model(model)
-    expected = target.state_dict()
-    kept, dropped = {}, {}
-    for key, value in strip_wrapper_prefixes(state_dict, target).items():
-        if key not in expected:
-            dropped[key] = "not in the model"
-        elif _shape(value) != _shape(expected[key]):
-            dropped[key] = f"shape {_shape(value)} in the checkpoint, {_shape(expected[key])} in the model"
-        else:
-            kept[key] = value
-    if not kept:
-        hint = "; pass checkpoint['model']" if "model" in state_dict else ""
-        raise CheckpointMismatchError(f"nothing in the state_dict fits {type(target).__name__}: "
-                                      f"{_listing([f'{k} ({why})' for k, why in dropped.items()])}{hint}")
-    return kept, dropped
-
-
-def _shape(value: object) -> tuple[int, ...] | None:
-    return tuple(value.shape) if isinstance(value, torch.Tensor) else None
-
-
-def strip_prefix(state_dict: Mapping[str, torch.Tensor], prefix: str = "module.") -> dict:
-    """A copy of ``state_dict`` with ``prefix`` removed from the start of the keys that have it.
-
-    ``consume_prefix_in_state_dict_if_present`` does the work (in place, so on a
-    copy). A prefix is whole names: ``"module"`` means ``"module."``.
-    """
-    if prefix and not prefix.endswith("."):
-        prefix += "."
-    stripped = OrderedDict(state_dict)
-    metadata = getattr(state_dict, "_metadata", None)
-    if metadata is not None:
-        stripped._metadata = OrderedDict(metadata)
-    consume_prefix_in_state_dict_if_present(stripped, prefix)
-    return stripped
-
-
-def strip_wrapper_prefixes(state_dict: Mapping[str, torch.Tensor], model: nn.Module) -> dict:
-    """Remove ``module.`` / ``_orig_mod.`` from the keys when all keys have it and ``model``'s don't."""
-    expected = model.state_dict().keys()
-    for prefix in WRAPPER_PREFIXES * 2:  # twice: DDP around torch.compile, or the reverse
-        if (all(key.startswith(prefix) for key in state_dict)
-                and not all(key.startswith(prefix) for key in expected)):
-            state_dict = strip_prefix(state_dict, prefix)
-    return state_dict
-
-
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The model inside ``DataParallel`` / DDP (``.module``) and ``torch.compile`` (``._orig_mod``)."""
-    while True:
-        if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
-            model = model.module
-        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
-            model = model._orig_mod
-        else:
-            return model
+    foreign = sorted(set(saved[0]) - set(groups[0]))
+    if foreign:
+        raise ValueError(f"{path}: the optimizer state was saved by another kind of optimizer: it "
+                         f"has settings {foreign}, which {type(optimizer).__name__} does not have")
+    params = dict(zip([i for g in saved for i in g["params"]], [p for g in groups for p in g["params"]]))
+    for index, values in state["state"].items():
+        for name, value in values.items():
+            if isinstance(value, torch.Tensor) and value.dim() and value.shape != params[index].shape:
+                raise ValueError(
+                    f"{path}: the optimizer state of parameter {index} ({name}) has shape "
+                    f"{tuple(value.shape)}, the parameter {tuple(params[index].shape)}: the "
+                    "parameters are not in the order they were in when it was saved")
 
 
 def check_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], strict: bool = True,
@@ -318,9 +237,69 @@ def check_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], s
     return missing, unexpected
 
 
+def _shape(value: object) -> tuple[int, ...] | None:
+    return tuple(value.shape) if isinstance(value, torch.Tensor) else None
+
+
 def _listing(items: list[str], limit: int = 8) -> str:
     more = f" ... and {len(items) - limit} more" if len(items) > limit else ""
     return (", ".join(items[:limit]) or "none") + more
+
+
+# --- The core: loading weights whatever wrapper saved them ------------------------------------
+
+def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], strict: bool = True):
+    """``model.load_state_dict(state_dict)`` whatever wrapper saved it; by assignment on meta."""
+    state_dict = strip_wrapper_prefixes(state_dict, model)
+    tied = {}  # each parameter and its names: tied weights have several
+    for name, parameter in model.named_parameters(remove_duplicate=False):
+        tied.setdefault(parameter, []).append(name)
+    on_meta = any(parameter.is_meta for parameter in tied)  # no memory to copy into
+    result = model.load_state_dict(state_dict, strict=strict, assign=on_meta)
+    for first, *others in tied.values():  # assign=True gives each name its own tensor: tie again
+        for name in others:
+            module, _, leaf = name.rpartition(".")
+            setattr(model.get_submodule(module), leaf, model.get_parameter(first))
+    return result
+
+
+def strip_wrapper_prefixes(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict:
+    """``state_dict`` without the ``module.`` / ``_orig_mod.`` of wrappers, if ``model`` has none."""
+    def bare(key: str) -> str:  # without torch.compile's part, also a compiled child's
+        return ".".join(part for part in key.split(".") if part + "." != WRAPPER_PREFIXES[1])
+
+    names = {bare(key): key for key in model.state_dict()}
+    for prefix in WRAPPER_PREFIXES * 2:  # twice: DDP around torch.compile, or the reverse
+        if not any(bare(key) in names for key in state_dict):  # a layer named module stays
+            state_dict = dict(state_dict)  # a copy: torch's function works in place
+            consume_prefix_in_state_dict_if_present(state_dict, prefix)
+    return {names.get(bare(key), key): value for key, value in state_dict.items()}
+
+
+def strip_prefix(state_dict: Mapping[str, torch.Tensor], prefix: str = "module.") -> dict:
+    """A copy of ``state_dict`` without ``prefix`` at the start of its keys; ``"module"`` means
+    ``"module."`` (torch's ``consume_prefix_in_state_dict_if_present``, on a copy)."""
+    prefix = prefix + "." if prefix and not prefix.endswith(".") else prefix
+    stripped = OrderedDict(state_dict)
+    stripped._metadata = OrderedDict(getattr(state_dict, "_metadata", {}))
+    consume_prefix_in_state_dict_if_present(stripped, prefix)
+    return stripped
+
+
+def filter_state_dict(state_dict: dict[str, torch.Tensor],
+                      model: nn.Module) -> tuple[dict, dict[str, str]]:
+    """What of ``state_dict`` fits ``model`` by name and shape, and why each other entry does not."""
+    model = unwrap_model(model)  # the kept names are those of the model inside any wrapper
+    expected = model.state_dict()
+    state_dict = strip_wrapper_prefixes(state_dict, model)
+    dropped = {key: "not in the model" for key in state_dict if key not in expected}
+    dropped |= {key: f"shape {tuple(value.shape)} in the checkpoint, "
+                     f"{tuple(expected[key].shape)} in the model" for key, value in state_dict.items()
+                if key in expected and getattr(value, "shape", None) != expected[key].shape}
+    kept = {key: value for key, value in state_dict.items() if key not in dropped}
+    if not kept:  # load_state_dict(kept, strict=False) would load nothing and say nothing
+        raise CheckpointMismatchError(f"nothing in it fits the model; it holds {sorted(dropped)[:5]}")
+    return kept, dropped
 
 
 def copy_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -330,30 +309,24 @@ def copy_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def convert_to_state_dicts(path: str | os.PathLike, new_path: str | os.PathLike,
                            allowed: Iterable[type | Callable]) -> list[str]:
-    """Rewrite a file of pickled modules as a checkpoint of their ``state_dict``s; return those keys."""
-    allowed = list(allowed)
-    names = {f"{item.__module__}.{item.__qualname__}" for item in allowed}
-    needed = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-    if not set(needed) <= names:
-        raise pickle.UnpicklingError(f"{path} needs {sorted(set(needed) - names)}, which are not in "
-                                     "allowed; check what they are before you allow them")
-    with torch.serialization.safe_globals(allowed):
+    """Rewrite a file of pickled modules as a checkpoint of their ``state_dict``s; return those keys.
+
+    It loads only if every global the file needs is in ``allowed`` (torch's error names any other).
+    """
+    with torch.serialization.safe_globals(list(allowed)):
         old = torch.load(path, weights_only=True, map_location="cpu")
-    if isinstance(old, nn.Module):
-        old = {"model": old}
+    old = {"model": old} if isinstance(old, nn.Module) else old
     if not isinstance(old, Mapping):
         raise TypeError(f"{path} holds a {type(old).__name__}, neither a module nor a dictionary")
     modules = sorted(key for key, value in old.items() if isinstance(value, nn.Module))
-    new = {key: value.state_dict() if key in modules else value for key, value in old.items()}
-    save_atomically(new, new_path, weights_only=True)
+    torch.save({key: value.state_dict() if key in modules else value for key, value in old.items()},
+               new_path)
     return modules
 
 
 # --- Resuming a run -------------------------------------------------------------------------
 
-class Run(NamedTuple):
-    """What a training run changes as it goes: all of it must be restored to resume exactly."""
-
+class Run(NamedTuple):  # what a training run changes as it goes: resuming restores all of it
     model: nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
@@ -361,7 +334,7 @@ class Run(NamedTuple):
 
 
 def digits_run(seed: int) -> Run:
-    """A new run on the digits whose every random choice comes from ``seed``. Used by: save_load."""
+    """A new run on the digits whose every random choice comes from ``seed``."""
     torch.manual_seed(seed)
     model = digits_classifier()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
@@ -369,8 +342,7 @@ def digits_run(seed: int) -> Run:
     return Run(model, optimizer, scheduler, torch.Generator().manual_seed(seed))
 
 
-def train_run(run: Run, x: torch.Tensor, y: torch.Tensor, epochs: int,
-              losses: list[float]) -> list[float]:
+def train_run(run: Run, x: torch.Tensor, y: torch.Tensor, epochs: int, losses: list) -> list:
     """Train ``run`` for ``epochs`` more epochs, appending each epoch's mean loss to ``losses``."""
     for _ in range(epochs):
         losses.append(train_epoch(run.model, run.optimizer, x, y, run.generator))
@@ -396,22 +368,17 @@ def restore_run_state(run: Run, state: Mapping) -> None:
 
 # --- Loading large files fast ---------------------------------------------------------------
 
-def load_on_meta(path: str | os.PathLike, build: Callable[[], nn.Module],
-                 warm: bool = True) -> nn.Module:
-    """Build a model without memory for its weights, then map them from the file.
-
-    ``warm=False`` skips ``warm_page_cache``: for a model used only in part.
-    """
-    if warm:
-        warm_page_cache(path)
+def load_on_meta(path, build) -> nn.Module:
+    """Build a model (``build()``) without memory for its weights, then map them from ``path``."""
+    if not zipfile.is_zipfile(path):  # mmap needs torch.save's zip format, whole
+        raise ValueError(f"{path} is not a whole torch.save file: empty, cut short?")
     with torch.device("meta"):
         model = build()
-    state_dict = _model_state(_read(path, mmap=True, map_location="cpu"), path)
-    model.load_state_dict(state_dict, assign=True)  # strict: raises on any key mismatch
+    checkpoint = torch.load(path, mmap=True, weights_only=True, map_location="cpu")
+    load_weights(model, checkpoint.get("model", checkpoint))  # strict; assign=True on meta
     left = [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if left:
-        raise ValueError(f"{left} are not in {path} and still have no data; "
-                         "they are non-persistent buffers: build them on CPU")
+        raise ValueError(f"{left}: not in {path}, so still on meta (non-persistent buffers?)")
     return model
 
 
@@ -477,6 +444,9 @@ def select_gpus(devices: str) -> None:
     if typos:
         raise ValueError(f"{typos} in the environment look like CUDA_VISIBLE_DEVICES, which CUDA "
                          "reads; it ignores them silently: remove them")
+    if re.search(r"[^\w,\s-]|\w\s+\w", devices):  # "0 1" or "0;1": CUDA reads up to the 0 only
+        raise ValueError(f"CUDA_VISIBLE_DEVICES={devices!r}: separate the GPUs with commas, "
+                         "as in '0,1'; CUDA stops reading at anything else")
     os.environ["CUDA_VISIBLE_DEVICES"] = devices
 
 

@@ -234,8 +234,8 @@ def make_inputs(model: nn.Module, input_size=None, input_data=None, input_kwargs
         return (), kwargs
     sizes = [input_size] if _is_shape(input_size) else input_size
     if not isinstance(sizes, (list, tuple)) or not sizes or not all(map(_is_shape, sizes)):
-        raise ValueError(f"input_size must be a shape of positive sizes with the batch "
-                         f"dimension, e.g. (1, 3, 224, 224), or a list of shapes; got {input_size!r}")
+        raise ValueError(f"input_size must be a shape of positive sizes with the batch dimension, "
+                         f"e.g. (1, 3, 224, 224), or a list of shapes; got {input_size!r}")
     first = next(model.parameters(), None)  # lazy parameters have a device and dtype, too
     device = first.device if first is not None else torch.device("cpu")
     dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
@@ -251,7 +251,9 @@ def _failed_in(error: BaseException, names: dict) -> str:
         if isinstance(module, nn.Module) and module in names:
             where = module
         frame = frame.tb_next
-    return f" in {names[where]!r} ({type(where).__name__})" if where is not None and names[where] else ""
+    if where is None or not names[where]:
+        return ""
+    return f" in {names[where]!r} ({type(where).__name__})"
 
 
 def _not_called_note(module: nn.Module, read: set) -> str:
@@ -325,9 +327,10 @@ def summary(model: nn.Module, input_size=None, input_data=None, input_kwargs=Non
             row.note = _not_called_note(module, reads.read)
         rows.append(row)
     params = {id(p): p for p in model.parameters()}.values()
-    return Summary(rows, call_shape(args, kwargs), sum(t.nbytes for t in tensors_in((args, kwargs))),
-                   output_bytes, sum(p.nbytes for p in params),
-                   sum(b.nbytes for b in model.buffers()), compiled=_compiled(original))
+    input_bytes = sum(t.nbytes for t in tensors_in((args, kwargs)))
+    return Summary(rows, call_shape(args, kwargs), input_bytes, output_bytes,
+                   sum(p.nbytes for p in params), sum(b.nbytes for b in model.buffers()),
+                   compiled=_compiled(original))
 
 
 def _compiled(model: nn.Module) -> bool:

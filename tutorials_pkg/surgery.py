@@ -14,10 +14,10 @@ import torch
 from torch import nn
 
 __all__ = [
-    "ExtraInputNet", "ExtraOutputNet", "ExtraOutputNetThatDropsHead", "ExtraOutputNetWithUnusedLayer",
-    "classifier_ending_in_softmax", "classifier_head", "expand_input_channels", "freeze_except",
-    "get_module", "last_linear_name", "module_names", "replace_module", "replace_modules_of_type",
-    "trainable_parameter_names",
+    "ExtraInputNet", "ExtraInputNetOnLogits", "ExtraOutputNet", "ExtraOutputNetThatDropsHead",
+    "ExtraOutputNetWithUnusedLayer", "classifier_ending_in_softmax", "classifier_head",
+    "expand_input_channels", "freeze_except", "get_module", "last_linear_name", "module_names",
+    "replace_module", "replace_modules_of_type", "train_only", "trainable_parameter_names",
 ]
 
 
@@ -104,6 +104,17 @@ def freeze_except(model: nn.Module, trainable: str) -> list[str]:
     for parameter in model.parameters():
         parameter.requires_grad_(id(parameter) in keep)
     return trainable_parameter_names(model)
+
+
+def train_only(model: nn.Module, trainable: str) -> nn.Module:
+    """``model.train()`` for a model trained in part: only submodule ``trainable`` trains.
+
+    Call it where a training loop calls ``model.train()``: the frozen layers stay in
+    evaluation mode, so BatchNorm keeps its running statistics and dropout stays off.
+    """
+    model.eval()
+    get_module(model, trainable).train()
+    return model
 
 
 def trainable_parameter_names(model: nn.Module) -> list[str]:
@@ -230,6 +241,28 @@ class ExtraOutputNetWithUnusedLayer(nn.Module):
         x1000 = self.net(x)
         x10 = self.output(x1000)  # fc1 is never applied: a softmax over 1000 values
         return x10, x1000
+
+
+class ExtraInputNetOnLogits(nn.Module):
+    """Wrong: the prose joins the extra input to the features; this code joins it to the logits.
+
+    The whole model runs, its 1,000-class classifier included; the logits go through a
+    ReLU and dropout, the extra scalar is appended, then a new ``Linear(1001, 10)`` and a
+    softmax (which ``CrossEntropyLoss`` applies a second time).
+    """
+
+    def __init__(self, model: nn.Module, num_classes: int = 10):
+        super().__init__()
+        self.net = model
+        self.relu = nn.ReLU()
+        self.dropout = nn.Dropout(0.5)
+        self.fc_add = nn.Linear(1001, num_classes)
+        self.output = nn.Softmax(dim=1)
+
+    def forward(self, x: torch.Tensor, add_variable: torch.Tensor) -> torch.Tensor:
+        x = self.dropout(self.relu(self.net(x)))
+        x = torch.cat((x, add_variable.unsqueeze(1)), dim=1)
+        return self.output(self.fc_add(x))
 
 
 def classifier_ending_in_softmax(in_features: int, num_classes: int) -> nn.Sequential:

@@ -79,8 +79,7 @@ show_source(MobileNetV1)
 # such image would stop in the first batch norm that sees the 1×1 map, with
 # torch's own message; `check_training_batch` (which `MobileNetV2` calls too)
 # stops it before any layer runs, with a `ValueError` that says what to
-# change, as [`UNet`](../#any-size-from-16-up-odd-or-even) does. A `num_classes` below 1 is refused when the model
-# is built.
+# change. A `num_classes` below 1 is refused when the model is built.
 
 # %% tags=["raises-exception"] raises="ValueError"
 MobileNetV1(num_classes=10).train()(torch.randn(1, 3, 32, 32))

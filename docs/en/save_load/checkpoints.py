@@ -85,20 +85,24 @@ load_checkpoint("truncated.pt", digits_classifier())
 #
 # ```mermaid
 # flowchart LR
-#     s["torch.save to .ckpt.pt.1f3a9c2b.tmp"] --> c["read back: weights_only?"] --> f["flush + fsync"] --> r["os.replace(tmp, ckpt.pt)"]
-#     s -. crash .-> old(["ckpt.pt: the previous checkpoint, intact"])
-#     c -. refused .-> old
+#     c["check: weights_only loads it?"] --> s["torch.save to .ckpt.pt.tmp"] --> f["flush + fsync"] --> r["os.replace(tmp, ckpt.pt)"]
+#     c -. refused .-> old(["ckpt.pt: the previous checkpoint, intact"])
+#     s -. crash .-> old
 #     f -. crash .-> old
 # ```
 #
-# Before the new file replaces the old one, it is read back with
-# `torch.load(weights_only=True)` (mapped, so the tensors' bytes are not read
-# again): anything in it that `load_checkpoint` would refuse is refused now,
-# at save time, naming the entry. Through a symbolic link it replaces the
-# file the link points to, as `torch.save` would, and keeps that file's
-# permissions; its errors name your path, not the temporary one; and the
-# temporary name is shortened where needed, so a long but valid file name
-# saves.
+# Before anything is written, `check_loads_with_weights_only` saves the
+# checkpoint without the tensors' bytes (`torch.serialization.skip_data`) and
+# loads it back with `weights_only=True` onto the meta device: anything
+# `load_checkpoint` would refuse is refused now, with torch's own message, and
+# the check allocates no memory, on the CPU or on a GPU. The temporary file has
+# one fixed name, `.ckpt.pt.tmp`, so what a killed save leaves is simply
+# replaced by the next save. Through a symbolic link it replaces the file the
+# link points to and keeps that file's permissions, as `torch.save` does; its
+# errors name your path, not the temporary one; and the temporary name is cut
+# to 200 bytes (between characters), so a long but valid file name saves.
+# `torch.save` also stores a CRC-32 of every tensor's bytes in the file, which
+# `load_checkpoint` checks ([next page](../loading/#a-damaged-file)).
 
 # %%
 from tutorials_pkg.save_load import save_checkpoint
@@ -106,11 +110,16 @@ from tutorials_pkg.save_load import save_checkpoint
 show_source(save_checkpoint)
 
 # %% [markdown]
+# What it leaves out on purpose: two processes saving the same path at once
+# share the temporary file and can mix their bytes (let one process, such as
+# rank 0, write), and it does not `fsync` the folder, so after a power cut the
+# checkpoint you find may be the previous one.
+#
 # ### A save that fails half-way
 #
 # To see it work, save once, then make the next save fail half-way: the
-# stand-in for `torch.save` below writes half the bytes and then raises the
-# `OSError` a full disk gives.
+# stand-in for `torch.save` below writes half the bytes of the checkpoint and
+# then raises the `OSError` a full disk gives.
 
 # %% tags=["raises-exception"] raises="OSError"
 import errno
@@ -121,6 +130,8 @@ real_save = torch.save
 
 
 def disk_full_half_way(obj, file):
+    if not str(file.name).endswith(".tmp"):  # the check's pickle, before the write: let it pass
+        return real_save(obj, file)
     data = io.BytesIO()
     real_save(obj, data)
     file.write(data.getvalue()[: len(data.getvalue()) // 2])
@@ -142,19 +153,19 @@ assert not [name for name in os.listdir() if name.endswith(".tmp")]
 # ### Killed saves, links and permissions
 #
 # A process killed with `SIGKILL` (or by the out-of-memory killer) cannot
-# remove its temporary file. Each save holds an advisory lock (`flock`) on its
-# temporary file while it writes, and the next save of the same path deletes
-# the temporary files that no running save holds. Below, a checkpoint is
-# saved through a link `latest.pt`, its file gets the permissions `0600`, and a
-# stand-in for such a leftover is put beside it; after the next save the link
-# is still a link, the file still `0600`, and the leftover gone:
+# remove its temporary file. Because the name is fixed, at most one such file
+# exists per checkpoint, and the next save writes over it and renames it away.
+# Below, a checkpoint is saved through a link `latest.pt`, its file gets the
+# permissions `0600`, and a stand-in for a killed save's leftover is put beside
+# it; after the next save the link is still a link, the file still `0600`, and
+# the leftover gone:
 
 # %%
 os.makedirs("run-1")
 os.symlink("run-1/ckpt.pt", "latest.pt")
 save_checkpoint("latest.pt", model, epoch=1)
 os.chmod("run-1/ckpt.pt", 0o600)
-with open("run-1/.ckpt.pt.0123abcd.tmp", "wb") as file:  # what a killed save leaves
+with open("run-1/.ckpt.pt.tmp", "wb") as file:  # what a killed save leaves
     file.write(b"half a checkpoint")
 
 save_checkpoint("latest.pt", model, epoch=2)
@@ -169,10 +180,11 @@ assert torch.load("run-1/ckpt.pt")["epoch"] == 2
 # not: a numpy number (a metric computed with numpy, `np.float64(0.9)`), a
 # `pathlib.Path`, and an `argparse.Namespace` of the run's settings. A plain
 # `torch.save` writes them without a word, and the run finds out when it
-# resumes. `save_checkpoint` refuses them at once with a `TypeError` that
-# names the entry and what to store instead, and leaves the old file as it was:
+# resumes. `save_checkpoint` refuses them at once with torch's own
+# `UnpicklingError`, which names the first global it would not load (here
+# numpy's scalar type), and leaves the old file as it was:
 
-# %% tags=["raises-exception"] raises="TypeError"
+# %% tags=["raises-exception"] raises="UnpicklingError"
 import argparse
 import pathlib
 

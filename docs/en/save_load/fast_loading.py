@@ -56,20 +56,43 @@ print(describe_runtime())
 #   parameters instead of copying into the (data-less) meta ones (see
 #   [the previous page](../fine_tune_and_resume/#assigntrue-the-files-tensors-become-the-parameters)).
 #
-# A mapped file is read one page fault at a time, though: when the file is
-# not in the operating system's page cache (a cold cache), each first touch
-# of a page waits for the disk, and a model touched page by page reads
-# slower than one sequential read of the file. So `load_on_meta` first warms
-# the page cache: `warm_page_cache` reads the whole file once, sequentially,
-# with `os.sendfile` to `/dev/null` (what `cat file > /dev/null` does, without
-# copying the bytes into Python), unless `in_page_cache` finds it there
-# already, which costs some tens of microseconds. Then mapping it needs no
-# disk access at all.
+# `load_on_meta` does the three, with `load_weights` from [the loading
+# page](../loading/#loading-a-checkpoint-load_checkpoint), so a checkpoint
+# saved through a wrapper loads too:
 
 # %%
 from tutorials_pkg.save_load import load_on_meta
 
 show_source(load_on_meta)
+
+# %% [markdown]
+# `assign=True` assigns each name of the `state_dict` its own tensor, so two
+# layers that shared one weight (an embedding and the output layer of a
+# language model) would come back as two copies, and training would move them
+# apart. `load_weights` ties them again, as the model's code tied them; here a
+# tied model saved through `DataParallel`:
+
+# %%
+from tutorials_pkg.demo_models import TiedEmbeddingNet
+
+save_checkpoint("tied.pt", nn.DataParallel(TiedEmbeddingNet()))
+tied = load_on_meta("tied.pt", TiedEmbeddingNet)
+print(tied.out.weight is tied.embed.weight, len(list(tied.parameters())))
+
+# %% [markdown]
+# A mapped file is read one page fault at a time, though: when the file is
+# not in the operating system's page cache (a cold cache), each first touch
+# of a page waits for the disk, and a model touched page by page reads
+# slower than one sequential read of the file. So call `warm_page_cache` first:
+# it reads the whole file once, sequentially, with `os.sendfile` to
+# `/dev/null` (what `cat file > /dev/null` does, without copying the bytes
+# into Python), unless `in_page_cache` finds it there already, which costs
+# some tens of microseconds. Then mapping it needs no disk access at all.
+
+# %%
+from tutorials_pkg.save_load import in_page_cache, warm_page_cache
+
+show_source(warm_page_cache, in_page_cache)
 
 # %% [markdown]
 # On the meta device a ResNet-50 is built in no time and takes no memory:
@@ -95,7 +118,7 @@ print(skeleton.fc.weight)
 import statistics
 
 from tutorials_pkg.measure import seconds_each
-from tutorials_pkg.save_load import drop_from_page_cache, in_page_cache, touch_every_page
+from tutorials_pkg.save_load import drop_from_page_cache, touch_every_page
 
 
 def large():
@@ -116,24 +139,26 @@ def usual_load():
 
 
 def mapped_without_warming():
-    touch_every_page(load_on_meta("large.pt", large, warm=False))
+    touch_every_page(load_on_meta("large.pt", large))
 
 
 def mapped_after_warming():
+    warm_page_cache("large.pt")
     touch_every_page(load_on_meta("large.pt", large))
 
 
 loads = {"read the bytes (floor)": read_the_bytes, "build + torch.load + copy": usual_load,
-         "meta + mmap + assign": mapped_without_warming, "load_on_meta (warms the cache)": mapped_after_warming}
+         "load_on_meta (meta + mmap + assign)": mapped_without_warming,
+         "warm_page_cache + load_on_meta": mapped_after_warming}
 warm = [statistics.median(runs) for runs in seconds_each(list(loads.values()), repeats=5)]
 drop_from_page_cache("large.pt")
 print("dropped from the page cache:", not in_page_cache("large.pt"))
 cold = [statistics.median(runs) for runs in seconds_each(
     list(loads.values()), repeats=5, before=lambda: drop_from_page_cache("large.pt"))]
 
-print(f"{'':32} {'warm s':>8} {'x floor':>8} {'cold s':>8} {'x floor':>8}")
+print(f"{'':36} {'warm s':>8} {'x floor':>8} {'cold s':>8} {'x floor':>8}")
 for name, w, c in zip(loads, warm, cold):
-    print(f"{name:32} {w:8.3f} {w / warm[0]:8.2f} {c:8.3f} {c / cold[0]:8.2f}")
+    print(f"{name:36} {w:8.3f} {w / warm[0]:8.2f} {c:8.3f} {c / cold[0]:8.2f}")
 
 # %% [markdown]
 # `benchmarks/checkpoint_load.py --cold` measures the same on a 269 MB file,
@@ -161,9 +186,10 @@ except ValueError as error:
 # over the network and one sequential read streams. When does it not? When the
 # file was just written or read (the table's warm column: `in_page_cache` sees
 # it, and nothing is read twice), for small files, and when the model will use
-# only part of its weights: then `warm=False` reads only the pages that are
-# touched. A file larger than the free memory is read ahead in vain (its first
-# pages are evicted before the model uses them): there, too, use `warm=False`.
+# only part of its weights: then `load_on_meta` alone reads only the pages
+# that are touched. A file larger than the free memory is read ahead in vain
+# (its first pages are evicted before the model uses them): there, too, skip
+# `warm_page_cache`.
 # `warm_page_cache` needs Linux (`os.RWF_NOWAIT`, `os.sendfile` to a file);
 # elsewhere it does nothing.
 #
@@ -220,3 +246,28 @@ try:
     select_gpus("1")
 finally:
     del os.environ["CUDA_VISIABLE_DEVICES"]
+
+# %% [markdown]
+# One more detail of the variable's syntax. A tutorial writes `'0, 1'`, with a
+# space; is that read as two GPUs? CUDA reads each comma-separated entry like
+# C's `strtoul`, which skips leading spaces and stops at the first character
+# that is not a digit, and stops the list at the first entry it cannot read.
+# torch keeps a copy of that reading (to count GPUs without starting CUDA), so
+# it can be shown on any machine: a space after the comma is harmless, but a
+# space or a semicolon instead of the comma leaves one GPU, silently.
+# `select_gpus` refuses those two:
+
+# %%
+def gpus_torch_reads(value):
+    os.environ["CUDA_VISIBLE_DEVICES"] = value
+    try:
+        return torch.cuda._parse_visible_devices()  # private: torch's copy of CUDA's reading
+    finally:
+        del os.environ["CUDA_VISIBLE_DEVICES"]
+
+
+saved_value = os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+for value in ["0,1", "0, 1", "0 1", "0;1"]:
+    print(f"CUDA_VISIBLE_DEVICES={value!r:7} -> GPUs {gpus_torch_reads(value)}")
+if saved_value is not None:
+    os.environ["CUDA_VISIBLE_DEVICES"] = saved_value

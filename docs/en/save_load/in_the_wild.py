@@ -35,7 +35,7 @@ from torch import nn
 
 from tutorials_pkg.digits import digits_classifier, load_digits_tensors
 from tutorials_pkg.runtime import describe_runtime
-from tutorials_pkg.save_load import digits_run
+from tutorials_pkg.save_load import NotACheckpointError, digits_run, load_checkpoint
 from tutorials_pkg.source import show_source
 
 x, y = load_digits_tensors(flatten=True)
@@ -72,6 +72,29 @@ victim.load_state_dict(trained)
 assert torch.equal(victim.fc1.weight, trained["fc1.weight"])
 
 # %% [markdown]
+# A widely read tutorial "loads" a ResNet-152's weights into a ResNet-50 this
+# way. The two networks have different numbers of blocks, yet the assignment
+# raises nothing, so the mistake stays hidden:
+
+# %%
+from torchvision.models import resnet50, resnet152
+
+with torch.device("meta"):  # names and shapes only: nothing is allocated
+    weights152, model50 = resnet152().state_dict(), resnet50()
+model50.state_dict = weights152  # no error, though the networks differ
+print(len(weights152), "entries 'loaded' into a model that has", len(resnet50().state_dict()))
+
+# %% [markdown]
+# A load refuses it: `load_checkpoint` with a `CheckpointMismatchError` that
+# lists the ResNet-152's extra blocks (`load_state_dict` with a `RuntimeError`):
+
+# %% tags=["raises-exception"] raises="CheckpointMismatchError"
+torch.save(weights152, "resnet152.pt")  # meta tensors: a file of names and shapes
+with torch.device("meta"):
+    model50 = resnet50()
+load_checkpoint("resnet152.pt", model50)
+
+# %% [markdown]
 # ## `torch.save(model.state_dict, path)`
 #
 # Without the parentheses, `torch.save` gets the bound method. Pickling a
@@ -97,6 +120,17 @@ assert callable(method) and not isinstance(method, dict)
 
 torch.save(model.state_dict(), "method.pt")  # the fix: call it
 assert isinstance(torch.load("method.pt"), dict)
+
+# %% [markdown]
+# A file's name says nothing about what it holds, either. A multi-GPU tutorial
+# saves "the weights" to a file named like `...-dict`, from code that saves the
+# whole `DataParallel` model; the globals the file asks for, read without
+# loading it, show that it holds a pickled model (convert it once with
+# `convert_to_state_dicts`, on [the first page](../#old-files-that-pickle-whole-models)):
+
+# %%
+torch.save(nn.DataParallel(model), "digits-dict.pt")  # a "weights" file that holds the model
+print(sorted(torch.serialization.get_unsafe_globals_in_checkpoint("digits-dict.pt")))
 
 # %% [markdown]
 # ## `.pth`: also the extension of Python's path configuration files
@@ -126,8 +160,71 @@ for name in ("weights.pt", "weights.pth"):
     os.remove(os.path.join(packages, name))
 
 # %% [markdown]
+# `.pkl` is the third extension tutorials use, and it promises something
+# else: a pickle that `pickle.load` reads. A `torch.save` file is a zip
+# archive, which `pickle.load` cannot read (an `UnpicklingError`); and a file
+# that `pickle.dump` wrote is not a checkpoint, which `load_checkpoint` says
+# (a `NotACheckpointError`) rather than running its pickle:
+
+# %%
+import pickle
+
+torch.save(model.state_dict(), "weights.pkl")
+try:
+    with open("weights.pkl", "rb") as file:
+        pickle.load(file)
+except pickle.UnpicklingError as error:
+    print("pickle.load:", type(error).__name__, str(error).splitlines()[0])
+
+with open("pickled.pkl", "wb") as file:
+    pickle.dump({"fc1.bias": [0.0] * 32}, file)
+try:
+    load_checkpoint("pickled.pkl", digits_classifier())
+except NotACheckpointError as error:
+    print("load_checkpoint:", type(error).__name__, str(error).split(":")[0])
+
+# %% [markdown]
 # `.pt` has no other meaning; this chapter uses it throughout.
 #
+# ## `model.cuda` without parentheses
+#
+# A line `model.cuda`, as copied code sometimes has it, looks up the method and
+# throws it away: nothing moves, and nothing says so, even on a machine
+# without a GPU, where the call would have failed:
+
+# %%
+from tutorials_pkg.runtime import default_device
+
+net = digits_classifier()
+net.cuda  # no parentheses: an attribute looked up and thrown away, on any machine
+print("after net.cuda:", net.fc1.weight.device)
+assert net.fc1.weight.device.type == "cpu"
+net = net.to(default_device())  # the fix: a call (.cuda() needs a GPU; .to(device) runs anywhere)
+print("after net.to(device):", net.fc1.weight.device)
+
+# %% [markdown]
+# ## `DataParallel(model)` wrapped after the load
+#
+# To load a checkpoint saved from `DataParallel` (keys `module.fc1.weight`, ...),
+# a tutorial builds the plain model, loads, and then wraps it. The load meets the
+# plain model's keys (`fc1.weight`) and fails with a `RuntimeError`: the
+# wrapper that would have made them fit comes one line too late:
+
+# %% tags=["raises-exception"] raises="RuntimeError"
+torch.save(nn.DataParallel(model).state_dict(), "dp.pt")  # keys: module.fc1.weight, ...
+loaded = digits_classifier()
+loaded.load_state_dict(torch.load("dp.pt"))  # the keys do not fit the plain model
+loaded = nn.DataParallel(loaded)  # wrapped too late
+
+# %% [markdown]
+# Wrap first (or let [`load_checkpoint`](../loading/) remove the prefix):
+
+# %%
+loaded = nn.DataParallel(digits_classifier())  # wrap first: then the keys fit
+loaded.load_state_dict(torch.load("dp.pt"))
+assert torch.equal(loaded.module.fc1.weight, model.fc1.weight)
+
+# %% [markdown]
 # ## Removing the prefix with `k[7:]` or `k.replace("module.", "")`
 #
 # Both are common in copied code, and both break keys (the two wrong ways
@@ -175,8 +272,17 @@ assert not torch.equal(net.encoder.module.weight, saved["module.encoder.module.w
 
 # %% [markdown]
 # A misspelt `replace("modeule.", "")`, as one tutorial has it, matches no key,
-# so it strips nothing and says nothing; with `strict=False` every key is then
-# missing and unexpected at once, and the whole model keeps its random weights:
+# so it strips nothing. Under the default `strict=True` that fails loudly:
+# `load_state_dict` raises a `RuntimeError` listing every key as missing and
+# unexpected:
+
+# %% tags=["raises-exception"] raises="RuntimeError"
+net = encoder_net()
+net.load_state_dict(strip_prefix_with_a_misspelt_name(saved))  # strict=True, the default
+
+# %% [markdown]
+# Only with `strict=False` is it silent: every key is then missing and
+# unexpected at once, and the whole model keeps its random weights:
 
 # %%
 net = encoder_net()
@@ -186,8 +292,8 @@ print(len(result.missing_keys), "missing,", len(result.unexpected_keys), "unexpe
 assert len(result.missing_keys) == len(net.state_dict())
 
 # %% [markdown]
-# `strip_prefix` (torch's `consume_prefix_in_state_dict_if_present`, shown
-# with [`load_checkpoint`](../loading/#loading-a-checkpoint-load_checkpoint)) removes the prefix only at the start of a key.
+# `strip_prefix` (torch's `consume_prefix_in_state_dict_if_present`, used
+# by [`load_checkpoint`](../loading/#loading-a-checkpoint-load_checkpoint)) removes the prefix only at the start of a key.
 # A prefix is whole names, so `"module"` and `"module."` are the same:
 
 # %%

@@ -114,13 +114,18 @@ assert logits.shape[1] == 512
 assert not any(key.startswith("fc.") or ".fc." in key for key in forgetful.state_dict())
 
 # %% [markdown]
-# [`ExtraOutputNet`](../inputs_and_outputs/#an-extra-output) keeps the
-# classifier as `self.head` and applies it,
-# so its logits have 10 columns and equal the model's.
+# [`ExtraOutputNet`](../inputs_and_outputs/#an-extra-output) changes
+# nothing in the model: it runs the whole model, classifier included, and
+# catches what the last layer receives with a forward pre-hook. `self.head`
+# holds only that layer's name, `"fc"`. So its logits have 10 columns and
+# equal the model's, and the classifier stays in the `state_dict`.
 
 # %%
-logits, _ = ExtraOutputNet(copy.deepcopy(base))(images[:4])
-assert logits.shape[1] == 10 and "model.fc.weight" in ExtraOutputNet(copy.deepcopy(base)).state_dict()
+two_outputs = ExtraOutputNet(copy.deepcopy(base))
+logits, _ = two_outputs(images[:4])
+print(repr(two_outputs.head), logits.shape)
+assert two_outputs.head == "fc" and torch.equal(logits, base(images[:4]))
+assert "model.fc.weight" in two_outputs.state_dict()
 
 # %% [markdown]
 # ## An extra-output model that never uses its 10-class layer
@@ -157,6 +162,97 @@ assert probabilities.shape[1] == 1000 and unused.fc1.weight.grad is None
 # %%
 logits, features = ExtraOutputNet(resnet18(weights=None, num_classes=10))(images[:4])
 print(logits.shape, features.shape)
+
+# %% [markdown]
+# ## An extra-input model whose code does not do what its prose says
+#
+# The same tutorial's extra-input model is described as joining a scalar to
+# the penultimate features (2,048 of them in its ResNet-50, 512 in
+# ResNet-18). Its code does something else: it runs the whole model, so the
+# scalar is joined to the 1,000 ImageNet logits, after a ReLU and a dropout,
+# and a new `Linear(1001, 10)` and a softmax follow. Our reconstruction:
+
+# %%
+from tutorials_pkg.surgery import ExtraInputNetOnLogits
+
+show_source(ExtraInputNetOnLogits)
+
+# %% [markdown]
+# Nothing raises. A pre-hook on the new layer shows what it is given: 1,001
+# values, the logits and the scalar, not the 513 the prose describes; the
+# ReLU has set every negative logit to zero (about half of them), and the
+# output is a softmax, which `CrossEntropyLoss` would apply a second time
+# ([the first section](#a-softmax-at-the-end-of-the-model-fed-to-crossentropyloss)).
+
+# %%
+on_logits = ExtraInputNetOnLogits(resnet18(weights=None)).eval()
+seen = []
+hook = on_logits.fc_add.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+probabilities = on_logits(images[:4], ink)
+hook.remove()
+zeroed = (seen[0][:, :1000] == 0).float().mean().item()
+print(f"fc_add gets {seen[0].shape[1]} values per sample; {zeroed:.0%} of the logits are zeroed")
+assert seen[0].shape[1] == 1000 + 1 and 0.3 < zeroed < 0.7
+assert torch.allclose(probabilities.sum(dim=1), torch.ones(4))
+
+# %% [markdown]
+# [`ExtraInputNet`](../inputs_and_outputs/#an-extra-input) does what the prose
+# says: it joins the extra input to the 512 features the classifier receives
+# (its new `fc` takes 512 + 1), keeps the trained classifier's weights for
+# those 512 with zero weights for the extra input, so it starts out
+# computing what the model computed, and returns logits:
+
+# %%
+joined = ExtraInputNet(copy.deepcopy(base), extra_features=1).eval()
+logits = joined(images[:4], ink)
+print(joined.fc, f"largest difference from the model: {(logits - base(images[:4])).abs().max():.1e}")
+assert joined.fc.in_features == 512 + 1 and torch.allclose(logits, base(images[:4]), atol=1e-5)
+
+# %% [markdown]
+# ## A body cut from `children()` loses what `forward` does in code
+#
+# A common way to drop the classifier is
+# `nn.Sequential(*list(model.children())[:-1])`. That keeps the registered
+# children and nothing else: whatever `forward` does between them in code is
+# gone. ResNet-18's `forward` flattens the pooled map before `fc`, so the cut
+# body returns `(N, 512, 1, 1)` instead of `(N, 512)`:
+
+# %%
+resnet = resnet18(weights=None).eval()
+body = nn.Sequential(*list(resnet.children())[:-1])
+print(body(images[:4]).shape)
+assert body(images[:4]).shape == (4, 512, 1, 1)
+
+# %% [markdown]
+# and a new head on it fails with a `RuntimeError`: `nn.Linear` works on the
+# last dimension, of size 1.
+
+# %% tags=["raises-exception"] raises="RuntimeError"
+nn.Sequential(body, nn.Linear(512, 10))(images[:4])
+
+# %% [markdown]
+# In torchvision's `mobilenet_v2` the pooling itself is code in `forward`, so
+# the cut model returns the last feature map, with no error: a 64×64 image
+# gives 2×2 positions instead of one vector.
+
+# %%
+from torchvision.models import mobilenet_v2
+
+mobile = mobilenet_v2(weights=None).eval()
+trunk = nn.Sequential(*list(mobile.children())[:-1])
+x64 = torch.randn(2, 3, 64, 64)
+print(trunk(x64).shape)
+assert trunk(x64).shape == (2, 1280, 2, 2)
+
+# %% [markdown]
+# Keep `forward` and replace only the classifier, with `nn.Identity`: the
+# models then return the vectors their classifiers received.
+
+# %%
+resnet.fc = nn.Identity()
+mobile.classifier = nn.Identity()
+print(resnet(images[:4]).shape, mobile(x64).shape)
+assert resnet(images[:4]).shape == (4, 512) and mobile(x64).shape == (2, 1280)
 
 # %% [markdown]
 # ## An optimizer built before the swap

@@ -39,9 +39,8 @@ print(describe_runtime())
 # ## The patient: ResNet-18
 #
 # All the examples use torchvision's ResNet-18, built with random weights
-# (`weights=None`) because the site is built without a network connection. With
-# one, the same line downloads the ImageNet weights, and everything below works
-# unchanged:
+# (`weights=None`) because the site is built without a network connection.
+# With one, the same line downloads the ImageNet weights:
 #
 # ```python
 # from torchvision.models import resnet18, ResNet18_Weights
@@ -63,6 +62,40 @@ torch.manual_seed(0)
 model = resnet18(weights=None)
 print([name for name, _ in model.named_children()])
 print(model.fc)
+
+# %% [markdown]
+# Weights come with the classes they were trained on. Ask for trained weights
+# and 10 classes in one call, and torchvision refuses with a `ValueError`,
+# before it downloads anything:
+
+# %% tags=["raises-exception"] raises="ValueError"
+from torchvision.models import ResNet18_Weights
+
+resnet18(weights=ResNet18_Weights.DEFAULT, num_classes=10)
+
+# %% [markdown]
+# Build the model as the weights were trained, with 1,000 classes, load them,
+# and then replace the head, as this page does from
+# [A new classifier](#a-new-classifier) on:
+#
+# ```python
+# model = resnet18(weights=ResNet18_Weights.DEFAULT)   # 1,000 classes: the weights fit
+# model.fc = nn.Linear(model.fc.in_features, 10)       # then the head for your classes
+# ```
+#
+# Here a state dict of the same model stands in for the downloaded one; every
+# weight outside `fc` is kept. (The next pages start from
+# `resnet18(weights=None, num_classes=10)`, which stands for a model made this
+# way.)
+
+# %%
+downloaded = resnet18(weights=None).state_dict()  # stands in for the ImageNet weights
+pretrained = resnet18(weights=None)               # 1,000 classes, so the weights fit
+pretrained.load_state_dict(downloaded)
+pretrained.fc = nn.Linear(pretrained.fc.in_features, 10)
+kept = [k for k in downloaded if not k.startswith("fc.")]
+assert all(torch.equal(pretrained.state_dict()[k], downloaded[k]) for k in kept)
+print(pretrained.fc, f"and {len(kept)} tensors of the ImageNet model kept")
 
 # %% [markdown]
 # Older code, and many tutorials, write `resnet18(pretrained=True)`. The
@@ -142,6 +175,29 @@ print(list(model._modules)[-1], [key for key in model.state_dict() if key.starts
 
 # %% tags=["raises-exception"] raises="AttributeError"
 model.classifier
+
+# %% [markdown]
+# ### The new head in the model's dtype and on its device
+#
+# A new layer is created in `float32` on the CPU, whatever the model around
+# it. After `.double()` (or on a GPU) the new head does not match the rest, and
+# the first forward pass fails at it with a `RuntimeError`:
+
+# %% tags=["raises-exception"] raises="RuntimeError"
+precise = resnet18(weights=None).double().eval()
+replace_module(precise, "fc", classifier_head(precise.fc.in_features, 10))
+precise(images[:2].double())
+
+# %% [markdown]
+# `Module.to(tensor)` moves a module to that tensor's dtype and device, so
+# `.to(old.weight)` gives the new head those of the layer it replaces, on
+# the CPU and on a GPU alike:
+
+# %%
+precise = resnet18(weights=None).double().eval()
+head = classifier_head(precise.fc.in_features, 10).to(precise.fc.weight)
+replace_module(precise, "fc", head.eval())
+print(precise(images[:2].double()).dtype)
 
 # %% [markdown]
 # ### A layer deep inside, by its dotted name
@@ -265,3 +321,35 @@ with torch.no_grad():
     probe(images[:64])
 assert not torch.equal(probe.bn1.running_mean, running_mean)  # a frozen layer changed
 print(f"bn1.running_mean moved by {(probe.bn1.running_mean - running_mean).abs().max():.4f}")
+
+# %% [markdown]
+# A training loop usually starts every epoch with `model.train()`. That call
+# reaches every module, the frozen BatchNorm layers included, and undoes the
+# `model.eval()` above: their running statistics move again on the next
+# batch.
+
+# %%
+model.train()  # the first line of a usual epoch
+print("bn1 in training mode again:", model.bn1.training)
+running_mean = model.bn1.running_mean.clone()
+with torch.no_grad():
+    model(images[:64])
+assert not torch.equal(model.bn1.running_mean, running_mean)
+
+# %% [markdown]
+# Where the loop calls `model.train()`, call `train_only(model, "fc")`: it
+# puts the model in evaluation mode and the one submodule back in training
+# mode, every epoch.
+
+# %%
+from tutorials_pkg.surgery import train_only
+
+show_source(train_only)
+
+# %%
+train_only(model, "fc")
+running_mean = model.bn1.running_mean.clone()
+with torch.no_grad():
+    model(images[:64])
+assert torch.equal(model.bn1.running_mean, running_mean) and model.fc.training
+print("bn1 in training mode:", model.bn1.training, "| fc in training mode:", model.fc.training)

@@ -164,3 +164,42 @@ assert list(two_outputs.state_dict()) == ["model." + key for key in base.state_d
 # `state_dict` keys start with `body.` and `fc.`, and those of
 # `ExtraOutputNet` with `model.`, so load trained weights into the model first
 # and wrap it afterwards.
+
+# %% [markdown]
+# ### Hooks run only when a module is called
+#
+# A hook runs when the module is *called*, `layer(x)`: `nn.Module.__call__`
+# runs the hooks around `forward`. Calling `layer.forward(x)` directly runs
+# the computation and skips every hook:
+
+# %%
+from torch import nn
+
+calls = []
+layer = nn.Linear(4, 2)
+handle = layer.register_forward_hook(lambda module, args, output: calls.append(module))
+layer(torch.randn(1, 4))
+print("after layer(x):", len(calls), "hook call")
+layer.forward(torch.randn(1, 4))
+print("after layer.forward(x):", len(calls), "hook call")
+handle.remove()
+assert len(calls) == 1
+
+# %% [markdown]
+# So in a model whose `forward` calls `self.fc.forward(x)`, the pre-hook of
+# `ExtraOutputNet` never sees the head's input. It does not return nothing:
+# it counts the calls and raises a `RuntimeError` that says the head ran 0
+# times. Write `self.fc(x)` in a `forward`, never `self.fc.forward(x)`.
+
+# %% tags=["raises-exception"] raises="RuntimeError"
+class CallsForwardDirectly(nn.Module):  # its forward calls fc.forward, not fc
+    def __init__(self):
+        super().__init__()
+        self.flatten = nn.Flatten()
+        self.fc = nn.Linear(3 * 32 * 32, 10)
+
+    def forward(self, x):
+        return self.fc.forward(self.flatten(x))
+
+
+ExtraOutputNet(CallsForwardDirectly())(images[:4])

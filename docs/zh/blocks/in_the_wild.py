@@ -11,9 +11,9 @@
 # ---
 
 # %% [markdown]
-# # 模型块：实践中常见的错误
+# # 用块搭建网络：实践中常见的错误
 #
-# 这是[用模型块搭建 U-Net 与 MobileNet](../)的最后一页，接在 [MobileNet v1 与 v2](../mobilenet/) 之后：广为流传的 U-Net 与 MobileNet 代码中的错误，用本章的模块重现，先看它们出错（或悄无声息地算错），再看修正。
+# 这是[用块搭建 U-Net 与 MobileNet](../)的最后一页，接在 [MobileNet v1 与 v2](../mobilenet/) 之后：广为流传的 U-Net 与 MobileNet 代码中的错误，用本章的块重现，先看它们出错（或悄无声息地算错），再看修正。
 
 # %%
 import inspect
@@ -33,7 +33,7 @@ theirs = torchvision.models.mobilenet_v2(weights=None).eval()  # torchvision's, 
 # %% [markdown]
 # ## 不对齐尺寸的 U-Net 遇到奇数尺寸就出错
 #
-# 一篇广为流传的 U-Net 教程算出了填充，却把结果赋给了一个新名字（`X1 = F.pad(x1, ...)`），拼接时用的仍是没填充的 `x1`：填充被白白扔掉，这个模块把上采样结果和跳跃连接原样拼接。只要编码路上每个尺寸都是偶数，这样也能运行，所以这个错误在 64×64 或 256×256 的图上测试时不会暴露。`UpWithoutAlignment` 就是带着这个错误的 `Up`，`UNetWithoutAlignment` 是用它搭建的 `UNet`：
+# 一篇广为流传的 U-Net 教程算出了填充，却把结果赋给了一个新名字（`X1 = F.pad(x1, ...)`），拼接时用的仍是没填充的 `x1`：填充被白白扔掉，这个块把上采样结果和跳跃连接原样拼接。只要编码路上每个尺寸都是偶数，这样也能运行，所以这个错误在 64×64 或 256×256 的图上测试时不会暴露。`UpWithoutAlignment` 就是带着这个错误的 `Up`，`UNetWithoutAlignment` 是用它搭建的 `UNet`：
 
 # %%
 from tutorials_pkg.blocks.unet import UNetWithoutAlignment, UpWithoutAlignment
@@ -104,7 +104,7 @@ class UNet(nn.Module):  # as printed, cut to its first block
 print("both classes are defined:", DoubleConv.__name__, UNet.__name__)
 
 # %% [markdown]
-# 构建这个模块时抛出 `NameError`：
+# 构建这个块时抛出 `NameError`：
 
 # %% tags=["raises-exception"] raises="NameError"
 DoubleConv(3, 64)
@@ -116,7 +116,7 @@ DoubleConv(3, 64)
 UNet()
 
 # %% [markdown]
-# 不带参数的 `super().__init__()`（本章每个模块都这样写）不提类名，也就无从拼错，类改名后也不用跟着改。本章的 `DoubleConv` 和 `UNet` 都能正常构建：
+# 不带参数的 `super().__init__()`（本章每个块都这样写）不提类名，也就无从拼错，类改名后也不用跟着改。本章的 `DoubleConv` 和 `UNet` 都能正常构建：
 
 # %%
 from tutorials_pkg.blocks.unet import DoubleConv, UNet
@@ -155,7 +155,7 @@ assert params > 6 * count_parameters(loop) and macs > 8 * count_macs(loop, x)
 # %% [markdown]
 # ## 形状不同时仍然加上残差
 #
-# 残差连接把模块的输入加到输出上，所以两者形状必须相同。步长为 2 的倒残差模块会把高和宽减半（这里还把 16 个通道变成 24 个）：
+# 残差连接把块的输入加到输出上，所以两者形状必须相同。步长为 2 的倒残差块会把高和宽减半（这里还把 16 个通道变成 24 个）：
 
 # %%
 v2 = MobileNetV2().eval()
@@ -171,14 +171,14 @@ print(tuple(x16.shape), "->", tuple(block.conv(x16).shape))
 x16 + block.conv(x16)
 
 # %% [markdown]
-# 步长为 1 时尺寸不变，但第一个模块把 32 个通道变成 16 个，相加同样抛出 `RuntimeError`，这次是在通道维度上：
+# 步长为 1 时尺寸不变，但第一个块把 32 个通道变成 16 个，相加同样抛出 `RuntimeError`，这次是在通道维度上：
 
 # %% tags=["raises-exception"] raises="RuntimeError"
 x32 = torch.randn(1, 32, 56, 56)
 x32 + v2.features[1].conv(x32)
 
 # %% [markdown]
-# 修正就是 `InvertedResidual` 的做法：在 `__init__` 里一次性判断形状是否相同（`use_res_connect`），只在相同时相加。在 MobileNet v2 的 17 个模块中，这样的模块有 10 个，与 torchvision 中的完全一致：
+# 修正就是 `InvertedResidual` 的做法：在 `__init__` 里一次性判断形状是否相同（`use_res_connect`），只在相同时相加。在 MobileNet v2 的 17 个块中，这样的块有 10 个，与 torchvision 中的完全一致：
 
 # %%
 flags = [b.use_res_connect for b in v2.features[1:-1]]
@@ -200,7 +200,7 @@ layers = []
 layers += nn.Conv2d(3, 32, 3, stride=2, padding=1)
 
 # %% [markdown]
-# 不过容器是可迭代的，所以同一行代码换成 `BasicConv2d`（一个 `nn.Sequential`）就不会报错：它把里面的三层拆开塞进列表，这三层也就不再属于原来的模块。
+# 不过容器是可迭代的，所以同一行代码换成 `BasicConv2d`（一个 `nn.Sequential`）就不会报错：它把里面的三层拆开塞进列表，这三层也就不再属于原来的块。
 
 # %%
 layers = []
@@ -227,9 +227,9 @@ layers += [("block1", DepthwiseSeparableConv(32, 64, 1))]
 print(list(nn.Sequential(OrderedDict(layers))._modules))
 
 # %% [markdown]
-# ## 把 MobileNet v1 “重构”成循环，得到的是另一个网络，而且两者都放不进 224×224
+# ## 把 MobileNet v1「重构」成循环，得到的是另一个网络，而且两者都放不进 224×224
 #
-# 一篇广为流传的博客把 MobileNet v1 搭了两遍：先逐层手写，再“重构”成遍历配置列表的循环，列表里单独一个数表示步长 1，元组则给出步长。从它的注释看得出作者的设想：输入 224 × 224 × 3，1,000 个类别，最后的特征图是 7 × 7 × 1024，由 `F.avg_pool2d(x, 2)` 变成 1 × 1 × 1024，再交给 `nn.Linear(1024, num_classes)`。可是 2×2、步长 2 的窗口做不到这一点：它把 7×7 变成 3×3，所以作者设想的特征图尺寸本身就与分类器对不上。下面是我们用 [MobileNet 一页](../mobilenet/)的模块重现的这两个版本，注释照搬原文的设想：
+# 一篇广为流传的博客把 MobileNet v1 搭了两遍：先逐层手写，再「重构」成遍历配置列表的循环，列表里单独一个数表示步长 1，元组则给出步长。从它的注释看得出作者的设想：输入 224 × 224 × 3，1,000 个类别，最后的特征图是 7 × 7 × 1024，由 `F.avg_pool2d(x, 2)` 变成 1 × 1 × 1024，再交给 `nn.Linear(1024, num_classes)`。可是 2×2、步长 2 的窗口做不到这一点：它把 7×7 变成 3×3，所以作者设想的特征图尺寸本身就与分类器对不上。下面是我们用 [MobileNet 一页](../mobilenet/)的块重现的这两个版本，注释照搬原文的设想：
 
 # %%
 from tutorials_pkg.blocks.mobilenet import (
@@ -241,7 +241,7 @@ SourceBlock(inspect.getsource(MobileNetV1WithFixedPool) + "\n\n"
             + inspect.getsource(MobileNetV1WithFixedPoolAndLastStride1))
 
 # %% [markdown]
-# 手写版本和论文表 1 中印错的那一行一样，给最后一个模块步长 2；配置列表给的是步长 1。在 96×96 的图上两者都能运行，常用的几项快速检查也都通过：一个的权重能用 `strict=True` 加载进另一个（形状与步长无关），输出形状相同，输出的差别甚至不超过 1e-9，因为刚构建的模型的输出与分类器的偏置相差无几：
+# 手写版本和论文表 1 中印错的那一行一样，给最后一个块步长 2；配置列表给的是步长 1。在 96×96 的图上两者都能运行，常用的几项快速检查也都通过：一个的权重能用 `strict=True` 加载进另一个（形状与步长无关），输出形状相同，输出的差别甚至不超过 1e-9，因为刚构建的模型的输出与分类器的偏置相差无几：
 
 # %%
 hand = MobileNetV1WithFixedPool().eval()
@@ -254,7 +254,7 @@ with torch.no_grad():
 assert difference < 1e-9
 
 # %% [markdown]
-# `assert_same_network` 在差别所在的那一层找到了它：最后一个模块的 depthwise 卷积，一个步长为 2，一个为 1（抛出 `AssertionError`）：
+# `assert_same_network` 在差别所在的那一层找到了它：最后一个块的 depthwise 卷积，一个步长为 2，一个为 1（抛出 `AssertionError`）：
 
 # %% tags=["raises-exception"] raises="AssertionError"
 assert_same_network(hand, refactored, x96)

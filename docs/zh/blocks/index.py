@@ -11,13 +11,13 @@
 # ---
 
 # %% [markdown]
-# # 用模型块搭建 U-Net 与 MobileNet
+# # 用块搭建 U-Net 与 MobileNet
 #
-# 大型网络通常写成几个小模块（block）：每个模块是一个只含几层的 `nn.Module`，再由一个模型类把这些模块连起来。本章用这种方式搭建两个著名的网络：U-Net，它的模块之间由跳跃连接（skip connection）相连；MobileNet，它的几十层由一个遍历配置表的循环生成。两者的数字都有外部来源可以对照：一个广泛使用的 U-Net 实现给出的参数量、MobileNet 论文中的表格，以及 torchvision 自带的 MobileNet v2。本章分为三页：
+# 大型网络通常写成几个小的块（block）：每个块是一个只含几层的 `nn.Module`，再由一个模型类把这些块连起来。本章用这种方式搭建两个著名的网络：U-Net，它的块之间由跳跃连接（skip connection）相连；MobileNet，它的几十层由一个遍历配置表的循环生成。两者的数字都有外部来源可以对照：一个广泛使用的 U-Net 实现给出的参数量、MobileNet 论文中的表格，以及 torchvision 自带的 MobileNet v2。本章分为三页：
 #
-# - U-Net，就在本页：四个模块和把它们连起来的模型，输入尺寸只要不小于 16，奇偶皆可。
+# - U-Net，就在本页：四个块和把它们连起来的模型，输入尺寸只要不小于 16，奇偶皆可。
 # - [MobileNet v1 与 v2](mobilenet/)：逐层手写和用配置表生成的 v1，与论文核对；与 torchvision 同名、可互换权重的 v2。
-# - [模型块：实践中常见的错误](in_the_wild/)：广为流传的 U-Net 与 MobileNet 代码中的错误，先看它们出错，再看修正。
+# - [用块搭建网络：实践中常见的错误](in_the_wild/)：广为流传的 U-Net 与 MobileNet 代码中的错误，先看它们出错，再看修正。
 #
 # 本章的每一段输出，都是构建网站时真正运行代码得到的，运行环境就是下面打印的版本。
 
@@ -65,13 +65,13 @@ device = default_device()
 # 结构和通道数与 [milesial/Pytorch-UNet](https://github.com/milesial/Pytorch-UNet) 相同，这是一个广泛使用的 PyTorch 实现，所以下面可以用它的数字核对我们的参数量。
 
 # %% [markdown]
-# ### 四个模块
+# ### 四个块
 #
-# `DoubleConv` 是两个 3×3 卷积，每个后面跟着 batch norm 和 ReLU；padding 为 1，高和宽保持不变。`Down` 是一个 2×2 最大池化（奇数尺寸向下取整）加一个 `DoubleConv`。`OutConv` 是 1×1 的分类头，给每个像素的每个类别打分。`Up` 把尺寸加倍，可以用双线性插值（没有参数），也可以用可学习的 2×2 转置卷积；然后先把结果**填充**（pad）到跳跃连接的尺寸，再拼接：奇数尺寸在编码时被向下取整，加倍后回不到原来的大小，`F.pad` 补上缺的那一行或一列。
+# `DoubleConv` 是两个 3×3 卷积，每个后面跟着 BatchNorm 和 ReLU；padding 为 1，高和宽保持不变。`Down` 是一个 2×2 最大池化（奇数尺寸向下取整）加一个 `DoubleConv`。`OutConv` 是 1×1 的分类头，给每个像素的每个类别打分。`Up` 把尺寸加倍，可以用双线性插值（没有参数），也可以用可学习的 2×2 转置卷积；然后先把结果**填充**（pad）到跳跃连接的尺寸，再拼接：奇数尺寸在编码时被向下取整，加倍后回不到原来的大小，`F.pad` 补上缺的那一行或一列。
 #
 # ### 组装好的模型
 #
-# `UNet` 按通道数创建各个模块，并在 `forward` 里把它们连起来：编码器的输出 `x1` … `x4` 被保留下来，交给解码器的模块。用双线性上采样时，上采样这一步无法把通道数减半，所以最深的几个模块只建一半宽（`factor`）。在任何一层运行之前，`forward` 先把输入交给 `check_unet_input`：输入合乎要求时原样返回；不合要求时抛出 `ValueError`，说明需要什么尺寸或通道数。这个检查写成一个用 `torch.fx.wrap` 装饰的函数，而不是 `forward` 里的 `if`：`torch.fx`（torchvision 的 `create_feature_extractor` 就建立在它之上）用不知道尺寸的占位值追踪 `forward`，对尺寸的 `if` 会让追踪中断；被 wrap 的函数则被记成一次调用，遇到真实输入时照常运行。下面的源代码包含四个模块、这个检查和模型本身，以及它们需要的 import。（`n_channels` 或 `n_classes` 小于 1 时，`UNet` 在构建时就抛出 `ValueError`：如果是 0，torch 会照样把模型建出来，直到运行时才出错，报的是一个大小为 0 的权重。）
+# `UNet` 按通道数创建各个块，并在 `forward` 里把它们连起来：编码器的输出 `x1` … `x4` 被保留下来，交给解码器的块。用双线性上采样时，上采样这一步无法把通道数减半，所以最深的几个块只建一半宽（`factor`）。在任何一层运行之前，`forward` 先把输入交给 `check_unet_input`：输入合乎要求时原样返回；不合要求时抛出 `ValueError`，说明需要什么尺寸或通道数。这个检查写成一个用 `torch.fx.wrap` 装饰的函数，而不是 `forward` 里的 `if`：`torch.fx`（torchvision 的 `create_feature_extractor` 就建立在它之上）用不知道尺寸的占位值追踪 `forward`，对尺寸的 `if` 会让追踪中断；被 wrap 的函数则被记成一次调用，遇到真实输入时照常运行。下面的源代码包含四个块、这个检查和模型本身，以及它们需要的 import。（`n_channels` 或 `n_classes` 小于 1 时，`UNet` 在构建时就抛出 `ValueError`：如果是 0，torch 会照样把模型建出来，直到运行时才出错，报的是一个大小为 0 的权重。）
 
 # %%
 from tutorials_pkg.blocks.unet import UNet
@@ -97,7 +97,7 @@ assert count_parameters(unet_bilinear) == 17_263_042
 # %% [markdown]
 # ### 跳跃连接是拼接
 #
-# U-Net 的跳跃连接把编码器的特征图和解码器的特征图**拼接**起来，而不是相加。把模块的输入加到输出上，是 ResNet（He 等，2015）的**残差连接**；ResNet 的论文提出它，针对的是退化问题（更深的普通网络训练误差反而更高）。有教程说 U-Net 用残差连接解决了退化问题，是把两者混为一谈。通道数就能看出是拼接：`up4` 的第一个卷积接收 128 个通道，其中 64 个来自 `inc` 的跳跃连接，64 个来自上采样的结果；如果是相加，就仍然是 64 个。
+# U-Net 的跳跃连接把编码器的特征图和解码器的特征图**拼接**起来，而不是相加。把块的输入加到输出上，是 ResNet（He 等，2015）的**残差连接**；ResNet 的论文提出它，针对的是退化问题（更深的普通网络训练误差反而更高）。有教程说 U-Net 用残差连接解决了退化问题，是把两者混为一谈。通道数就能看出是拼接：`up4` 的第一个卷积接收 128 个通道，其中 64 个来自 `inc` 的跳跃连接，64 个来自上采样的结果；如果是相加，就仍然是 64 个。
 
 # %%
 first_conv = unet.up4.conv.double_conv[0]
@@ -141,7 +141,7 @@ with torch.no_grad():
 unet(torch.randn(1, 3, 15, 40, device=device))
 
 # %% [markdown]
-# 训练模式下，batch norm 要求每个通道不止一个值。一个批量只有一张图、而且两条边都小于 32 时，U 的底部只剩 1×1 的特征图，torch 的 `BatchNorm2d` 会自己指出这一点，抛出 `ValueError`：
+# 训练模式下，BatchNorm 要求每个通道不止一个值。一个批量只有一张图、而且两条边都小于 32 时，U 的底部只剩 1×1 的特征图，torch 的 `BatchNorm2d` 会自己指出这一点，抛出 `ValueError`：
 
 # %% tags=["raises-exception"] raises="ValueError"
 unet_bilinear.train()(torch.randn(1, 3, 16, 16, device=device))

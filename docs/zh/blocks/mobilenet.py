@@ -13,7 +13,7 @@
 # %% [markdown]
 # # MobileNet v1 与 v2
 #
-# 这是[用模型块搭建 U-Net 与 MobileNet](../)的第二页，接在 [U-Net](../) 之后：这个网络的几十层由一个遍历配置表的循环生成，并与 MobileNet 论文和 torchvision 的 MobileNet v2 核对。
+# 这是[用块搭建 U-Net 与 MobileNet](../)的第二页，接在 [U-Net](../) 之后：这个网络的几十层由一个遍历配置表的循环生成，并与 MobileNet 论文和 torchvision 的 MobileNet v2 核对。
 #
 # MobileNet（Howard 等，2017，"MobileNets: Efficient Convolutional Neural Networks for Mobile Vision Applications"）把除第一层以外的每个 3×3 卷积换成**深度可分离卷积**（depthwise separable convolution）：先是一个 3×3 的**逐通道**（depthwise）卷积，对每个通道单独滤波（`groups=in_channels`，每个通道一个 3×3 滤波器）；再是一个 1×1 的**逐点**（pointwise）卷积，把通道混合起来。两者都是一个 `BasicConv2d`：卷积、batch norm、激活。`BasicConv2d` 是 `nn.Sequential` 的子类，和 torchvision 的 `Conv2dNormActivation` 一样，所以它的层名为 `0`、`1`、`2`；`DepthwiseSeparableConv` 用 `OrderedDict` 给它的两半命名，所以某一层的权重名形如 `features.block2.depthwise.0.weight`。它们的源代码随下面的 MobileNet v1 一起给出。
 
@@ -43,7 +43,7 @@ SourceBlock(inspect.getsource(MobileNetV1Flat))
 # %% [markdown]
 # ## 用配置表生成 MobileNet v1
 #
-# 这 13 行只有两个数不同：输出通道数和步长。把它们放进一张表，由循环生成各层，层名仍通过 `OrderedDict` 给出。有了循环，宽度乘子（论文中的 α）也只需改一行。应该复制的是这个版本：下面的源代码连同模块和 import 一起给出。论文表 1 在最后一个 depthwise 行印的是步长 2，而它自己的尺寸一栏仍是 7×7；配置表按尺寸取步长 1，[tensorflow/models#1997](https://github.com/tensorflow/models/issues/1997) 也指出了这一点，而且只有这样，下面数出的乘加次数才与论文一致。
+# 这 13 行只有两个数不同：输出通道数和步长。把它们放进一张表，由循环生成各层，层名仍通过 `OrderedDict` 给出。有了循环，宽度乘子（论文中的 α）也只需改一行。应该复制的是这个版本：下面的源代码连同用到的块和 import 一起给出。论文表 1 在最后一个 depthwise 行印的是步长 2，而它自己的尺寸一栏仍是 7×7；配置表按尺寸取步长 1，[tensorflow/models#1997](https://github.com/tensorflow/models/issues/1997) 也指出了这一点，而且只有这样，下面数出的乘加次数才与论文一致。
 
 # %%
 from tutorials_pkg.blocks.mobilenet import MobileNetV1
@@ -51,7 +51,7 @@ from tutorials_pkg.blocks.mobilenet import MobileNetV1
 show_source(MobileNetV1)
 
 # %% [markdown]
-# 训练模式下的 batch norm 要求每个通道不止一个值，而五个步长为 2 的层会把 32×32 及更小的图变成 1×1。所以只有一张这样的图的 batch，会停在第一个遇到 1×1 特征图的 batch norm 里，报的是 torch 自己的错误信息；`check_training_batch`（`MobileNetV2` 也调用它）在任何一层运行之前就拦下它，像 [`UNet`](../#16-以上的任意尺寸奇偶皆可) 那样抛出说明该怎么改的 `ValueError`。`num_classes` 小于 1 时，模型在构建时就会被拒绝。
+# 训练模式下的 BatchNorm 要求每个通道不止一个值，而五个步长为 2 的层会把 32×32 及更小的图变成 1×1。所以只有一张这样的图的批量，会停在第一个遇到 1×1 特征图的 BatchNorm 里，报的是 torch 自己的错误信息；`check_training_batch`（`MobileNetV2` 也调用它）在任何一层运行之前就拦下它，抛出说明该怎么改的 `ValueError`。`num_classes` 小于 1 时，模型在构建时就会被拒绝。
 
 # %% tags=["raises-exception"] raises="ValueError"
 MobileNetV1(num_classes=10).train()(torch.randn(1, 3, 32, 32))
@@ -106,7 +106,7 @@ assert count_parameters(loop) == 4_231_976
 # %% [markdown]
 # ## 与 torchvision 同名的 MobileNet v2
 #
-# MobileNet v2（Sandler 等，2018）用的是同样的 `BasicConv2d`，这里的激活是 ReLU6。它的模块叫**倒残差**（inverted residual）：先用 1×1 卷积扩大通道数，再做 3×3 depthwise 滤波，最后用一个不带激活的 1×1 卷积投影回去。只有当输入和输出形状相同（步长为 1 且通道数相同）时，它才把输入加到输出上。模块名与 `torchvision.models.mobilenet_v2` 一致：一个名为 `features` 的按位置命名的 `nn.Sequential`，每个模块的层放在 `conv` 里，`classifier` 由 dropout 和一个线性层组成。
+# MobileNet v2（Sandler 等，2018）用的是同样的 `BasicConv2d`，这里的激活是 ReLU6。它的块叫**倒残差块**（inverted residual）：先用 1×1 卷积扩大通道数，再做 3×3 depthwise 滤波，最后用一个不带激活的 1×1 卷积投影回去。只有当输入和输出形状相同（步长为 1 且通道数相同）时，它才把输入加到输出上。模块名与 `torchvision.models.mobilenet_v2` 一致：一个名为 `features` 的按位置命名的 `nn.Sequential`，每个块的层放在 `conv` 里，`classifier` 由 dropout 和一个线性层组成。
 
 # %%
 from tutorials_pkg.blocks.mobilenet import MobileNetV2
@@ -133,7 +133,7 @@ with torch.no_grad():
 print("same features and output both ways")
 
 # %% [markdown]
-# 规模核对：torchvision 在权重的元数据（不需要下载）里记录这个模型有 3,504,872 个参数、0.301 G 次运算；MobileNet v2 论文给出 224×224 下 3 亿（300 M）次乘加。torchvision 的文档把这一栏标为 “GFLOPS”，但这 0.301 G 其实也是乘加次数：按浮点运算计，每次乘加是两次运算（一次乘、一次加），`FlopCounterMode` 报告的正是这个数（它给卷积的计算公式最后乘了 `* 2`），这里是 0.602 G；`count_macs` 把它除以 2。
+# 规模核对：torchvision 在权重的元数据（不需要下载）里记录这个模型有 3,504,872 个参数、0.301 G 次运算；MobileNet v2 论文给出 224×224 下 3 亿（300 M）次乘加。torchvision 的文档把这一栏标为 「GFLOPS」，但这 0.301 G 其实也是乘加次数：按浮点运算计，每次乘加是两次运算（一次乘、一次加），`FlopCounterMode` 报告的正是这个数（它给卷积的计算公式最后乘了 `* 2`），这里是 0.602 G；`count_macs` 把它除以 2。
 
 # %%
 from torch.utils.flop_counter import FlopCounterMode

@@ -11,7 +11,7 @@
 # ---
 
 # %% [markdown]
-# # 模型定义：常见错误
+# # 模型定义：实践中常见的错误
 #
 # 这是[模型定义的三种方式](../)一章的第二页：上一页讲了三种容器怎样注册它们装着的层；本页收集实践中常见的错误。每个错误都先实际运行、看它出错（或者用断言证明结果不对），再给出改法。
 #
@@ -83,7 +83,7 @@ print("state_dict:", plain.state_dict())
 assert count_parameters(plain) == 0 and len(plain.state_dict()) == 0
 
 # %% [markdown]
-# `.to()` 也管不到这些层。换到 GPU 时，这些层会留在 CPU 上；改变数据类型在任何机器上都能看到同样的问题，报 `RuntimeError`：
+# `.to()` 也管不到这些层。换到 GPU 时，这些层会留在 CPU 上；改变数据类型则在任何机器上都能看到同样的问题，前向传播抛出 `RuntimeError`：
 
 # %% tags=["raises-exception"] raises="RuntimeError"
 plain = plain.to(torch.float64)
@@ -157,7 +157,7 @@ print(dropped)
 assert len(dropped) == 1  # two layers were written, one is left
 
 # %% [markdown]
-# 剩下的模型需要 32 维输入，所以输入 64 维的手写数字会报 `RuntimeError`：
+# 剩下的模型需要 32 维输入，所以输入 64 维的手写数字时抛出 `RuntimeError`：
 
 # %% tags=["raises-exception"] raises="RuntimeError"
 dropped(x)

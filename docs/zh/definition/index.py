@@ -17,8 +17,8 @@
 #
 # 本章分两页：
 #
-# - 本页：三种容器各自的用法，`nn.Sequential` 内部做了什么，buffer，以及什么时候用哪一种；
-# - [模型定义：常见错误](in_the_wild/)：没有注册的层、忘了 `super().__init__()`、重名的层、`ModuleDict` 不接受的键，每个错误都先实际运行、看它出错，再给出改法。
+# - 本页：三种容器各自的用法，`nn.Sequential` 内部做了什么，缓冲区，以及什么时候用哪一种；
+# - [模型定义：实践中常见的错误](in_the_wild/)：没有注册的层、忘了 `super().__init__()`、重名的层、`ModuleDict` 不接受的键，每个错误都先实际运行、看它出错，再给出改法。
 #
 # 本页的每一段输出，都是构建网站时真正运行代码得到的，运行环境就是下面打印的版本。
 
@@ -169,7 +169,7 @@ print("parity:", multi(x, head="parity").shape)
 print(multi.heads.digit is multi.heads["digit"])
 
 # %% [markdown]
-# 名字不存在时，会报 `KeyError`，并列出现有的分类头：
+# 分类头的名字不存在时，抛出 `KeyError`，并列出现有的分类头：
 
 # %% tags=["raises-exception"] raises="KeyError"
 multi(x, head="colour")
@@ -231,9 +231,9 @@ ink = x.mean(dim=1, keepdim=True)  # (8, 1): how much ink each digit has
 print(MLPWithExtraInput(extra_features=1)(x, ink).shape)
 
 # %% [markdown]
-# ## 要保存但不训练的张量：buffer
+# ## 要保存但不训练的张量：缓冲区
 #
-# 有些张量属于模型，却不是学出来的：比如用来标准化输入的均值和标准差，又比如 BatchNorm 的滑动统计量。`register_buffer` 用来注册这样的张量（称为 buffer）：它会写进 `state_dict`，也会随 `.to()` 移动，但它不是参数，任何优化器都不会改动它。（作为普通属性存放的张量，这两样都得不到。）
+# 有些张量属于模型，却不是学出来的：比如用来标准化输入的均值和标准差，又比如 BatchNorm 的滑动统计量。`register_buffer` 用来注册这样的张量（称为缓冲区，buffer）：它会写进 `state_dict`，也会随 `.to()` 移动，但它不是参数，任何优化器都不会改动它。（作为普通属性存放的张量，这两样都得不到。）
 
 # %%
 from tutorials_pkg.definition import Standardize
@@ -249,7 +249,7 @@ standardized = Standardize(images.mean(), images.std())(images)
 print(f"mean {standardized.mean():.3f}, std {standardized.std():.3f}")
 
 # %% [markdown]
-# `register_buffer(name, tensor, persistent=False)` 注册的 buffer 同样随 `.to()` 移动，但不写进 `state_dict`：适合模型能根据构造参数重新算出来的张量（查找表、掩码），不必在每个检查点里占空间。它仍然出现在 `named_buffers()` 里：
+# `register_buffer(name, tensor, persistent=False)` 注册的缓冲区同样随 `.to()` 移动，但不写进 `state_dict`：适合模型能根据构造参数重新算出来的张量（查找表、掩码），不必在每个检查点里占空间。它仍然出现在 `named_buffers()` 里：
 
 # %%
 holder = nn.Module()

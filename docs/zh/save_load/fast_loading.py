@@ -44,12 +44,30 @@ print(describe_runtime())
 # - `torch.load(..., mmap=True)` **映射**文件而不是读取它：张量的字节在第一次使用时才读入；
 # - `load_state_dict(..., assign=True)` 让读入的张量直接成为模型的参数，而不是复制进（没有数据的）meta 参数（见[上一页](../fine_tune_and_resume/#assigntrue文件里的张量直接成为参数)）。
 #
-# 不过，映射的文件是靠一次次缺页中断读进来的：文件不在操作系统的页缓存里时（冷缓存），每一页第一次被访问都要等磁盘，逐页访问一个模型，比顺序读一遍文件要慢。所以 `load_on_meta` 先预热页缓存：`warm_page_cache` 用 `os.sendfile` 把整个文件顺序读一遍、送进 `/dev/null`（相当于 `cat file > /dev/null`，字节不会复制进 Python），除非 `in_page_cache` 发现它已经在缓存里，这个检查只花几十微秒。之后再映射，就完全不用访问磁盘了。
+# `load_on_meta` 把这三步做完，加载用的是[读取检查点一页](../loading/#读取检查点load_checkpoint)的 `load_weights`，所以经由包装保存的检查点也能读取：
 
 # %%
 from tutorials_pkg.save_load import load_on_meta
 
 show_source(load_on_meta)
+
+# %% [markdown]
+# `assign=True` 给 `state_dict` 里的每个名字各分配一个张量，所以原本共享同一个权重的两层（语言模型的词嵌入层和输出层）读回来会变成两份副本，训练时就各走各的了。`load_weights` 按模型代码里的绑定方式把它们重新绑在一起；下面是一个经由 `DataParallel` 保存的、权重绑定的模型：
+
+# %%
+from tutorials_pkg.demo_models import TiedEmbeddingNet
+
+save_checkpoint("tied.pt", nn.DataParallel(TiedEmbeddingNet()))
+tied = load_on_meta("tied.pt", TiedEmbeddingNet)
+print(tied.out.weight is tied.embed.weight, len(list(tied.parameters())))
+
+# %% [markdown]
+# 不过，映射的文件是靠一次次缺页中断读进来的：文件不在操作系统的页缓存里时（冷缓存），每一页第一次被访问都要等磁盘，逐页访问一个模型，比顺序读一遍文件要慢。所以先调用 `warm_page_cache`：它用 `os.sendfile` 把整个文件顺序读一遍、送进 `/dev/null`（相当于 `cat file > /dev/null`，字节不会复制进 Python），除非 `in_page_cache` 发现它已经在缓存里，这个检查只花几十微秒。之后再映射，就完全不用访问磁盘了。
+
+# %%
+from tutorials_pkg.save_load import in_page_cache, warm_page_cache
+
+show_source(warm_page_cache, in_page_cache)
 
 # %% [markdown]
 # 在 meta 设备上，ResNet-50 瞬间构建完成，而且不占内存：
@@ -68,7 +86,7 @@ print(skeleton.fc.weight)
 import statistics
 
 from tutorials_pkg.measure import seconds_each
-from tutorials_pkg.save_load import drop_from_page_cache, in_page_cache, touch_every_page
+from tutorials_pkg.save_load import drop_from_page_cache, touch_every_page
 
 
 def large():
@@ -89,24 +107,26 @@ def usual_load():
 
 
 def mapped_without_warming():
-    touch_every_page(load_on_meta("large.pt", large, warm=False))
+    touch_every_page(load_on_meta("large.pt", large))
 
 
 def mapped_after_warming():
+    warm_page_cache("large.pt")
     touch_every_page(load_on_meta("large.pt", large))
 
 
 loads = {"read the bytes (floor)": read_the_bytes, "build + torch.load + copy": usual_load,
-         "meta + mmap + assign": mapped_without_warming, "load_on_meta (warms the cache)": mapped_after_warming}
+         "load_on_meta (meta + mmap + assign)": mapped_without_warming,
+         "warm_page_cache + load_on_meta": mapped_after_warming}
 warm = [statistics.median(runs) for runs in seconds_each(list(loads.values()), repeats=5)]
 drop_from_page_cache("large.pt")
 print("dropped from the page cache:", not in_page_cache("large.pt"))
 cold = [statistics.median(runs) for runs in seconds_each(
     list(loads.values()), repeats=5, before=lambda: drop_from_page_cache("large.pt"))]
 
-print(f"{'':32} {'warm s':>8} {'x floor':>8} {'cold s':>8} {'x floor':>8}")
+print(f"{'':36} {'warm s':>8} {'x floor':>8} {'cold s':>8} {'x floor':>8}")
 for name, w, c in zip(loads, warm, cold):
-    print(f"{name:32} {w:8.3f} {w / warm[0]:8.2f} {c:8.3f} {c / cold[0]:8.2f}")
+    print(f"{name:36} {w:8.3f} {w / warm[0]:8.2f} {c:8.3f} {c / cold[0]:8.2f}")
 
 # %% [markdown]
 # `benchmarks/checkpoint_load.py --cold` 在一个 269 MB 的文件上做同样的测量，并列出 safetensors 和 `MAP_SHARED` 的结果。另外两个容易想到的设置并不会预读文件：`torch.serialization.set_default_mmap_options` 只接受 `MAP_PRIVATE`（默认值）或 `MAP_SHARED`，所以没法要求一次读入整个映射（`MAP_POPULATE`）；而在 Linux 上，`os.posix_fadvise(..., POSIX_FADV_WILLNEED)` 每次调用最多只预读设备的预读窗口那么多，而不是整个文件。
@@ -120,7 +140,7 @@ except ValueError as error:
     print(error)
 
 # %% [markdown]
-# 预热缓存什么时候有用？在文件不在内存里的时候：重启后或新容器里的第一次读取，比页缓存能在两次运行之间留住的更大的文件（大模型、很多检查点、繁忙的机器），以及网络文件系统，在那里每次缺页中断都要经过一次网络往返，而一次顺序读取可以连续传输。什么时候没用？文件刚写过或刚读过的时候（表中的热缓存一列：`in_page_cache` 看到它在缓存里，什么都不会重复读），小文件，以及模型只会用到一部分权重的时候：这时用 `warm=False`，只读被访问到的页。比空闲内存还大的文件，预读也是白读（它开头的页在模型用到之前就被挤出去了）：这时同样用 `warm=False`。`warm_page_cache` 需要 Linux（`os.RWF_NOWAIT`，以及能对普通文件使用的 `os.sendfile`）；在别的系统上它什么也不做。
+# 预热缓存什么时候有用？在文件不在内存里的时候：重启后或新容器里的第一次读取，比页缓存能在两次运行之间留住的更大的文件（大模型、很多检查点、繁忙的机器），以及网络文件系统，在那里每次缺页中断都要经过一次网络往返，而一次顺序读取可以连续传输。什么时候没用？文件刚写过或刚读过的时候（表中的热缓存一列：`in_page_cache` 看到它在缓存里，什么都不会重复读），小文件，以及模型只会用到一部分权重的时候：这时只用 `load_on_meta`，只读被访问到的页。比空闲内存还大的文件，预读也是白读（它开头的页在模型用到之前就被挤出去了）：这时同样不要调用 `warm_page_cache`。`warm_page_cache` 需要 Linux（`os.RWF_NOWAIT`，以及能对普通文件使用的 `os.sendfile`）；在别的系统上它什么也不做。
 #
 # ## 选择 GPU：`CUDA_VISIBLE_DEVICES`
 #
@@ -161,3 +181,21 @@ try:
     select_gpus("1")
 finally:
     del os.environ["CUDA_VISIABLE_DEVICES"]
+
+# %% [markdown]
+# 再看这个变量写法上的一个细节。有的教程写成 `'0, 1'`，逗号后带空格；这会被读成两块 GPU 吗？CUDA 像 C 语言的 `strtoul` 那样读取逗号分隔的每一项：跳过开头的空格，遇到第一个非数字字符就停下，遇到读不懂的一项就不再往下读。torch 保留了一份同样的读法（用来在不启动 CUDA 的情况下数 GPU），所以在任何机器上都能演示：逗号后的空格无害，但用空格或分号代替逗号，就只剩一块 GPU，而且没有任何提示。`select_gpus` 会拒绝这两种写法：
+
+# %%
+def gpus_torch_reads(value):
+    os.environ["CUDA_VISIBLE_DEVICES"] = value
+    try:
+        return torch.cuda._parse_visible_devices()  # private: torch's copy of CUDA's reading
+    finally:
+        del os.environ["CUDA_VISIBLE_DEVICES"]
+
+
+saved_value = os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+for value in ["0,1", "0, 1", "0 1", "0;1"]:
+    print(f"CUDA_VISIBLE_DEVICES={value!r:7} -> GPUs {gpus_torch_reads(value)}")
+if saved_value is not None:
+    os.environ["CUDA_VISIBLE_DEVICES"] = saved_value

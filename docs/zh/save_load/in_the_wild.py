@@ -28,7 +28,7 @@ from torch import nn
 
 from tutorials_pkg.digits import digits_classifier, load_digits_tensors
 from tutorials_pkg.runtime import describe_runtime
-from tutorials_pkg.save_load import digits_run
+from tutorials_pkg.save_load import NotACheckpointError, digits_run, load_checkpoint
 from tutorials_pkg.source import show_source
 
 x, y = load_digits_tensors(flatten=True)
@@ -64,6 +64,26 @@ victim.load_state_dict(trained)
 assert torch.equal(victim.fc1.weight, trained["fc1.weight"])
 
 # %% [markdown]
+# 一篇流传很广的教程就用这种方式把 ResNet-152 的权重“加载”进 ResNet-50。两个网络的块数不同，赋值却什么错也不报，错误就这样藏了下来：
+
+# %%
+from torchvision.models import resnet50, resnet152
+
+with torch.device("meta"):  # names and shapes only: nothing is allocated
+    weights152, model50 = resnet152().state_dict(), resnet50()
+model50.state_dict = weights152  # no error, though the networks differ
+print(len(weights152), "entries 'loaded' into a model that has", len(resnet50().state_dict()))
+
+# %% [markdown]
+# 真正的加载会拒绝它：`load_checkpoint` 抛出 `CheckpointMismatchError`，列出 ResNet-152 多出来的块（`load_state_dict` 则抛出 `RuntimeError`）：
+
+# %% tags=["raises-exception"] raises="CheckpointMismatchError"
+torch.save(weights152, "resnet152.pt")  # meta tensors: a file of names and shapes
+with torch.device("meta"):
+    model50 = resnet50()
+load_checkpoint("resnet152.pt", model50)
+
+# %% [markdown]
 # ## `torch.save(model.state_dict, path)`
 #
 # 少了括号，`torch.save` 拿到的是绑定方法。pickle 一个绑定方法，会把它绑定的对象一起 pickle，所以这样保存的终究还是整个模型，`torch.load` 会拒绝它，抛出 `UnpicklingError`：
@@ -86,6 +106,13 @@ torch.save(model.state_dict(), "method.pt")  # the fix: call it
 assert isinstance(torch.load("method.pt"), dict)
 
 # %% [markdown]
+# 文件名同样说明不了文件里装的是什么。有篇讲多卡的教程把“权重”存进一个形如 `...-dict` 的文件，代码存的却是整个 `DataParallel` 模型；不加载文件、只读出它要求的全局对象，就能看出里面是一个 pickle 的模型（用[第一页](../#把整个模型-pickle-下来的旧文件)的 `convert_to_state_dicts` 转换一次即可）：
+
+# %%
+torch.save(nn.DataParallel(model), "digits-dict.pt")  # a "weights" file that holds the model
+print(sorted(torch.serialization.get_unsafe_globals_in_checkpoint("digits-dict.pt")))
+
+# %% [markdown]
 # ## `.pth`：也是 Python 路径配置文件的扩展名
 #
 # 教程里保存成 `.pth` 和 `.pt` 的一样多，PyTorch 两者都接受。但 `.pth` 也是 Python 路径配置文件的扩展名：启动时，`site` 模块会把 `site-packages` 目录里的每个 `*.pth` 文件当作文本逐行读取（每行是一个要加入 `sys.path` 的目录，或者一行以 `import` 开头、会被执行的代码）。误存到那里的检查点（工作目录恰好是 `site-packages` 的脚本、把权重一起打包的软件包）也会被这样读取。下面在一个新建的虚拟环境里，`weights.pt` 相安无事，`weights.pth` 却让这个环境里的 Python 一个都启动不了：
@@ -105,8 +132,62 @@ for name in ("weights.pt", "weights.pth"):
     os.remove(os.path.join(packages, name))
 
 # %% [markdown]
+# 教程用的第三种扩展名 `.pkl` 承诺的又是另一回事：一个 `pickle.load` 能读的 pickle。`torch.save` 写的是 zip 文件，`pickle.load` 读不了（`UnpicklingError`）；而 `pickle.dump` 写的文件也不是检查点，`load_checkpoint` 会直说（`NotACheckpointError`），而不是去执行它的 pickle：
+
+# %%
+import pickle
+
+torch.save(model.state_dict(), "weights.pkl")
+try:
+    with open("weights.pkl", "rb") as file:
+        pickle.load(file)
+except pickle.UnpicklingError as error:
+    print("pickle.load:", type(error).__name__, str(error).splitlines()[0])
+
+with open("pickled.pkl", "wb") as file:
+    pickle.dump({"fc1.bias": [0.0] * 32}, file)
+try:
+    load_checkpoint("pickled.pkl", digits_classifier())
+except NotACheckpointError as error:
+    print("load_checkpoint:", type(error).__name__, str(error).split(":")[0])
+
+# %% [markdown]
 # `.pt` 没有别的含义；本章通篇使用它。
 #
+# ## 不带括号的 `model.cuda`
+#
+# 复制来的代码里有时会有一行 `model.cuda`：它只是取出这个方法然后丢掉，什么都没有移动，也没有任何提示；即使在没有 GPU、真调用就会失败的机器上也是如此：
+
+# %%
+from tutorials_pkg.runtime import default_device
+
+net = digits_classifier()
+net.cuda  # no parentheses: an attribute looked up and thrown away, on any machine
+print("after net.cuda:", net.fc1.weight.device)
+assert net.fc1.weight.device.type == "cpu"
+net = net.to(default_device())  # the fix: a call (.cuda() needs a GPU; .to(device) runs anywhere)
+print("after net.to(device):", net.fc1.weight.device)
+
+# %% [markdown]
+# ## 加载之后才包上 `DataParallel(model)`
+#
+# 为了读取从 `DataParallel` 保存的检查点（键为 `module.fc1.weight` 等），有篇教程先构建普通模型、加载，然后再包装。加载时面对的是普通模型的键（`fc1.weight`），于是抛出 `RuntimeError`：本可以让键对上的包装晚了一行：
+
+# %% tags=["raises-exception"] raises="RuntimeError"
+torch.save(nn.DataParallel(model).state_dict(), "dp.pt")  # keys: module.fc1.weight, ...
+loaded = digits_classifier()
+loaded.load_state_dict(torch.load("dp.pt"))  # the keys do not fit the plain model
+loaded = nn.DataParallel(loaded)  # wrapped too late
+
+# %% [markdown]
+# 先包装（或者让 [`load_checkpoint`](../loading/) 去掉前缀）：
+
+# %%
+loaded = nn.DataParallel(digits_classifier())  # wrap first: then the keys fit
+loaded.load_state_dict(torch.load("dp.pt"))
+assert torch.equal(loaded.module.fc1.weight, model.fc1.weight)
+
+# %% [markdown]
 # ## 用 `k[7:]` 或 `k.replace("module.", "")` 去前缀
 #
 # 这两种写法在抄来的代码里都很常见，也都会弄坏键名（这两种错误写法就是 `tutorials_pkg.save_load` 里的 `strip_prefix_by_slicing_every_key` 和 `strip_prefix_by_replacing_anywhere`）。`k[7:]` 从每个键上砍掉 7 个字符，所以没有前缀的检查点，每个名字都丢了开头。这里 `fc1.weight` 和 `fc2.weight` 都变成了 `ght`，一个悄悄覆盖了另一个：进去 4 个张量，出来 2 个。
@@ -145,7 +226,14 @@ print("missing:", result.missing_keys)
 assert not torch.equal(net.encoder.module.weight, saved["module.encoder.module.weight"])
 
 # %% [markdown]
-# 有篇教程写成了拼错的 `replace("modeule.", "")`：它匹配不到任何键，所以什么也没去掉，也不吭一声；再加上 `strict=False`，每个键同时既是缺失的又是多余的，整个模型都保留随机权重：
+# 有篇教程写成了拼错的 `replace("modeule.", "")`：它匹配不到任何键，所以什么也没去掉。在默认的 `strict=True` 下，这会大声失败：`load_state_dict` 抛出 `RuntimeError`，把每个键都列为缺失和多余：
+
+# %% tags=["raises-exception"] raises="RuntimeError"
+net = encoder_net()
+net.load_state_dict(strip_prefix_with_a_misspelt_name(saved))  # strict=True, the default
+
+# %% [markdown]
+# 只有加上 `strict=False` 才会悄无声息：每个键同时既是缺失的又是多余的，整个模型都保留随机权重：
 
 # %%
 net = encoder_net()
@@ -155,7 +243,7 @@ print(len(result.missing_keys), "missing,", len(result.unexpected_keys), "unexpe
 assert len(result.missing_keys) == len(net.state_dict())
 
 # %% [markdown]
-# `strip_prefix`（即 torch 的 `consume_prefix_in_state_dict_if_present`，源码见[`load_checkpoint` 一节](../loading/#读取检查点load_checkpoint)）只去掉键开头的前缀。前缀按完整的名字计，所以 `"module"` 和 `"module."` 是一样的：
+# `strip_prefix`（即 torch 的 `consume_prefix_in_state_dict_if_present`，由[`load_checkpoint` 一节]中的代码调用(../loading/#读取检查点load_checkpoint)）只去掉键开头的前缀。前缀按完整的名字计，所以 `"module"` 和 `"module."` 是一样的：
 
 # %%
 net = encoder_net()

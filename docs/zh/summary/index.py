@@ -177,7 +177,7 @@ unique = sum(p.numel() for record in records.values() for p in record["params"].
 assert unique == sum(p.numel() for p in kept.parameters()) == 11_689_512
 
 # %% [markdown]
-# `summary` 调用 `hooked_forward`；文件里其余的代码（上面的标题链接到 `tutorials_pkg/summary.py`）负责接住读者带来的各种模型：生成输入；在评估模式、`torch.no_grad()` 下运行，结束后每个模块恢复各自原来的模式；拒绝 TorchScript；让编译过的子模块以 eager 方式运行；出错时注明错误来自哪一层；区分没有用到的权重和模块虽未被调用、权重却被用到的情况；最后打印表格和内存估计。
+# `summary` 调用 `hooked_forward`；文件里其余的代码（代码块上方的文件名链接到 `tutorials_pkg/summary.py`）让它能处理读者带来的各种模型：生成输入；在评估模式、`torch.no_grad()` 下运行，结束后每个模块恢复各自原来的模式；拒绝 TorchScript；让编译过的子模块以 eager 方式运行；出错时注明错误来自哪一层；区分没有用到的权重和模块虽未被调用、权重却被用到的情况；最后打印表格和内存估计。
 #
 # ## `summary` 接收什么
 #

@@ -81,7 +81,7 @@ probabilities = torch.softmax(head(features_in), dim=1)   # inference: probabili
 print(loss.item() > 0, probabilities.sum(dim=1))
 
 # %% [markdown]
-# ## 忘了自己的分类器的“额外输出”包装
+# ## 忘了自己的分类器的「额外输出」包装
 #
 # 为了拿到特征，这个包装把 `fc` 换成了 `nn.Identity`，却没有把分类器留在任何地方：
 
@@ -91,7 +91,7 @@ from tutorials_pkg.surgery import ExtraOutputNetThatDropsHead
 show_source(ExtraOutputNetThatDropsHead)
 
 # %% [markdown]
-# 它的 “logits” 是 512 个特征，而不是 10 个类别得分。`CrossEntropyLoss` 察觉不到：0 到 9 的标签在 512 个类别里都合法，所以训练照样能跑。训练好的分类器也从 `state_dict` 里消失了：
+# 它的 「logits」 是 512 个特征，而不是 10 个类别得分。`CrossEntropyLoss` 察觉不到：0 到 9 的标签在 512 个类别里都合法，所以训练照样能跑。训练好的分类器也从 `state_dict` 里消失了：
 
 # %%
 forgetful = ExtraOutputNetThatDropsHead(copy.deepcopy(base))
@@ -101,14 +101,17 @@ assert logits.shape[1] == 512
 assert not any(key.startswith("fc.") or ".fc." in key for key in forgetful.state_dict())
 
 # %% [markdown]
-# [`ExtraOutputNet`](../inputs_and_outputs/#额外的输出) 把分类器保存为 `self.head` 并调用它，所以它的 logits 有 10 列，且与原模型的相同。
+# [`ExtraOutputNet`](../inputs_and_outputs/#额外的输出) 不改动模型的任何部分：它运行整个模型（包括分类器），用一个前向预钩子截取最后一层收到的输入。`self.head` 里存的只是这一层的名字 `"fc"`。所以它的 logits 有 10 列，与原模型的相同，分类器也仍在 `state_dict` 里。
 
 # %%
-logits, _ = ExtraOutputNet(copy.deepcopy(base))(images[:4])
-assert logits.shape[1] == 10 and "model.fc.weight" in ExtraOutputNet(copy.deepcopy(base)).state_dict()
+two_outputs = ExtraOutputNet(copy.deepcopy(base))
+logits, _ = two_outputs(images[:4])
+print(repr(two_outputs.head), logits.shape)
+assert two_outputs.head == "fc" and torch.equal(logits, base(images[:4]))
+assert "model.fc.weight" in two_outputs.state_dict()
 
 # %% [markdown]
-# ## 定义了 10 类的层却从不使用的“额外输出”模型
+# ## 定义了 10 类的层却从不使用的「额外输出」模型
 #
 # 一篇广为流传的教程里，额外输出的模型定义了一个 10 类的层 `fc1`，却从不调用它；它的 `forward` 还接收一个从不使用的额外输入。下面是我们对这个错误的重现：
 
@@ -118,7 +121,7 @@ from tutorials_pkg.surgery import ExtraOutputNetWithUnusedLayer
 show_source(ExtraOutputNetWithUnusedLayer)
 
 # %% [markdown]
-# 不会报任何错。所谓“10 类”的输出，其实是对 ImageNet `fc` 的 1,000 个输出做的 softmax；额外输入什么也不改变；`fc1` 得不到梯度，训练永远不会改动它：
+# 不会报任何错。所谓「10 类」的输出，其实是对 ImageNet `fc` 的 1,000 个输出做的 softmax；额外输入什么也不改变；`fc1` 得不到梯度，训练永远不会改动它：
 
 # %%
 unused = ExtraOutputNetWithUnusedLayer(resnet18(weights=None)).eval()
@@ -135,6 +138,77 @@ assert probabilities.shape[1] == 1000 and unused.fc1.weight.grad is None
 # %%
 logits, features = ExtraOutputNet(resnet18(weights=None, num_classes=10))(images[:4])
 print(logits.shape, features.shape)
+
+# %% [markdown]
+# ## 代码与文字说明不符的「额外输入」模型
+#
+# 同一篇教程说，它的额外输入模型把一个标量拼接到倒数第二层的特征上（它用的 ResNet-50 有 2,048 个，ResNet-18 有 512 个）。代码做的却是另一回事：它运行整个模型，于是标量拼接的是 ImageNet 的 1,000 个 logits，而且先经过 ReLU 和 dropout，后面再接一个新的 `Linear(1001, 10)` 和 softmax。下面是我们的重现：
+
+# %%
+from tutorials_pkg.surgery import ExtraInputNetOnLogits
+
+show_source(ExtraInputNetOnLogits)
+
+# %% [markdown]
+# 不会报任何错。在新层上挂一个前向预钩子，就能看到它收到的是什么：1,001 个值，即 logits 加上标量，而不是文字说明里的 513 个；ReLU 把所有负的 logits 都置成了 0（大约一半）；输出是 softmax，而 `CrossEntropyLoss` 还会再做一次（见[第一节](#模型末尾带-softmax再交给-crossentropyloss)）。
+
+# %%
+on_logits = ExtraInputNetOnLogits(resnet18(weights=None)).eval()
+seen = []
+hook = on_logits.fc_add.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+probabilities = on_logits(images[:4], ink)
+hook.remove()
+zeroed = (seen[0][:, :1000] == 0).float().mean().item()
+print(f"fc_add gets {seen[0].shape[1]} values per sample; {zeroed:.0%} of the logits are zeroed")
+assert seen[0].shape[1] == 1000 + 1 and 0.3 < zeroed < 0.7
+assert torch.allclose(probabilities.sum(dim=1), torch.ones(4))
+
+# %% [markdown]
+# [`ExtraInputNet`](../inputs_and_outputs/#额外的输入) 做的才是文字说明里的事：把额外输入拼接到分类器收到的 512 个特征上（它的新 `fc` 接收 512 + 1 个值），这 512 个特征沿用训练好的分类器的权重，额外输入的权重为 0，所以一开始的计算结果与原模型相同；它输出的是 logits：
+
+# %%
+joined = ExtraInputNet(copy.deepcopy(base), extra_features=1).eval()
+logits = joined(images[:4], ink)
+print(joined.fc, f"largest difference from the model: {(logits - base(images[:4])).abs().max():.1e}")
+assert joined.fc.in_features == 512 + 1 and torch.allclose(logits, base(images[:4]), atol=1e-5)
+
+# %% [markdown]
+# ## 用 `children()` 切出的主干丢掉了 `forward` 里用代码做的事
+#
+# 去掉分类器的一种常见写法是 `nn.Sequential(*list(model.children())[:-1])`。它只保留注册过的子模块，别的都没有了：`forward` 在子模块之间用代码做的事全都丢掉。ResNet-18 的 `forward` 在 `fc` 之前把池化后的特征图展平，所以切出的主干返回 `(N, 512, 1, 1)`，而不是 `(N, 512)`：
+
+# %%
+resnet = resnet18(weights=None).eval()
+body = nn.Sequential(*list(resnet.children())[:-1])
+print(body(images[:4]).shape)
+assert body(images[:4]).shape == (4, 512, 1, 1)
+
+# %% [markdown]
+# 在它后面接一个新的分类头就会出错，抛出 `RuntimeError`：`nn.Linear` 作用在最后一维上，而这一维的大小是 1。
+
+# %% tags=["raises-exception"] raises="RuntimeError"
+nn.Sequential(body, nn.Linear(512, 10))(images[:4])
+
+# %% [markdown]
+# torchvision 的 `mobilenet_v2` 连池化都是 `forward` 里的代码，所以切出的模型返回的是最后的特征图，而且不报错：一张 64×64 的图得到 2×2 个位置，而不是一个向量。
+
+# %%
+from torchvision.models import mobilenet_v2
+
+mobile = mobilenet_v2(weights=None).eval()
+trunk = nn.Sequential(*list(mobile.children())[:-1])
+x64 = torch.randn(2, 3, 64, 64)
+print(trunk(x64).shape)
+assert trunk(x64).shape == (2, 1280, 2, 2)
+
+# %% [markdown]
+# 保留 `forward`，只用 `nn.Identity` 替换分类器：模型返回的就是分类器原本收到的向量。
+
+# %%
+resnet.fc = nn.Identity()
+mobile.classifier = nn.Identity()
+print(resnet(images[:4]).shape, mobile(x64).shape)
+assert resnet(images[:4]).shape == (4, 512) and mobile(x64).shape == (2, 1280)
 
 # %% [markdown]
 # ## 在替换之前创建的优化器
@@ -214,7 +288,7 @@ replace_modules_of_type(fixed, nn.Sequential, lambda old: nn.Identity())
 # %% [markdown]
 # ## 别名而不是副本
 #
-# 赋值不会复制模型：`finetuned = base` 只是同一个对象的第二个名字，所以改动“新模型”也就改动了原模型。
+# 赋值不会复制模型：`finetuned = base` 只是同一个对象的第二个名字，所以改动「新模型」也就改动了原模型。
 
 # %%
 base = resnet18(weights=None)
@@ -232,7 +306,7 @@ wrapped = ExtraInputNet(base, extra_features=1)
 assert base(images[:2]).shape == (2, 512)  # not logits any more
 
 # %% [markdown]
-# `copy.deepcopy` 生成一个独立的模型，参数和 buffer 都是新的；原模型保持原样：
+# `copy.deepcopy` 生成一个独立的模型，参数和缓冲区都是新的；原模型保持原样：
 
 # %%
 base = resnet18(weights=None).eval()

@@ -96,7 +96,7 @@ assert difference < 1e-5
 with_extra(images[:4], torch.zeros(4, 3))
 
 # %% [markdown]
-# 最后一个 `nn.Linear` 在 ResNet 里是 `fc`，在[模型块一章](../../blocks/mobilenet/#用配置表生成-mobilenet-v1)的 `MobileNetV1` 里是 `classifier`，在 `MobileNetV2` 和 torchvision 的 `mobilenet_v2` 里是（dropout 之后的）`classifier.1`；所以若以 `head="fc"` 为默认值，只适合第一种。`head=` 给的名字不存在时，会得到 `replace_module` 那样的 `KeyError`，并列出相近的名字：
+# 最后一个 `nn.Linear` 在 ResNet 里是 `fc`，在[用块搭建 U-Net 与 MobileNet 一章](../../blocks/mobilenet/#用配置表生成-mobilenet-v1)的 `MobileNetV1` 里是 `classifier`，在 `MobileNetV2` 和 torchvision 的 `mobilenet_v2` 里是（dropout 之后的）`classifier.1`；所以若以 `head="fc"` 为默认值，只适合第一种。`head=` 给的名字不存在时，像 `replace_module` 一样抛出 `KeyError`，并列出相近的名字：
 
 # %%
 from tutorials_pkg.blocks.mobilenet import MobileNetV1, MobileNetV2
@@ -128,3 +128,37 @@ assert list(two_outputs.state_dict()) == ["model." + key for key in base.state_d
 
 # %% [markdown]
 # `ExtraInputNet` 则会接管传给它的模型：它的主体就是这个模型本身，只是最后一层被替换了。所以它的例子都传入 `copy.deepcopy(base)`；[实践中常见的错误](../in_the_wild/#别名而不是副本)一页会演示不这样做的后果。它的 `state_dict` 键以 `body.` 和 `fc.` 开头，`ExtraOutputNet` 的则以 `model.` 开头，所以要先把训练好的权重加载进模型，再包装。
+
+# %% [markdown]
+# ### 只有调用模块时钩子才会运行
+#
+# 钩子在模块被**调用**（`layer(x)`）时运行：`nn.Module.__call__` 在 `forward` 前后运行这些钩子。直接调用 `layer.forward(x)` 只做计算，所有钩子都被跳过：
+
+# %%
+from torch import nn
+
+calls = []
+layer = nn.Linear(4, 2)
+handle = layer.register_forward_hook(lambda module, args, output: calls.append(module))
+layer(torch.randn(1, 4))
+print("after layer(x):", len(calls), "hook call")
+layer.forward(torch.randn(1, 4))
+print("after layer.forward(x):", len(calls), "hook call")
+handle.remove()
+assert len(calls) == 1
+
+# %% [markdown]
+# 所以，如果模型的 `forward` 里写的是 `self.fc.forward(x)`，`ExtraOutputNet` 的前向预钩子就永远看不到分类头的输入。它不会返回空结果，而是数一数调用次数，抛出 `RuntimeError`，指出分类头运行了 0 次。在 `forward` 里要写 `self.fc(x)`，不要写 `self.fc.forward(x)`。
+
+# %% tags=["raises-exception"] raises="RuntimeError"
+class CallsForwardDirectly(nn.Module):  # its forward calls fc.forward, not fc
+    def __init__(self):
+        super().__init__()
+        self.flatten = nn.Flatten()
+        self.fc = nn.Linear(3 * 32 * 32, 10)
+
+    def forward(self, x):
+        return self.fc.forward(self.flatten(x))
+
+
+ExtraOutputNet(CallsForwardDirectly())(images[:4])
