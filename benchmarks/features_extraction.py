@@ -5,7 +5,9 @@ For resnet50 (random weights, eval mode, ``torch.no_grad()``) at batch 8,
 beside a plain forward pass and beside the floor: a forward pass truncated
 right after the requested layer (``nn.Sequential`` of the children up to it,
 built before timing). Also ``by_fx (built once)``: the FX extractor built
-before timing, so its rows leave out tracing. Times are the median of
+before timing, so its rows leave out tracing; and ``chain_children``: the core
+of ``by_children`` without its check (one pass of the model's own forward up to
+the requested layer, which ``by_children`` and ``by_layer_getter`` pay for). Times are the median of
 ``--repeats`` runs after one warm-up; peak memory comes from
 ``tutorials_pkg.measure.peak_memory_bytes`` (the profiler's allocation
 events on CPU, ``torch.cuda.max_memory_allocated`` on CUDA).
@@ -24,6 +26,7 @@ from torchvision.models import resnet50
 from tutorials_pkg.intermediate import (
     EXTRACTORS,
     build_fx_extractor,
+    chain_children,
     extraction_costs,
     format_cost_table,
 )
@@ -58,6 +61,7 @@ def main() -> None:
     methods = {
         **EXTRACTORS,
         "by_fx (built once)": lambda model, x, names: built[names[0]](x),
+        "chain_children": chain_children,
         "floor": lambda model, x, names: floors[names[0]](x),
     }
     print(describe_runtime(), f"· {torch.get_num_threads()} CPU threads")

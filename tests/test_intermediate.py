@@ -1,4 +1,5 @@
 import re
+import shutil
 from collections import OrderedDict, namedtuple
 
 import pytest
@@ -16,7 +17,8 @@ from tutorials_pkg.digits import (
     split_train_test,
     train_epoch,
 )
-from tutorials_pkg.blocks.unet import UNet
+from torchvision.models._utils import IntermediateLayerGetter
+
 from tutorials_pkg.intermediate import (
     EXTRACTORS,
     KeywordAttentionNet,
@@ -29,9 +31,15 @@ from tutorials_pkg.intermediate import (
     by_hooks_without_clone_or_removal,
     by_layer_getter,
     by_pre_hooks,
+    chain_children,
     extraction_costs,
     format_cost_table,
+    fx_extractor,
     grads_by_hooks,
+    hook_grads,
+    hook_inputs,
+    hook_outputs,
+    layer_getter_outputs,
     plot_feature_maps,
     svg_figure,
 )
@@ -155,8 +163,15 @@ def test_fx_and_children_also_return_values_before_inplace_ops(resnet, image):
     assert torch.equal(outputs["layer1.0.bn1"], produced)
     bn1 = resnet.bn1(resnet.conv1(image))
     assert torch.equal(by_children(resnet, image, ["bn1", "layer1"])["bn1"], bn1)
-    # IntermediateLayerGetter hands back the tensor relu(inplace=True) changed: a documented limit
-    assert torch.equal(by_layer_getter(resnet, image, ["bn1", "layer1"])["bn1"], torch.relu(bn1))
+    # IntermediateLayerGetter hands back the tensor relu(inplace=True) changed, without a word
+    getter = IntermediateLayerGetter(resnet, return_layers={"bn1": "bn1", "layer1": "layer1"})
+    assert torch.equal(getter(image)["bn1"], torch.relu(bn1))
+    assert torch.equal(layer_getter_outputs(resnet, image, ["bn1", "layer1"])["bn1"], torch.relu(bn1))
+    # by_layer_getter sees the change and refuses (it returned relu(bn1) before)
+    with pytest.raises(RuntimeError, match=r"by_layer_getter: a later child changed the outputs of "
+                                           r"\['bn1'\] in place"):
+        by_layer_getter(resnet, image, ["bn1", "layer1"])
+    assert torch.equal(by_layer_getter(resnet, image, ["bn1"])["bn1"], bn1)  # alone it is right
 
 
 def test_fx_clones_only_outputs_that_a_later_op_reads(resnet):
@@ -190,11 +205,13 @@ def test_naive_hooks_pile_up():
 @torch.no_grad()
 def test_children_methods_ignore_the_models_forward(resnet, image):
     # no flatten before fc: avgpool's (2, 512, 1, 1) reaches fc as 1024 rows of 1 number
-    with pytest.raises(RuntimeError, match=r"shapes cannot be multiplied \(1024x1 and 512x1000\)"):
+    with pytest.raises(RuntimeError, match=r"by_layer_getter: the chain broke at 'fc': it was given "
+                       r"what 'avgpool' returned(.|\n)*shapes cannot be multiplied \(1024x1 and 512x1000\)"):
         by_layer_getter(resnet, image, ["fc"])
     model = mobilenet_v2(weights=None).eval()
     # forward pools before the classifier: unpooled (2, 1280, 2, 2) reaches it as 5120 rows of 2
-    with pytest.raises(RuntimeError, match=r"shapes cannot be multiplied \(5120x2 and 1280x1000\)"):
+    with pytest.raises(RuntimeError, match=r"broke at 'classifier'(.|\n)*shapes cannot be multiplied "
+                                           r"\(5120x2 and 1280x1000\)"):
         by_children(model, image, ["classifier"])
     assert torch.equal(by_fx(model, image, ["classifier"])["classifier"], model(image))
 
@@ -437,7 +454,7 @@ class TwiceNet(nn.Module):
 def test_grads_of_a_module_called_twice_are_its_last_calls_and_inplace_input_is_fine():
     torch.manual_seed(0)
     model, x = TwiceNet(), torch.randn(4, 3)
-    grads = grads_by_hooks(model, x, ["shared"], lambda out: (out ** 2).sum())
+    grads = grads_by_hooks(model, x.clone(), ["shared"], lambda out: (out ** 2).sum())
     expected = 2 * model(x.clone())  # d sum(out^2) / d out, out being the last call's output
     torch.testing.assert_close(grads["shared"], expected)
     outputs = by_hooks(model, x.clone(), ["shared"])  # by_hooks keeps the last call too
@@ -445,14 +462,14 @@ def test_grads_of_a_module_called_twice_are_its_last_calls_and_inplace_input_is_
 
 
 def test_grads_refuse_inplace_changes_clearly_and_tensor_hooks_follow_them(resnet, image):
-    with pytest.raises(RuntimeError, match=r"grads_by_hooks: 'relu' \(ReLU\) changed the input or output "
-                                           r"of a module among \['bn1'\] in place.*Tensor.register_hook"):
+    with pytest.raises(RuntimeError, match=r"the outputs of \['bn1'\] were changed in place after "
+                                           r"they were made.*Tensor.register_hook"):
         grads_by_hooks(resnet, image, ["bn1"], first_logit)
     assert all_hooks(resnet) == []
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(4, 5), nn.ReLU(inplace=True), nn.Linear(5, 3))
     x = torch.randn(2, 4)
-    with pytest.raises(RuntimeError, match=r"'1' \(ReLU\) changed"):
+    with pytest.raises(RuntimeError, match=r"the outputs of \['0'\] were changed in place"):
         grads_by_hooks(net, x, ["0"], torch.sum)
     hidden, seen = net[0](x), []
     hidden.register_hook(seen.append)  # a hook on the tensor: fires with d loss / d hidden
@@ -461,14 +478,12 @@ def test_grads_refuse_inplace_changes_clearly_and_tensor_hooks_follow_them(resne
     assert torch.equal(seen[0], grads_by_hooks(net, x, ["0"], torch.sum)["0"])
 
 
-def test_grads_refuse_integer_inputs_unknown_names_and_modules_the_loss_never_sees(resnet, image):
-    with pytest.raises(TypeError, match="x must be a floating-point tensor, got torch.int64"):
-        grads_by_hooks(resnet, torch.zeros(1, 3, 32, 32, dtype=torch.long), ["fc"], first_logit)
+def test_grads_refuse_unknown_names_and_modules_the_loss_never_sees(resnet, image):
     with pytest.raises(ValueError, match=r"grads_by_hooks: unknown names \['fc2'\]"):
         grads_by_hooks(resnet, image, ["fc2"], first_logit)
     two_heads = TwoHeads()
     with pytest.raises(ValueError, match=r"no gradient recorded for \['b'\]: forward never called them, "
-                                         "or their output does not reach the loss"):
+                                         "or their output is not a tensor or does not reach the loss"):
         grads_by_hooks(two_heads, torch.randn(2, 3), ["a", "b"], lambda outputs: outputs[0].sum())
     assert all_hooks(two_heads) == []
     assert torch.equal(grads_by_hooks(two_heads, torch.randn(2, 3), ["a"], lambda outputs: outputs[0].sum())["a"],
@@ -517,19 +532,32 @@ def listed_names(error):
 
 
 @pytest.mark.parametrize("fn", [by_hooks, by_pre_hooks])
-def test_hook_methods_on_a_compiled_model_use_the_original_and_list_only_usable_names(fn):
+def test_hook_methods_on_a_compiled_model_use_the_original_and_list_usable_names(fn):
     torch.manual_seed(0)
     model, x = Mlp(), torch.randn(3, 4)
     compiled = torch.compile(model, backend="eager")
     compiled(x)  # compiled and called once, as the issue found it
     assert torch.equal(fn(compiled, x, ["fc1"])["fc1"], fn(model, x, ["fc1"])["fc1"])
-    with pytest.raises(ValueError, match=r"unknown names \['_orig_mod.fc1'\]") as error:
-        fn(compiled, x, ["_orig_mod.fc1"])
+    with pytest.raises(ValueError, match=r"unknown names \['fc3'\]") as error:
+        fn(compiled, x, ["fc3"])
     usable = [name for name in listed_names(error) if name != "unused"]
     assert usable == ["fc1", "fc2"]
     assert list(fn(compiled, x, usable)) == usable  # every name it listed works
     grads = grads_by_hooks(compiled, x, ["fc2"], torch.sum)
     assert torch.equal(grads["fc2"], torch.ones(3, 2))
+
+
+@pytest.mark.parametrize("method", [*EXTRACTORS, "by_pre_hooks", "grads_by_hooks"])
+def test_a_compiled_model_takes_both_spellings_of_a_name(method):
+    """compiled.named_modules() says '_orig_mod.fc1'; the model inside says 'fc1' (issue 24)."""
+    torch.manual_seed(0)
+    model, x = Mlp(), torch.randn(3, 4)
+    compiled = torch.compile(model, backend="eager")
+    assert "_orig_mod.fc1" in dict(compiled.named_modules())
+    fn = {**EXTRACTORS, "by_pre_hooks": by_pre_hooks,
+          "grads_by_hooks": lambda m, x, names: grads_by_hooks(m, x, names, torch.sum)}[method]
+    long, short = fn(compiled, x, ["_orig_mod.fc1"]), fn(compiled, x, ["fc1"])
+    assert list(long) == ["_orig_mod.fc1"] and torch.equal(long["_orig_mod.fc1"], short["fc1"])
 
 
 def test_fx_and_children_on_a_compiled_model():
@@ -542,15 +570,51 @@ def test_fx_and_children_on_a_compiled_model():
     assert torch.equal(by_layer_getter(compiled, x, ["fc1"])["fc1"], expected)
 
 
-def test_a_compiled_part_inside_a_model_is_hooked_as_a_whole_and_never_listed_inside():
+@pytest.mark.parametrize("backend", ["eager", "inductor"])
+def test_compiled_code_runs_only_the_hooks_its_forward_was_compiled_with(backend):
+    """What the page says about torch.compile and hooks, on the torch that builds it (issue 25)."""
+    if backend == "inductor" and not (shutil.which("cc") or shutil.which("gcc")):
+        pytest.skip("inductor needs a C compiler on CPU")
+    torch._dynamo.reset()  # no compiled code for Mlp.forward yet
     torch.manual_seed(0)
-    model = nn.Sequential(torch.compile(nn.Sequential(nn.Linear(4, 8), nn.ReLU()), backend="eager"),
-                          nn.Linear(8, 2))
+    x, fired = torch.randn(3, 4), []
+    first, second, late = Mlp(), Mlp(), Mlp()
+    first.fc1.register_forward_hook(lambda *args: fired.append("first"))
+    compiled_first = torch.compile(first, backend=backend)
+    compiled_first(x)
+    assert fired == ["first"]  # registered before the first compile of Mlp.forward: it fires
+    first.fc1.register_forward_hook(lambda *args: fired.append("first, added later"))
+    compiled_first(x)  # compiled with a hook: its hooks are checked, and it recompiles
+    assert fired == ["first", "first", "first, added later"]
+    torch._dynamo.reset()
+    fired.clear()
+    compiled_late = torch.compile(late, backend=backend)
+    compiled_late(x)
+    late.fc1.register_forward_hook(lambda *args: fired.append("late"))
+    compiled_late(x)
+    second.fc1.register_forward_hook(lambda *args: fired.append("second"))
+    torch.compile(second, backend=backend)(x)
+    assert fired == []  # compiled without hooks: one added later, or on a second instance, missed
+    with torch.compiler.set_stance("force_eager"):
+        compiled_late(x)
+    assert fired[-1] == "late"  # run eagerly, it fires: what the hook tools do
+    assert torch.equal(by_hooks(compiled_late, x, ["fc1"])["fc1"], late.fc1(x))
+
+
+def test_hooks_inside_a_compiled_part_of_a_model_fire_even_after_its_first_call():
+    torch.manual_seed(0)
+    inner = nn.Sequential(nn.Linear(4, 8), nn.ReLU())
+    model = nn.Sequential(torch.compile(inner, backend="eager"), nn.Linear(8, 2))
     x = torch.randn(3, 4)
-    with pytest.raises(ValueError, match=r"unknown names \['0._orig_mod.0'\]") as error:
-        by_hooks(model, x, ["0._orig_mod.0"])  # hooks inside compiled code would never fire
-    assert listed_names(error) == ["0", "1"]
-    assert torch.equal(by_hooks(model, x, listed_names(error))["1"], model(x))
+    model(x)  # compiled: hooks added inside it now would be missed in compiled code
+    expected = inner[0](x)
+    for name in ("0._orig_mod.0", "0.0"):  # both spellings
+        assert torch.equal(by_hooks(model, x, [name])[name], expected)
+        assert torch.equal(by_pre_hooks(model, x, [name])[name], x)
+    with pytest.raises(ValueError, match=r"unknown names \['0.2'\]") as error:
+        by_hooks(model, x, ["0.2"])
+    assert listed_names(error) == ["0", "0.0", "0.1", "1"]
+    assert all_hooks(model) == []
 
 
 @pytest.mark.parametrize("fn", [by_hooks, by_pre_hooks])
@@ -573,12 +637,30 @@ def test_a_branch_forward_skips_in_eval_mode_gets_the_same_error():
     assert by_hooks(model.train(), x, ["aux1"])["aux1"].shape == (2, 1000)  # called in training
 
 
-def test_fx_names_by_hooks_where_it_cannot_trace_the_packages_unet():
-    model, x = UNet(n_channels=3, n_classes=2).eval(), torch.randn(1, 3, 32, 32)
+class CheckedNet(nn.Module):
+    """A model whose own forward checks its input with an `if`, as a U-Net may."""
+
+    def __init__(self):
+        super().__init__()
+        self.inc = nn.Conv2d(3, 4, 3, padding=1)
+        self.outc = nn.Conv2d(4, 2, 1)
+
+    def check_input(self, x):
+        if x.shape[-1] < 16:
+            raise ValueError("at least 16 pixels wide")
+
+    def forward(self, x):
+        self.check_input(x)
+        return self.outc(self.inc(x))
+
+
+def test_fx_names_by_hooks_where_it_cannot_trace_the_models_own_code():
+    model, x = CheckedNet().eval(), torch.randn(1, 3, 32, 32)
     with pytest.raises(TraceError) as error:
         by_fx(model, x, ["inc"])
     message = str(error.value)
-    assert message.startswith("by_fx: torch.fx cannot trace UNet: tracing stopped in UNet.check_input")
+    assert message.startswith("by_fx: torch.fx cannot trace CheckedNet: tracing stopped in "
+                              "CheckedNet.check_input")
     assert "by_hooks(model, x, names)" in message
     assert message.splitlines()[-1] == ("FX's message: TraceError: symbolically traced variables "
                                         "cannot be used as inputs to control flow")
@@ -665,3 +747,235 @@ def test_a_tuple_is_the_models_positional_arguments(fn):
         assert torch.equal(got["left"], a) and torch.equal(got["right"], b)
     else:
         assert torch.equal(got["left"], model.left(a)) and torch.equal(got["right"], model.right(b))
+
+
+# --- the models readers bring (issue 24) ------------------------------------------------
+
+class MaskedNet(nn.Module):
+    """A keyword-only argument, as language models take an attention mask."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Linear(4, 4)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x, *, mask):
+        return self.head(self.body(x) * mask)
+
+
+@pytest.mark.parametrize("method", [*EXTRACTORS, "by_pre_hooks", "grads_by_hooks"])
+def test_keyword_arguments_reach_forward(method):
+    torch.manual_seed(0)
+    model, x, mask = MaskedNet(), torch.randn(3, 4), torch.tensor([[1.0, 0.0, 1.0, 0.0]])
+    with pytest.raises(TypeError, match="missing 1 required keyword-only argument: 'mask'"):
+        model(x)  # what a tool without input_kwargs could only do
+    hidden = model.body(x)
+    if method == "grads_by_hooks":
+        got = grads_by_hooks(model, x, ["body"], torch.sum, input_kwargs={"mask": mask})["body"]
+        assert torch.equal(got, (model.head.weight.sum(0) * mask).expand(3, 4))
+    elif method == "by_pre_hooks":
+        got = by_pre_hooks(model, x, ["head"], input_kwargs={"mask": mask})["head"]
+        assert torch.equal(got, hidden * mask)
+    elif method in ("by_children", "by_layer_getter"):  # the chain is body, head: not the model
+        with pytest.raises(RuntimeError, match=rf"{method}: the chain gives \['head'\] other values"):
+            EXTRACTORS[method](model, x, ["head"], input_kwargs={"mask": mask})
+        got = EXTRACTORS[method](model, x, ["body"], input_kwargs={"mask": mask})["body"]
+        assert torch.equal(got, hidden)
+    else:
+        got = EXTRACTORS[method](model, x, ["body", "head"], input_kwargs={"mask": mask})
+        assert torch.equal(got["head"], model(x, mask=mask)) and torch.equal(got["body"], hidden)
+
+
+class TokenNet(nn.Module):
+    """Token ids in, as any language model takes them."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(10, 4)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, ids):
+        return self.fc(self.embed(ids).mean(dim=1))
+
+
+@pytest.mark.parametrize("frozen", [False, True])
+def test_grads_on_token_ids(frozen):
+    torch.manual_seed(0)
+    model, ids = TokenNet().requires_grad_(not frozen), torch.tensor([[1, 2, 3], [4, 5, 5]])
+    grads = grads_by_hooks(model, ids, ["embed", "fc"], lambda logits: logits[:, 0].sum())
+    assert torch.equal(grads["fc"], torch.tensor([[1.0, 0.0], [1.0, 0.0]]))
+    # d logits[:, 0].sum() / d embed = fc.weight[0] / 3 for each of the three tokens
+    torch.testing.assert_close(grads["embed"], (model.fc.weight[0] / 3).expand(2, 3, 4))
+    assert all(p.grad is None for p in model.parameters())
+
+
+class LstmNet(nn.Module):
+    """A child that returns a tuple, which forward unpacks before the next child."""
+
+    def __init__(self):
+        super().__init__()
+        self.lstm = nn.LSTM(4, 6, batch_first=True)
+        self.fc = nn.Linear(6, 2)
+
+    def forward(self, x):
+        out, _ = self.lstm(x)
+        return self.fc(out[:, -1])
+
+
+@pytest.mark.parametrize("fn", [by_children, by_layer_getter])
+def test_the_chain_names_the_child_where_a_tuple_output_breaks_it(fn):
+    torch.manual_seed(0)
+    model, x = LstmNet(), torch.randn(2, 5, 4)
+    with pytest.raises(RuntimeError, match=rf"{fn.__name__}: the chain broke at 'fc': it was given "
+                                           r"what 'lstm' returned \(a tuple\).*skips forward"):
+        fn(model, x, ["fc"])
+    lstm = fn(model, x, ["lstm"])["lstm"]  # the tuple itself, as the child returned it
+    assert torch.equal(lstm[0], model.lstm(x)[0])
+    assert torch.equal(by_hooks(model, x, ["fc"])["fc"], model(x))
+
+
+class DictInputNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+
+    def forward(self, batch):
+        return self.pool(self.conv(batch["image"]))
+
+
+def test_the_chain_names_the_first_child_when_the_input_is_a_dict():
+    model, batch = DictInputNet(), {"image": torch.randn(2, 3, 8, 8), "label": "cat"}
+    for fn in (by_children, by_layer_getter):
+        with pytest.raises(RuntimeError, match=rf"{fn.__name__}: the chain broke at 'conv': it was "
+                                               r"given x as it is \(a dict\)"):
+            fn(model, batch, ["conv"])
+    assert torch.equal(by_hooks(model, batch, ["conv"])["conv"], model.conv(batch["image"]))
+
+
+@pytest.mark.parametrize("fn", [by_children, by_layer_getter])
+def test_a_module_list_child_is_refused_with_the_reason(fn):
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(8, 2, 16, batch_first=True)
+    model = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False).eval()
+    x = torch.randn(2, 3, 8)
+    with pytest.raises(NotImplementedError):  # what a chain gets from ModuleList by itself
+        chain_children(model, x, ["layers"])
+    with pytest.raises(RuntimeError, match=rf"{fn.__name__}: the top-level children up to 'layers' "
+                                           r"are not a chain: 'layers' is a ModuleList"):
+        fn(model, x, ["layers"])
+    with torch.no_grad():
+        assert torch.equal(by_hooks(model, x, ["layers.1"])["layers.1"], model(x))
+
+
+class Reordered(nn.Module):
+    """Children registered in another order than forward calls them."""
+
+    def __init__(self):
+        super().__init__()
+        self.second = nn.Linear(4, 4)
+        self.first = nn.Linear(4, 4)
+
+    def forward(self, x):
+        return self.second(torch.tanh(self.first(x)))
+
+
+@pytest.mark.parametrize("fn", [by_children, by_layer_getter])
+def test_children_registered_in_another_order_are_refused_not_silently_wrong(fn):
+    torch.manual_seed(0)
+    model, x = Reordered(), torch.randn(3, 4)
+    wrong = chain_children(model, x, ["first"])["first"]  # first(second(x)): no error
+    getter = IntermediateLayerGetter(model, return_layers={"first": "first"})(x)["first"]
+    assert torch.equal(wrong, getter) and not torch.allclose(wrong, model.first(x))
+    with pytest.raises(RuntimeError, match=rf"{fn.__name__}: the top-level children up to 'first' are "
+                                           r"not a chain: forward calls 'first' where the chain would "
+                                           r"call 'second': the children are registered in another order"):
+        fn(model, x, ["first"])
+    assert all_hooks(model) == []
+
+
+class ScaledBetween(nn.Module):
+    """forward does more than call its children in turn (what a chain cannot see)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 4)
+
+    def forward(self, x):
+        h = self.a(x)
+        return self.b(2 * h) + h
+
+
+def test_work_that_forward_does_between_children_is_refused():
+    torch.manual_seed(0)
+    model, x = ScaledBetween(), torch.randn(3, 4)
+    assert torch.equal(by_children(model, x, ["a"])["a"], model.a(x))  # a itself is fine
+    with pytest.raises(RuntimeError, match=r"the chain gives \['b'\] other values than the model's "
+                                           "forward does"):
+        by_children(model, x, ["a", "b"])
+
+
+def test_the_check_pass_leaves_batchnorm_and_the_random_state_as_one_forward_would():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Dropout(0.5), nn.ReLU()).train()
+    twin = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Dropout(0.5), nn.ReLU()).train()
+    twin.load_state_dict(model.state_dict())
+    x = torch.randn(2, 3, 8, 8)
+    torch.manual_seed(1)
+    got = by_children(model, x, ["2"])["2"]  # the check pass draws the same dropout mask
+    torch.manual_seed(1)
+    expected = twin[2](twin[1](twin[0](x)))
+    assert torch.equal(got, expected)
+    assert torch.equal(model[1].running_mean, twin[1].running_mean)  # moved once, as by one pass
+    assert model[1].num_batches_tracked.item() == 1
+
+
+def test_by_hooks_in_train_mode_moves_batchnorm_statistics_as_forward_does(resnet, image):
+    model = resnet18(weights=None)
+    model.load_state_dict(resnet.state_dict())
+    before = model.bn1.running_mean.clone()
+    by_hooks(model.train(), image, ["layer1"])
+    assert not torch.equal(model.bn1.running_mean, before)  # a training step's forward
+    after_train = model.bn1.running_mean.clone()
+    by_hooks(model.eval(), image, ["layer1"])
+    assert torch.equal(model.bn1.running_mean, after_train)  # eval mode leaves them
+
+
+def test_return_layers_values_rename_the_outputs(resnet, image):
+    getter = IntermediateLayerGetter(resnet, return_layers={"layer4": "out", "layer3": "aux"})
+    with torch.no_grad():
+        outputs = getter(image)
+        expected = by_hooks(resnet, image, ["layer3", "layer4"])
+    assert list(outputs) == ["aux", "out"]  # in the order of the children, keyed by the values
+    assert torch.equal(outputs["aux"], expected["layer3"]) and torch.equal(outputs["out"], expected["layer4"])
+
+
+class SkipIdentity(nn.Module):
+    """An nn.Identity whose output is its input: the same tensor, the same grad_fn."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3, 3)
+        self.skip = nn.Identity()
+
+    def forward(self, x):
+        h = torch.tanh(x)
+        return self.fc(h) + self.skip(h)
+
+
+def test_the_gradient_at_an_identity_is_its_own_not_its_inputs():
+    torch.manual_seed(0)
+    model, x = SkipIdentity(), torch.randn(2, 3)
+    grads = grads_by_hooks(model, x, ["skip"], torch.sum)
+    assert torch.equal(grads["skip"], torch.ones(2, 3))  # d sum / d skip's output, not tanh's
+
+
+def test_the_cores_run_on_their_own(resnet, image):
+    with torch.no_grad():
+        assert torch.equal(chain_children(resnet, image, ["layer2"])["layer2"],
+                           by_hooks(resnet, image, ["layer2"])["layer2"])
+        assert torch.equal(fx_extractor(resnet, ["layer2"])(image)["layer2"],
+                           hook_outputs(resnet, ["layer2"], image)["layer2"])
+        assert torch.equal(hook_inputs(resnet, ["fc"], image)["fc"], by_pre_hooks(resnet, image, "fc")["fc"])
+    grads = hook_grads(resnet, ["fc", "layer4"], first_logit, image)
+    assert grads["fc"].shape == (2, 1000) and all_hooks(resnet) == []

@@ -1,17 +1,33 @@
 """Chapter: four ways to get intermediate outputs, and the inputs and gradients of layers.
 
-The four ways take ``(model, x, names)`` and return ``{name: tensor}`` in the order
-the names were asked for:
+Each way comes twice. Its *core* is the short function a page shows, for a reader to
+copy: ``chain_children``, ``layer_getter_outputs``, ``fx_extractor``, ``hook_outputs``,
+``hook_inputs`` and ``hook_grads``. Its *tool* calls that core and takes every model
+readers bring, with one signature, ``fn(model, x, names) -> {name: output}`` in the
+order the names were asked for:
 
 - ``by_children``: run the top-level children in order yourself;
 - ``by_layer_getter``: torchvision's ``IntermediateLayerGetter`` does the same;
 - ``by_fx``: trace the model with torch.fx (``create_feature_extractor``) and
   return any node of the graph;
-- ``by_hooks``: run the model as it is and record outputs with forward hooks.
+- ``by_hooks``: run the model as it is and record outputs with forward hooks;
 
 ``by_pre_hooks`` records the inputs of modules, ``grads_by_hooks`` the gradients
-with respect to their outputs. A ``torch.compile``'d model is run as its original
-module (``_orig_mod``), under the original module's names.
+with respect to their outputs. What the tools add to the cores:
+
+- ``x`` is the model's one argument, or a tuple of its positional arguments, and
+  ``input_kwargs`` its keyword arguments;
+- a model inside ``DataParallel`` / DDP or ``torch.compile`` is run as the model
+  inside (``tutorials_pkg.unwrap``), compiled parts of it run eagerly (hooks added
+  after a compiled model's first call never fire in compiled code), and a name may
+  be spelt with or without the wrappers' ``_orig_mod.`` / ``module.``;
+- an unknown name gets a ``ValueError`` that lists the names there are, and a module
+  forward never called one that says so;
+- ``by_children`` and ``by_layer_getter`` check their chain against one pass of the
+  model's own forward and refuse, with the reason, where it is not the model (children
+  registered in another order than forward calls them, a ``ModuleList``, work that
+  forward does between them); where the chain breaks, the error names the child;
+- ``by_fx`` says where tracing stopped and what to do instead.
 """
 
 import inspect
@@ -28,107 +44,37 @@ from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
 
 from tutorials_pkg.measure import median_seconds_each, peak_memory_bytes
+from tutorials_pkg.unwrap import map_tensors, tensors_in, unwrap_model
 
 __all__ = [
-    "EXTRACTORS", "KeywordAttentionNet", "NoisyGatedNet", "SignGate", "build_fx_extractor",
-    "by_children", "by_fx", "by_hooks",
-    "by_hooks_without_clone_or_removal", "by_layer_getter", "by_pre_hooks", "clone_graph_outputs",
-    "extraction_costs", "format_cost_table", "grads_by_hooks", "plot_feature_maps", "svg_figure",
+    "EXTRACTORS", "KeywordAttentionNet", "NoisyGatedNet", "SignGate", "SwappedNet",
+    "build_fx_extractor",
+    "by_children", "by_fx", "by_hooks", "by_hooks_without_clone_or_removal", "by_layer_getter",
+    "by_pre_hooks", "chain_children", "clone_graph_outputs", "extraction_costs",
+    "format_cost_table", "fx_extractor", "grads_by_hooks", "hook_grads", "hook_inputs",
+    "hook_outputs", "layer_getter_outputs", "plot_feature_maps", "svg_figure",
 ]
 
 
-def _uncompiled(model: nn.Module) -> nn.Module:
-    """The module to run: a ``torch.compile``'d model's original (hooks in compiled code never fire)."""
-    original = getattr(model, "_orig_mod", None)
-    return original if isinstance(original, nn.Module) else model
+# --- The cores: what the pages show ------------------------------------------------------
 
-
-def _name_list(names: Iterable[str]) -> list[str]:
-    return [names] if isinstance(names, str) else list(names)  # one name may be a string
-
-
-def _modules_named(model: nn.Module, names: list[str], method: str) -> dict[str, nn.Module]:
-    """The modules ``names``, or a ValueError listing the names there are.
-
-    Modules inside a nested ``torch.compile``'d part are not listed: their hooks never fire.
-    """
-    modules = {name: module for name, module in model.named_modules()
-               if name and "_orig_mod" not in name.split(".")}
-    unknown = [name for name in names if name not in modules]
-    if unknown:
-        raise ValueError(f"{method}: unknown names {unknown}; it can reach: {', '.join(modules)}")
-    return {name: modules[name] for name in names}
-
-
-_NEVER_CALLED = ("forward never called them for this input (a module kept only as an attribute, "
-                 "one behind a branch such as `if self.training:`, or one whose other methods "
-                 "forward calls instead of the module itself)")
-
-
-def _check_recorded(method: str, names: list[str], recorded: dict, what: str, why: str) -> None:
-    missing = [name for name in dict.fromkeys(names) if name not in recorded]
-    if missing:
-        raise ValueError(f"{method}: no {what} recorded for {missing}: {why}")
-
-
-def _copy(value: Any) -> Any:
-    """``value`` with every tensor in it cloned: a tensor, or a dict, list or tuple of them."""
-    if isinstance(value, Tensor):
-        return value.clone()
-    if isinstance(value, dict):
-        return type(value)((key, _copy(item)) for key, item in value.items())
-    if isinstance(value, (list, tuple)):
-        items = [_copy(item) for item in value]
-        return type(value)(*items) if hasattr(value, "_fields") else type(value)(items)
-    return value
-
-
-def _run_then_remove(model: nn.Module, x: Any, handles: list) -> None:
-    """Call ``model`` on ``x`` (a tuple: its positional arguments); remove the hooks even if it raises."""
-    try:
-        model(*x) if isinstance(x, tuple) else model(x)
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
-def _running_module(model: nn.Module, error: BaseException) -> tuple[str, nn.Module, str] | None:
-    """The deepest module of ``model`` whose code raised ``error``: ``(name, module, function)``."""
-    names = {id(module): name for name, module in model.named_modules()}
-    found = None
-    for frame, _ in traceback.walk_tb(error.__traceback__):
-        module = frame.f_locals.get("self")
-        if isinstance(module, nn.Module) and id(module) in names:
-            found = (names[id(module)], module, frame.f_code.co_name)
-    return found
-
-
-def by_children(model: nn.Module, x: Tensor, names: Iterable[str]) -> dict[str, Tensor]:
-    """Run the model's top-level children in order, keeping the outputs of ``names``."""
-    model, names = _uncompiled(model), _name_list(names)
-    children = dict(model.named_children())
-    unknown = [name for name in names if name not in children]
-    if unknown:
-        raise ValueError(f"by_children: unknown names {unknown}; it can reach: {', '.join(children)}")
-    last = max((list(children).index(name) for name in names), default=-1)
+def chain_children(model: nn.Module, x: Tensor, names: list[str]) -> dict[str, Tensor]:
+    """Call the model's top-level children one after another, keeping the outputs of ``names``."""
+    children = list(model.named_children())
+    last = max(index for index, (name, _) in enumerate(children) if name in names)
     outputs = {}
-    for index, (name, child) in enumerate(list(children.items())[:last + 1]):
-        if isinstance(child, nn.Linear) and x.dim() > 2:
+    for index, (name, child) in enumerate(children[:last + 1]):
+        if isinstance(child, nn.Linear) and x.dim() > 2:  # as resnet's forward does before fc
             x = torch.flatten(x, 1)
         x = child(x)
-        if name in names:
-            # a later child may change x in place (resnet's ReLU after bn1): keep a copy
+        if name in names:  # a copy: a later child may change x in place (resnet's ReLU after bn1)
             outputs[name] = x if index == last else x.clone()
     return {name: outputs[name] for name in names}
 
 
-def by_layer_getter(model: nn.Module, x: Tensor, names: Iterable[str]) -> dict[str, Tensor]:
-    """torchvision's ``IntermediateLayerGetter``: top-level children in order, up to the last name."""
-    model, names = _uncompiled(model), _name_list(names)
-    children = [name for name, _ in model.named_children()]
-    unknown = [name for name in names if name not in children]
-    if unknown:
-        raise ValueError(f"by_layer_getter: unknown names {unknown}; it can reach: {', '.join(children)}")
+def layer_getter_outputs(model: nn.Module, x: Tensor, names: list[str]) -> dict[str, Tensor]:
+    """torchvision's ``IntermediateLayerGetter``: the top-level children up to the last name, chained."""
+    # return_layers maps a child to the key of its output; here each keeps its own name
     getter = IntermediateLayerGetter(model, return_layers={name: name for name in names})
     outputs = getter(x)
     return {name: outputs[name] for name in names}
@@ -148,6 +94,304 @@ def clone_graph_outputs(extractor: torch.fx.GraphModule) -> torch.fx.GraphModule
     return extractor
 
 
+def fx_extractor(model: nn.Module, names: list[str], **kwargs) -> torch.fx.GraphModule:
+    """A module that computes only what the nodes ``names`` need and returns ``{name: tensor}``.
+
+    ``kwargs`` go to ``create_feature_extractor`` (``tracer_kwargs``, ``concrete_args``).
+    """
+    training = model.training
+    try:
+        extractor = create_feature_extractor(model, return_nodes=names, **kwargs)
+    finally:  # on an error it leaves the model in train mode: BatchNorm would then move, silently
+        model.train(training)
+    return clone_graph_outputs(extractor)
+
+
+def _run_then_remove(handles: list, model: nn.Module, /, *args, **kwargs) -> Any:
+    """``model(*args, **kwargs)``; then the hooks go, even when forward raises (or they fire on every call)."""
+    try:
+        return model(*args, **kwargs)
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def hook_outputs(model: nn.Module, names: list[str], /, *args, **kwargs) -> dict[str, Any]:
+    """Run ``model(*args, **kwargs)`` once and return the output of each module ``names``.
+
+    A module called twice keeps its last output; one that forward never calls is missing.
+    """
+    outputs = {}
+
+    def keep(name: str) -> Callable:
+        def hook(module: nn.Module, inputs: tuple, output: Any) -> None:
+            # a copy of every tensor in it: a later in-place op (ReLU(inplace=True)) would change it
+            outputs[name] = map_tensors(torch.clone, output)
+        return hook
+
+    handles = [model.get_submodule(name).register_forward_hook(keep(name)) for name in names]
+    _run_then_remove(handles, model, *args, **kwargs)
+    return outputs
+
+
+def hook_inputs(model: nn.Module, names: list[str], /, *args, **kwargs) -> dict[str, Any]:
+    """Run ``model(*args, **kwargs)`` once and return the first input of each module ``names``."""
+    inputs = {}
+
+    def keep(name: str) -> Callable:
+        def hook(module: nn.Module, module_args: tuple, module_kwargs: dict) -> None:
+            # the first argument, also when it is passed by keyword (attn(query=..., key=...))
+            first = next(iter(inspect.signature(module.forward).parameters))
+            value = module_args[0] if module_args else module_kwargs[first]
+            inputs[name] = map_tensors(torch.clone, value)  # the module may change it in place
+        return hook
+
+    handles = [model.get_submodule(name).register_forward_pre_hook(keep(name), with_kwargs=True)
+               for name in names]
+    _run_then_remove(handles, model, *args, **kwargs)
+    return inputs
+
+
+def hook_grads(model: nn.Module, names: list[str], loss_fn: Callable, /, *args,
+               **kwargs) -> dict[str, Tensor | None]:
+    """d ``loss_fn(model(*args, **kwargs))`` / d the output of each module ``names`` (its last call's).
+
+    No parameter's ``.grad`` changes; an output the loss does not use gets ``None``.
+    """
+    outputs, versions = {}, {}
+
+    def keep(name: str) -> Callable:
+        def hook(module: nn.Module, inputs: tuple, output: Any) -> Tensor | None:
+            if not isinstance(output, Tensor):  # a tuple or a dict: hook a module inside
+                return None
+            if not output.requires_grad:  # nothing before it needs a gradient (token ids, frozen)
+                output = output.detach().requires_grad_()
+            elif any(output is arg for arg in inputs):  # nn.Identity: else the input's gradient
+                output = output.view_as(output)
+            outputs[name], versions[name] = output, output._version
+            return output
+        return hook
+
+    handles = [model.get_submodule(name).register_forward_hook(keep(name)) for name in names]
+    with torch.enable_grad():
+        loss = loss_fn(_run_then_remove(handles, model, *args, **kwargs))
+    # changed in place later (a ReLU(inplace=True)): autograd would give the changed value's gradient
+    changed = [name for name, output in outputs.items() if output._version != versions[name]]
+    if changed:
+        raise RuntimeError(f"the outputs of {changed} were changed in place after they were made: ask "
+                           "for a module whose output nothing changes in place, or use Tensor.register_hook")
+    grads = torch.autograd.grad(loss, list(outputs.values()), allow_unused=True) if outputs else ()
+    return dict(zip(outputs, grads))
+
+
+# --- The tools: every model readers bring ------------------------------------------------
+
+_NEVER_CALLED = ("forward never called them for this input (a module kept only as an attribute, "
+                 "one behind a branch such as `if self.training:`, or one whose other methods "
+                 "forward calls instead of the module itself)")
+
+
+def _name_list(names: Iterable[str]) -> list[str]:
+    return [names] if isinstance(names, str) else list(names)  # one name may be a string
+
+
+def _call_args(x: Any, input_kwargs: dict | None) -> tuple[tuple, dict]:
+    """The model's positional and keyword arguments: ``x`` is one argument, or a tuple of them."""
+    return (x if isinstance(x, tuple) else (x,)), dict(input_kwargs or {})
+
+
+def _inside(model: nn.Module) -> tuple[nn.Module, str]:
+    """The model inside DDP / ``torch.compile``, and its path in the wrappers (``"_orig_mod."``)."""
+    inner = unwrap_model(model)
+    path = next(name for name, module in model.named_modules() if module is inner)
+    return inner, (path + "." if path else "")
+
+
+def _short(name: str) -> str:
+    """``name`` without the ``_orig_mod`` of compiled parts: the module's path as written."""
+    return ".".join(part for part in name.split(".") if part != "_orig_mod")
+
+
+def _resolve(method: str, model: nn.Module, names: Iterable[str],
+             top_level: bool = False) -> tuple[nn.Module, dict[str, str]]:
+    """The model to run (inside DDP / torch.compile) and ``{name asked: its name there}``.
+
+    A name may be spelt as the wrapper's ``named_modules()`` gives it (``_orig_mod.fc1``,
+    ``module.fc1``) or as the model inside gives it, with or without ``_orig_mod.``.
+    """
+    inner, prefix = _inside(model)
+    found = inner.named_children() if top_level else inner.named_modules()
+    spellings, listed = {}, []
+    for name, _ in found:
+        if name:
+            for spelling in (name, _short(name), prefix + name, prefix + _short(name)):
+                spellings.setdefault(spelling, name)
+            listed.append(_short(name))
+    names = _name_list(names)
+    unknown = [name for name in names if name not in spellings]
+    if unknown:
+        raise ValueError(f"{method}: unknown names {unknown}; it can reach: "
+                         f"{', '.join(dict.fromkeys(listed))}")
+    return inner, {name: spellings[name] for name in names}
+
+
+def _missing(method: str, asked: dict[str, str], got: dict, what: str, why: str) -> dict[str, Any]:
+    """``got`` keyed by the names asked, in their order; a ValueError for the ones not there."""
+    missing = [name for name, found in asked.items() if got.get(found) is None]
+    if missing:
+        raise ValueError(f"{method}: no {what} recorded for {missing}: {why}")
+    return {name: got[found] for name, found in asked.items()}
+
+
+class _Enough(BaseException):
+    """Ends a check pass of forward once it has what it needs (not an Exception: no model catches it)."""
+
+
+def _forward_children(model: nn.Module, args: tuple, kwargs: dict, upto: list[str],
+                      wanted: list[str]) -> tuple[list[str], dict[str, Any]]:
+    """One pass of ``model``'s forward: the top-level children in the order it first calls
+    them, and the first output of each of ``wanted``. It stops after ``upto[-1]`` or at a
+    child out of ``upto``'s order; BatchNorm's statistics and the random state are put back.
+    """
+    called, outputs = [], {}
+
+    def before(name: str) -> Callable:
+        def hook(module: nn.Module, inputs: tuple) -> None:
+            if name not in called:
+                called.append(name)
+                if called != upto[:len(called)]:
+                    raise _Enough
+        return hook
+
+    def after(name: str) -> Callable:
+        def hook(module: nn.Module, inputs: tuple, output: Any) -> None:
+            if name in wanted and name not in outputs:
+                outputs[name] = map_tensors(torch.clone, output)
+            if name == upto[-1]:
+                raise _Enough
+        return hook
+
+    handles = [hook for name, child in model.named_children()
+               for hook in (child.register_forward_pre_hook(before(name)),
+                            child.register_forward_hook(after(name)))]
+    buffers = [buffer.clone() for buffer in model.buffers()] if model.training else []
+    devices = list(dict.fromkeys(t.device.index for t in [*model.parameters(), *tensors_in(args)]
+                                 if t.is_cuda))
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=devices):
+            _run_then_remove(handles, model, *args, **kwargs)
+    except _Enough:
+        pass
+    finally:
+        with torch.no_grad():
+            for buffer, saved in zip(model.buffers(), buffers):
+                buffer.copy_(saved)
+    return called, outputs
+
+
+def _same(a: Any, b: Any) -> bool:
+    """The same tensors in ``a`` and ``b``, up to rounding (two runs of a kernel may differ a little)."""
+    first, second = tensors_in(a), tensors_in(b)
+    return len(first) == len(second) and all(
+        p.shape == q.shape and (torch.equal(p, q) or p.is_floating_point() and q.is_floating_point()
+                                and torch.allclose(p, q, rtol=1e-4, atol=1e-5, equal_nan=True))
+        for p, q in zip(first, second))
+
+
+def _checked_chain(method: str, chain: Callable, model: nn.Module, x: Any, names: Iterable[str],
+                   input_kwargs: dict | None) -> dict[str, Any]:
+    """``chain(model, x, names)``, refused where it is not what the model's forward computes."""
+    inner, asked = _resolve(method, model, names, top_level=True)
+    if not asked:
+        return {}
+    children = dict(inner.named_children())
+    wanted = list(dict.fromkeys(asked.values()))
+    upto = list(children)[:max(list(children).index(name) for name in wanted) + 1]
+    called, expected = _forward_children(inner, *_call_args(x, input_kwargs), upto, wanted)
+    if called[:len(upto)] != upto:
+        raise RuntimeError(_not_a_chain(method, called, upto, children))
+    done = {}  # the children that returned: the type of what they returned, its tensors' versions
+
+    def returned(name: str) -> Callable:
+        def hook(module: nn.Module, inputs: tuple, output: Any) -> None:
+            done.setdefault(name, (type(output).__name__, [t._version for t in tensors_in(output)]))
+        return hook
+
+    handles = [children[name].register_forward_hook(returned(name)) for name in upto]
+    try:
+        chained = _run_then_remove(handles, chain, inner, x, wanted)
+    except Exception as error:
+        raise RuntimeError(_chain_broke(method, upto, done, x, error)) from error
+    differ = [name for name in wanted if not _same(chained[name], expected[name])]
+    overwritten = [name for name in differ
+                   if [t._version for t in tensors_in(chained[name])] != done[name][1]]
+    if overwritten:  # IntermediateLayerGetter returns the tensors as they are at the end
+        raise RuntimeError(
+            f"{method}: a later child changed the outputs of {overwritten} in place (an "
+            "nn.ReLU(inplace=True)), and the chain keeps no copy: ask for them without a later "
+            "child, or use by_children, by_fx or by_hooks, which copy them")
+    if differ:
+        raise RuntimeError(
+            f"{method}: the chain gives {differ} other values than the model's forward does: forward "
+            "does more between the top-level children than call them in turn (an operation, a "
+            "residual connection). by_hooks and by_fx run forward itself")
+    return {name: chained[found] for name, found in asked.items()}
+
+
+def _not_a_chain(method: str, called: list[str], upto: list[str], children: dict) -> str:
+    at = next(i for i, name in enumerate(upto) if i >= len(called) or called[i] != name)
+    child = upto[at]
+    if isinstance(children[child], (nn.ModuleList, nn.ModuleDict)):
+        why = (f"{child!r} is a {type(children[child]).__name__}: forward calls the modules it "
+               "holds, and the container itself has no forward to call")
+    elif at < len(called):
+        why = (f"forward calls {called[at]!r} where the chain would call {child!r}: the children "
+               "are registered in another order than forward calls them")
+    else:
+        why = f"forward never calls {child!r} for this input"
+    return (f"{method}: the top-level children up to {upto[-1]!r} are not a chain: {why}. "
+            f"{method} calls them in the order they were registered and skips forward; by_hooks "
+            "and by_fx run forward itself")
+
+
+def _chain_broke(method: str, upto: list[str], done: dict[str, str], x: Any,
+                 error: Exception) -> str:
+    at = next((i for i, name in enumerate(upto) if name not in done), len(upto) - 1)
+    given = (f"x as it is (a {type(x).__name__})" if at == 0 else
+             f"what {upto[at - 1]!r} returned (a {done[upto[at - 1]][0]})")
+    return (f"{method}: the chain broke at {upto[at]!r}: it was given {given}, not what the model's forward gives it. {method} calls the "
+            "top-level children one after another and skips forward; by_hooks and by_fx run "
+            f"forward itself.\n{type(error).__name__}: {error}")
+
+
+def by_children(model: nn.Module, x: Any, names: Iterable[str], *,
+                input_kwargs: dict | None = None) -> dict[str, Tensor]:
+    """The outputs of the top-level children ``names``, from ``chain_children``.
+
+    One pass of the model's own forward (with ``input_kwargs``), up to the last name,
+    checks the chain: forward must call the children in the order they were registered,
+    and the chain must give what forward gives them.
+    """
+    return _checked_chain("by_children", chain_children, model, x, names, input_kwargs)
+
+
+def by_layer_getter(model: nn.Module, x: Any, names: Iterable[str], *,
+                    input_kwargs: dict | None = None) -> dict[str, Tensor]:
+    """torchvision's ``IntermediateLayerGetter`` (``layer_getter_outputs``), checked as ``by_children``."""
+    return _checked_chain("by_layer_getter", layer_getter_outputs, model, x, names, input_kwargs)
+
+
+def _running_module(model: nn.Module, error: BaseException) -> tuple[str, nn.Module, str] | None:
+    """The deepest module of ``model`` whose code raised ``error``: ``(name, module, function)``."""
+    names = {id(module): name for name, module in model.named_modules()}
+    found = None
+    for frame, _ in traceback.walk_tb(error.__traceback__):
+        module = frame.f_locals.get("self")
+        if isinstance(module, nn.Module) and id(module) in names:
+            found = (names[id(module)], module, frame.f_code.co_name)
+    return found
+
+
 def _cannot_trace(model: nn.Module, stopped: tuple[str, nn.Module, str], error: Exception) -> str:
     """by_fx's message when torch.fx cannot trace ``model``: where it stopped, what works instead."""
     name, module, function = stopped
@@ -164,28 +408,27 @@ def _cannot_trace(model: nn.Module, stopped: tuple[str, nn.Module, str], error: 
 
 def build_fx_extractor(model: nn.Module, names: Iterable[str], *, leaf_modules: Sequence[type] = (),
                        concrete_args: dict[str, Any] | None = None) -> torch.fx.GraphModule:
-    """A module that computes only what ``names`` need and returns ``{name: tensor}``.
+    """``fx_extractor`` for the model inside DDP / ``torch.compile``, with errors that say what to do.
 
     ``leaf_modules`` are traced as one call (their ``forward`` may branch on data);
     ``concrete_args`` fixes arguments of ``forward`` that steer control flow
-    (``{"flag": False}``).
+    (``{"flag": False}``). Names may carry the wrappers' ``_orig_mod.`` / ``module.``.
     """
-    model, names = _uncompiled(model), _name_list(names)
-    training = model.training
+    inner, prefix = _inside(model)
+    names = [name.removeprefix(prefix) for name in _name_list(names)]
+    tracing = {"tracer_kwargs": {"leaf_modules": list(leaf_modules)},
+               "suppress_diff_warning": True, "concrete_args": concrete_args}
+    training = inner.training
     try:
-        extractor = create_feature_extractor(
-            model, return_nodes=names, tracer_kwargs={"leaf_modules": list(leaf_modules)},
-            suppress_diff_warning=True, concrete_args=concrete_args)
+        return fx_extractor(inner, names, **tracing)
     except Exception as error:
-        stopped = _running_module(model, error)
+        stopped = _running_module(inner, error)
         if stopped is not None:  # raised in the model's own code while tracing
-            raise TraceError(_cannot_trace(model, stopped, error)) from error
+            raise TraceError(_cannot_trace(inner, stopped, error)) from error
         if not isinstance(error, ValueError):
             raise
         # a name is not a node: list the nodes of the caller's mode
-        train_nodes, eval_nodes = get_graph_node_names(
-            model, tracer_kwargs={"leaf_modules": list(leaf_modules)},
-            suppress_diff_warning=True, concrete_args=concrete_args)
+        train_nodes, eval_nodes = get_graph_node_names(inner, **tracing)
         nodes = train_nodes if training else eval_nodes
         # a prefix of nodes is a name too ("layer1": the last node in layer1)
         prefixes = {".".join(n.split(".")[:i]) for n in nodes for i in range(1, n.count(".") + 1)}
@@ -194,106 +437,64 @@ def build_fx_extractor(model: nn.Module, names: Iterable[str], *, leaf_modules: 
             raise ValueError(f"by_fx: unknown names {unknown}; it can reach: {', '.join(nodes)}") from None
         raise  # in this mode's graph, not in the other: torchvision's message says so
     finally:
-        model.train(training)  # create_feature_extractor leaves the mode it failed in
-    return clone_graph_outputs(extractor)
+        inner.train(training)  # get_graph_node_names switches modes too
 
 
-def by_fx(model: nn.Module, x: Tensor, names: Iterable[str], *, leaf_modules: Sequence[type] = (),
-          concrete_args: dict[str, Any] | None = None) -> dict[str, Tensor]:
+def by_fx(model: nn.Module, x: Any, names: Iterable[str], *, leaf_modules: Sequence[type] = (),
+          concrete_args: dict[str, Any] | None = None,
+          input_kwargs: dict | None = None) -> dict[str, Tensor]:
     """Trace the model with torch.fx and return the nodes ``names`` (see ``get_graph_node_names``)."""
     names = _name_list(names)
     extractor = build_fx_extractor(model, names, leaf_modules=leaf_modules, concrete_args=concrete_args)
-    outputs = extractor(*x) if isinstance(x, tuple) else extractor(x)  # a tuple: the arguments
-    return {name: outputs[name] for name in names}  # the graph returns them in its own order
+    args, kwargs = _call_args(x, input_kwargs)
+    outputs = extractor(*args, **kwargs)
+    prefix = _inside(model)[1]
+    return {name: outputs[name.removeprefix(prefix)] for name in names}  # in the order asked
 
 
-def by_hooks(model: nn.Module, x: Any, names: Iterable[str]) -> dict[str, Any]:
-    """Run the whole model and record the outputs of the modules ``names`` with forward hooks.
+def _eagerly(core: Callable, method: str, model: nn.Module, x: Any, names: Iterable[str],
+             input_kwargs: dict | None, *core_args) -> tuple[dict[str, str], dict]:
+    """``core(model, names, *core_args, *args, **kwargs)`` on the model inside the wrappers."""
+    inner, asked = _resolve(method, model, names)
+    args, kwargs = _call_args(x, input_kwargs)
+    # compiled parts run as written: hooks added after a compiled model's first call never fire
+    with torch.compiler.set_stance("force_eager"):
+        return asked, core(inner, list(dict.fromkeys(asked.values())), *core_args, *args, **kwargs)
 
-    ``x`` is the model's argument (a tensor; a detector's list of images), or a
-    tuple of its positional arguments. A module called twice in ``forward``
-    keeps its last output.
+
+def by_hooks(model: nn.Module, x: Any, names: Iterable[str], *,
+             input_kwargs: dict | None = None) -> dict[str, Any]:
+    """Run the whole model and record the outputs of the modules ``names`` (``hook_outputs``).
+
+    ``x`` is the model's argument (a tensor; a detector's list of images), or a tuple of
+    its positional arguments; ``input_kwargs`` its keyword arguments. A module called
+    twice in ``forward`` keeps its last output.
     """
-    model, names = _uncompiled(model), _name_list(names)
-    modules = _modules_named(model, names, "by_hooks")
-    outputs = {}
-
-    def keep_output(name: str) -> Callable:
-        def hook(module: nn.Module, args: tuple, output: Any) -> None:
-            outputs[name] = _copy(output)  # a copy: later in-place ops cannot change it
-        return hook
-
-    handles = [module.register_forward_hook(keep_output(name)) for name, module in modules.items()]
-    _run_then_remove(model, x, handles)
-    _check_recorded("by_hooks", names, outputs, "output", _NEVER_CALLED)
-    return {name: outputs[name] for name in names}
+    asked, outputs = _eagerly(hook_outputs, "by_hooks", model, x, names, input_kwargs)
+    return _missing("by_hooks", asked, outputs, "output", _NEVER_CALLED)
 
 
-def by_pre_hooks(model: nn.Module, x: Any, names: Iterable[str]) -> dict[str, Any]:
-    """Run the whole model and record the first input of the modules ``names`` with forward pre-hooks.
+def by_pre_hooks(model: nn.Module, x: Any, names: Iterable[str], *,
+                 input_kwargs: dict | None = None) -> dict[str, Any]:
+    """Run the whole model and record the first input of the modules ``names`` (``hook_inputs``).
 
-    ``x`` as for ``by_hooks``. A module called twice in ``forward`` keeps its last input.
+    ``x`` and ``input_kwargs`` as for ``by_hooks``. A module called twice keeps its last input.
     """
-    model, names = _uncompiled(model), _name_list(names)
-    modules = _modules_named(model, names, "by_pre_hooks")
-    inputs = {}
-
-    def keep_input(name: str) -> Callable:
-        def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
-            if args:
-                inputs[name] = _copy(args[0])
-            else:  # called with keyword arguments only: take forward's first parameter
-                first = next(iter(inspect.signature(module.forward).parameters))
-                inputs[name] = _copy(kwargs[first])
-        return hook
-
-    handles = [module.register_forward_pre_hook(keep_input(name), with_kwargs=True)
-               for name, module in modules.items()]
-    _run_then_remove(model, x, handles)
-    _check_recorded("by_pre_hooks", names, inputs, "input", _NEVER_CALLED)
-    return {name: inputs[name] for name in names}
+    asked, inputs = _eagerly(hook_inputs, "by_pre_hooks", model, x, names, input_kwargs)
+    return _missing("by_pre_hooks", asked, inputs, "input", _NEVER_CALLED)
 
 
-def grads_by_hooks(model: nn.Module, x: Tensor, names: Iterable[str],
-                   loss_fn: Callable[[Any], Tensor]) -> dict[str, Tensor]:
+def grads_by_hooks(model: nn.Module, x: Any, names: Iterable[str], loss_fn: Callable[[Any], Tensor],
+                   *, input_kwargs: dict | None = None) -> dict[str, Tensor]:
     """The gradient of ``loss_fn(model(x))`` with respect to the output of each module ``names``.
 
-    A module called twice in ``forward`` gives the gradient for its last call.
+    ``x`` and ``input_kwargs`` as for ``by_hooks``; token ids are fine (no gradient with
+    respect to ``x`` is needed). No parameter's ``.grad`` changes. A module called twice
+    in ``forward`` gives the gradient for its last call.
     """
-    model, names = _uncompiled(model), _name_list(names)
-    modules = _modules_named(model, names, "grads_by_hooks")
-    if not (isinstance(x, Tensor) and x.is_floating_point()):
-        raise TypeError(f"grads_by_hooks: x must be a floating-point tensor, got "
-                        f"{x.dtype if isinstance(x, Tensor) else type(x).__name__}")
-    grads = {}
-
-    def keep_grad(name: str) -> Callable:
-        def hook(module: nn.Module, grad_input: tuple, grad_output: tuple) -> None:
-            grads.setdefault(name, grad_output[0])  # backward meets the last call first
-        return hook
-
-    # Differentiate with respect to a copy of x: autograd.grad fills no parameter's .grad.
-    leaf = x.detach().requires_grad_()
-    handles = [module.register_full_backward_hook(keep_grad(name)) for name, module in modules.items()]
-    try:
-        loss = loss_fn(model(leaf.clone()))  # forward may change its input in place
-        torch.autograd.grad(loss, leaf, allow_unused=True)
-    except RuntimeError as error:
-        if "BackwardHookFunction" not in str(error):
-            raise
-        name, module, _ = _running_module(model, error) or ("", model, "")
-        raise RuntimeError(
-            f"grads_by_hooks: {f'{name!r} ({type(module).__name__})' if name else 'forward'} changed "
-            f"the input or output of a module among {list(modules)} in place, which "
-            "register_full_backward_hook cannot follow. Ask for a module whose output nothing "
-            "changes in place (resnet: the block 'layer1.0', not 'layer1.0.bn1' before an "
-            "in-place ReLU), or hook the tensor itself with Tensor.register_hook") from error
-    finally:
-        for handle in handles:
-            handle.remove()
-    _check_recorded("grads_by_hooks", names, grads, "gradient", "forward never called them, or "
-                    "their output does not reach the loss or is not a tensor")
-    return {name: grads[name] for name in names}
+    asked, grads = _eagerly(hook_grads, "grads_by_hooks", model, x, names, input_kwargs, loss_fn)
+    return _missing("grads_by_hooks", asked, grads, "gradient", "forward never called them, or "
+                    "their output is not a tensor or does not reach the loss")
 
 
 EXTRACTORS = {
@@ -328,6 +529,18 @@ class NoisyGatedNet(nn.Module):
         if self.training:  # a Python bool: FX follows it, so train and eval graphs differ
             x = x + 0.1 * torch.randn_like(x)
         return self.fc(torch.flatten(self.pool(x), 1))
+
+
+class SwappedNet(nn.Module):
+    """Two layers registered in another order than forward calls them: the head first."""
+
+    def __init__(self, dim: int = 8):
+        super().__init__()
+        self.head = nn.Linear(dim, dim)  # registered first, called last
+        self.body = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(torch.relu(self.body(x)))
 
 
 class KeywordAttentionNet(nn.Module):

@@ -129,11 +129,9 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module,
     return {} if key is None else {k: v for k, v in checkpoint.items() if k not in (key, "optimizer")}
 
 
-def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device | None = "cpu",
-                    mmap: bool = False) -> object:
+def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device | None = "cpu") -> object:
     """``torch.load(path, weights_only=True)``, refusing with a clear error a file that is not a
-    ``torch.save`` file, is empty or cut short, or whose bytes fail their CRC-32 (not checked
-    when ``mmap``: that would read the whole file)."""
+    ``torch.save`` file, is empty or cut short, or whose bytes fail their CRC-32s."""
     with open(path, "rb") as file:
         head = file.read(4)
     if not head:
@@ -148,13 +146,13 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device | 
             if not any(record.filename.endswith("/data.pkl") for record in records):
                 raise NotACheckpointError(f"{path} is a zip archive, but not one torch.save wrote "
                                           "(it has no data.pkl)")
-            if not mmap and any(record.CRC for record in records):  # 0: saved without CRC-32s
+            if any(record.CRC for record in records):  # all 0: saved without CRC-32s
                 _check_crc32(archive, path)
     elif head != b"\x80\x02\x8a\x0a":  # the start of torch.save's format before zip (torch < 1.6)
         raise NotACheckpointError(
             f"{path} is not a PyTorch checkpoint: torch.save writes a zip archive with a pickle in "
             f"it, and this file starts with {head!r}. Open it with what wrote it (json, numpy.load, ...)")
-    return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+    return torch.load(path, map_location=map_location, weights_only=True)
 
 
 def _check_crc32(archive: zipfile.ZipFile, path) -> None:
@@ -162,13 +160,10 @@ def _check_crc32(archive: zipfile.ZipFile, path) -> None:
 
     torch.save stores them, and torch.load does not check them: bytes changed on the disk load.
     """
-    try:
-        damaged = archive.testzip()
-    except (zipfile.BadZipFile, OSError) as error:  # a record's header is damaged
-        raise CorruptCheckpointError(f"{path} is damaged: {error}; use another copy") from error
+    damaged = archive.testzip()  # the first record whose header or CRC-32 does not match
     if damaged is not None:
         raise CorruptCheckpointError(f"{path} is damaged: the bytes of {damaged} are not those "
-                                     "torch.save wrote (their CRC-32 differs); use another copy")
+                                     "torch.save wrote (its header or CRC-32 differs); use another copy")
 
 
 MODEL_KEYS = ("model", "state_dict", "model_state_dict")  # ours, Lightning's, a common hand-made one

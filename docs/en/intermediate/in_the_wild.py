@@ -83,6 +83,36 @@ assert not any(module._forward_hooks for module in model.modules())
 print("no hooks left on the model")
 
 # %% [markdown]
+# ## `by_hooks` in train mode moves BatchNorm statistics
+#
+# `by_hooks` runs `forward` as it is, and a model fresh from its constructor
+# or from a training loop is in train mode: there, `forward` is a training
+# step's. BatchNorm normalises with the batch's statistics and moves its
+# running ones (and Dropout drops), without a word. `torch.no_grad()` does not
+# stop it: it switches off gradients, not training behaviour.
+
+# %%
+torch.manual_seed(0)
+fresh_model = resnet18(weights=None)  # a new model starts in train mode
+before = fresh_model.bn1.running_mean.clone()
+with torch.no_grad():  # switches off gradients, not training behaviour
+    by_hooks(fresh_model, x, ["layer1"])
+moved = (fresh_model.bn1.running_mean - before).abs().max().item()
+print(f"training={fresh_model.training}: bn1's running mean moved by up to {moved:.3f}")
+assert moved > 0
+
+# %% [markdown]
+# Reading features is inference: call `.eval()` first, and the running
+# statistics stay where training left them:
+
+# %%
+before = fresh_model.bn1.running_mean.clone()
+with torch.no_grad():
+    by_hooks(fresh_model.eval(), x, ["layer1"])
+assert torch.equal(fresh_model.bn1.running_mean, before)
+print("training=False: running statistics unchanged")
+
+# %% [markdown]
 # ## `x.data` to keep a feature
 #
 # The source tutorial's first method keeps `x.data` at `layer1`. `.data` is
@@ -167,7 +197,7 @@ print("backbone equals layer4; hooks give the block's real output")
 # to eval mode, and puts the caller's mode back at the end. A wrong name stops
 # it half-way: the eval model comes back in train mode, and from then on
 # BatchNorm normalises with batch statistics and updates its running ones,
-# without a word. `by_fx` restores the mode in `finally`:
+# without a word. `fx_extractor`, which `by_fx` calls, restores it in `finally`:
 
 # %%
 from torchvision.models.feature_extraction import create_feature_extractor

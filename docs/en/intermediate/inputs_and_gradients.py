@@ -38,17 +38,22 @@ x = torch.randn(2, 3, 224, 224)
 # `avgpool`. A *forward pre-hook* (`register_forward_pre_hook`) runs just
 # before the module, with the same arguments. The common use: the input of
 # `fc` is the penultimate feature vector, after resnet's `torch.flatten`,
-# an operation no hook can see. `by_pre_hooks` records the first input of each
-# named module, copied, with the hooks removed in `finally`. `grads_by_hooks`,
-# the subject of the next section, is shown with it: the two share their
-# helpers.
+# an operation no hook can see. `hook_inputs` records the first input of each
+# named module, copied, with the hooks removed in `finally`:
+
+# %%
+from tutorials_pkg.intermediate import hook_inputs
+
+show_source(hook_inputs)
+
+# %% [markdown]
+# The tool `by_pre_hooks` calls it; the rest of the file named above the code
+# takes wrapped and compiled models, keyword arguments (`input_kwargs=`) and
+# names that are wrong or never called, as `by_hooks` does.
 
 # %%
 from tutorials_pkg.intermediate import by_pre_hooks, grads_by_hooks
 
-show_source(by_pre_hooks, grads_by_hooks)
-
-# %%
 with torch.no_grad():
     penultimate = by_pre_hooks(model, x, ["fc"])["fc"]
     pooled = by_hooks(model, x, ["avgpool"])["avgpool"]
@@ -85,17 +90,27 @@ print("by_pre_hooks gets query:", tuple(tokens.shape))
 # %% [markdown]
 # ## The gradient at a layer: `grads_by_hooks`
 #
-# `register_full_backward_hook` asks a module to call
-# `hook(module, grad_input, grad_output)` during the backward pass:
-# `grad_output[0]` is the gradient of the loss with respect to the module's
-# output (what Grad-CAM needs at `layer4`). `grads_by_hooks` differentiates
-# `loss_fn(model(x))` with `torch.autograd.grad`, with respect to a copy of
-# `x`: unlike `loss.backward()`, that adds nothing to any parameter's
-# `.grad`, and gradients reach every layer even when the weights are frozen
-# (its source is above, under `by_pre_hooks`).
-#
-# With the loss `logits[:, 0].sum()`, the gradient at `fc` must be 1 for class
-# 0 and 0 elsewhere; `layer4`'s is what Grad-CAM averages per channel:
+# The gradient of the loss with respect to a layer's output is what Grad-CAM
+# needs at `layer4`. `hook_grads` keeps each named module's output with a
+# forward hook, then asks `torch.autograd.grad` for the gradient of
+# `loss_fn(model(x))` with respect to those outputs: unlike `loss.backward()`,
+# that adds nothing to any parameter's `.grad`. An output that needs no
+# gradient (frozen weights, token ids in) becomes a leaf that does, so nothing
+# needs `x` to be floating point. Two checks keep it from a silently wrong
+# answer: an `nn.Identity` returns its input itself, whose gradient would
+# count every other use of that tensor, so it gets a view of its own; and an
+# output changed in place later is refused (below):
+
+# %%
+from tutorials_pkg.intermediate import hook_grads
+
+show_source(hook_grads)
+
+# %% [markdown]
+# The tool `grads_by_hooks` calls it, with what the other tools take (the
+# file named above the code). With the loss `logits[:, 0].sum()`, the
+# gradient at `fc` must be 1 for class 0 and 0 elsewhere; `layer4`'s is what
+# Grad-CAM averages per channel:
 
 # %%
 grads = grads_by_hooks(model, x, ["layer4", "fc"], lambda logits: logits[:, 0].sum())
@@ -107,11 +122,26 @@ assert all(p.grad is None for p in model.parameters())
 print("the gradient at fc is one-hot; no parameter's .grad was touched")
 
 # %% [markdown]
-# Full backward hooks have one limit: they wrap the module's inputs and
-# outputs, and autograd forbids changing those in place afterwards. resnet's
-# `bn1` is followed by `ReLU(inplace=True)`, so asking for `bn1` fails with a
-# `RuntimeError`, which `grads_by_hooks` turns into one that names the
-# module that made the change and what to do:
+# A language model takes token ids, integers: the gradient starts at the
+# embedding's output, and `x` needs none:
+
+# %%
+from torch import nn
+
+torch.manual_seed(0)
+token_model = nn.Sequential(nn.Embedding(100, 8), nn.Flatten(), nn.Linear(5 * 8, 2))
+token_ids = torch.randint(0, 100, (3, 5))
+token_grads = grads_by_hooks(token_model, token_ids, ["0"], lambda logits: logits[:, 1].sum())
+assert torch.equal(token_grads["0"], token_model[2].weight[1].reshape(5, 8).expand(3, 5, 8))
+print("d logit 1 / d embedding:", tuple(token_grads["0"].shape), "for ids of dtype", token_ids.dtype)
+
+# %% [markdown]
+# An output changed in place after the module made it is another matter.
+# resnet's `bn1` is followed by `ReLU(inplace=True)`, which overwrites `bn1`'s
+# output: autograd would give the gradient with respect to the ReLU'd tensor,
+# without a word. `hook_grads` sees that the tensor's version counter moved
+# and raises a `RuntimeError`. (`register_full_backward_hook`, the other way
+# to get `grad_output`, refuses the same case with autograd's own error.)
 
 # %% tags=["raises-exception"] raises="RuntimeError"
 grads_by_hooks(model, x, ["bn1"], lambda logits: logits[:, 0].sum())
@@ -185,7 +215,7 @@ print("full hook's grad_input[0] is the input's gradient:", tuple(full[0][0].sha
 # (`torch.cuda.max_memory_allocated`).
 
 # %%
-from tutorials_pkg.intermediate import extraction_costs, format_cost_table
+from tutorials_pkg.intermediate import EXTRACTORS, chain_children, extraction_costs, format_cost_table
 from tutorials_pkg.measure import cpu_peak_memory_bytes
 
 show_source(cpu_peak_memory_bytes)
@@ -194,8 +224,10 @@ show_source(cpu_peak_memory_bytes)
 # `layer2` and `layer4` of resnet18 and resnet50 on one 224×224 image (batch 1
 # keeps the page quick; `benchmarks/features_extraction.py` runs batch 8).
 # Times are wall-clock on the machine that built this page, noisy on a shared
-# one; `x forward` divides by the plain forward pass. The `assert` checks the
-# memory count against a known answer: two 4 MiB tensors and their sum.
+# one; `x forward` divides by the plain forward pass. `chain_children`, the
+# core of `by_children` without its check, runs beside the four tools. The
+# `assert` checks the memory count against a known answer: two 4 MiB tensors
+# and their sum.
 
 # %% tags=["measured"]
 from torchvision.models import resnet50
@@ -208,7 +240,8 @@ one_image = torch.randn(1, 3, 224, 224, device=device)
 for build in (resnet18, resnet50):
     torch.manual_seed(0)
     net = build(weights=None).eval().to(device)
-    rows = extraction_costs(net, one_image, requests=["layer2", "layer4"], repeats=3)
+    methods = {**EXTRACTORS, "chain_children": chain_children}
+    rows = extraction_costs(net, one_image, requests=["layer2", "layer4"], methods=methods, repeats=3)
     print(f"{build.__name__} on {device}\n{format_cost_table(rows)}\n")
 trace_s = median_seconds(lambda: build_fx_extractor(net, ["layer4"]), repeats=3)
 conv = net.layer4[1].conv2  # 512 -> 512 channels, 3x3, on 7x7
@@ -219,12 +252,15 @@ print(f"resnet50: tracing takes {trace_s * 1e3:.0f} ms; one layer4 3x3 convoluti
 # %% [markdown]
 # Reading the numbers:
 #
-# - Time: `by_children` and `by_layer_getter` stop after the requested layer,
-#   so `layer2` costs them less than a forward pass; hooks always pay for the
-#   whole model. `by_fx` stops there too, but its rows include tracing (the
-#   line below the tables), which it repeats on every call and which can cost
-#   more than the forward pass itself: build the extractor once with
-#   `build_fx_extractor` and reuse it.
+# - Time: `chain_children` stops after the requested layer, so `layer2` costs
+#   it less than a forward pass. `by_children` and `by_layer_getter` stop
+#   there too, but run the model twice up to it: once through its own
+#   `forward`, to check that the children are a chain, then the chain. Where
+#   you know your model is a chain and time counts, call the core. Hooks always
+#   pay for the whole model. `by_fx` stops early too, but its rows include
+#   tracing (the line below the tables), which it repeats on every call and
+#   which can cost more than the forward pass itself: build the extractor once
+#   with `build_fx_extractor` and reuse it.
 # - Memory: without gradients an output is freed once the next layer has used
 #   it, so the peak is the few largest tensors alive at one moment, not the sum
 #   of all activations. On a CPU one of them is oneDNN's copy of a
@@ -236,7 +272,7 @@ print(f"resnet50: tracing takes {trace_s * 1e3:.0f} ms; one layer4 3x3 convoluti
 #
 # | method | reaches | runs the whole model | cost |
 # |---|---|---|---|
-# | `by_children` | top-level children; flattens before a `Linear` | no | a forward pass up to the last name |
-# | `by_layer_getter` | top-level children; nothing else of `forward` | no | the same; no copy, in-place ops can change results |
+# | `by_children` | top-level children; flattens before a `Linear` | no | two passes up to the last name: `forward` to check, then the chain |
+# | `by_layer_getter` | top-level children; nothing else of `forward` | no | the same; refuses an output a later child changed in place |
 # | `by_fx` | every module and operation, nested; the real `forward` | no, only what the names need | tracing on each call, then the truncated pass |
 # | `by_hooks` | every module, nested; not operations; a reused module's last call | yes | a full forward pass, one copy per name |

@@ -129,11 +129,43 @@ small = torch.randn(2, 3, 64, 64)
 by_children(mobilenet, small, ["classifier"])
 
 # %% [markdown]
+# The message names the child where the chain broke and what it was given.
 # FX traced the real `forward`, pooling included:
 
 # %%
 assert torch.equal(by_fx(mobilenet, small, ["classifier"])["classifier"], mobilenet(small))
 print("by_fx's 'classifier' equals mobilenet(small)")
+
+# %% [markdown]
+# A chain also needs the children registered in the order `forward` calls
+# them. `SwappedNet` registers its `head` before its `body`;
+# `IntermediateLayerGetter` runs them in that order and returns
+# `body(head(x))` as `body`'s output, with no error:
+
+# %%
+from torchvision.models._utils import IntermediateLayerGetter
+
+from tutorials_pkg.intermediate import SwappedNet
+
+torch.manual_seed(0)
+swapped, rows = SwappedNet(), torch.randn(4, 8)
+print([name for name, _ in swapped.named_children()])
+with torch.no_grad():
+    got = IntermediateLayerGetter(swapped, return_layers={"body": "body"})(rows)["body"]
+    print("max difference from body(x):", f"{(got - swapped.body(rows)).abs().max():.3f}")
+    assert not torch.allclose(got, swapped.body(rows))
+
+# %% [markdown]
+# This is `IntermediateLayerGetter`'s limit: registration order must be call
+# order, and no child may be used twice. `by_children` and `by_layer_getter`
+# check it with one pass of the model's own `forward`, up to the last name,
+# and refuse with a `RuntimeError` that says which child `forward` calls
+# instead. The same pass catches a `ModuleList` child (such as
+# `nn.TransformerEncoder`'s `layers`, which `forward` loops over and never
+# calls) and work `forward` does between the children:
+
+# %% tags=["raises-exception"] raises="RuntimeError"
+by_layer_getter(swapped, rows, ["body"])
 
 # %% [markdown]
 # ## In-place operations
@@ -147,10 +179,20 @@ print("by_fx's 'classifier' equals mobilenet(small)")
 
 # %%
 bn1 = model.bn1(model.conv1(x))  # what bn1 produced, by hand
-for method, fn in EXTRACTORS.items():
-    got = fn(model, x, ["bn1", "layer1"])["bn1"]
-    print(f"{method:16} equals bn1's output: {torch.equal(got, bn1)!s:5}  min {got.min():.3f}")
-assert torch.equal(by_layer_getter(model, x, ["bn1", "layer1"])["bn1"], torch.relu(bn1))
+getter = IntermediateLayerGetter(model, return_layers={"bn1": "bn1", "layer1": "layer1"})
+results = {"IntermediateLayerGetter": getter(x)["bn1"]}
+results.update({method: EXTRACTORS[method](model, x, ["bn1", "layer1"])["bn1"]
+                for method in ("by_children", "by_fx", "by_hooks")})
+for method, got in results.items():
+    print(f"{method:23} equals bn1's output: {torch.equal(got, bn1)!s:5}  min {got.min():.3f}")
+assert torch.equal(results["IntermediateLayerGetter"], torch.relu(bn1))
+
+# %% [markdown]
+# `by_layer_getter` sees that a later child changed the output (its version
+# counter moved) and raises a `RuntimeError` instead of returning it:
+
+# %% tags=["raises-exception"] raises="RuntimeError"
+by_layer_getter(model, x, ["bn1", "layer1"])
 
 # %% [markdown]
 # ## FX: control flow on data, and two graphs
@@ -180,10 +222,9 @@ by_fx(gated, digits_like, ["fc"])
 # inside (so nothing inside it can be asked for). When the `if` is on an
 # argument of `forward` instead, such as `features_only: bool`, fix the
 # argument with `concrete_args={"features_only": False}`. `by_fx` passes both
-# on to torchvision. When the `if` is in the model's own `forward`, neither
-# helps: the package's own `UNet` checks its input's shape there
-# (`check_input`), and `by_fx` stops in `UNet.check_input` and points to
-# `by_hooks`.
+# on to torchvision. When the `if` is in the model's own `forward` (a check of
+# the input's values, say), neither helps: `by_fx` says it stopped in the
+# model's own code and points to `by_hooks`.
 
 # %%
 outputs = by_fx(gated, digits_like, ["gate", "fc"], leaf_modules=[SignGate])

@@ -33,7 +33,7 @@ show_source(DigitsCNN)
 # %% [markdown]
 # ## 在手写数字上训练
 #
-# 从固定的随机种子开始，按固定的批次顺序训练 15 轮，然后看它在留作测试的四分之一上的准确率：
+# 从固定的随机种子开始，按固定的批量顺序训练 15 轮，然后看它在留作测试的四分之一上的准确率：
 
 # %%
 from tutorials_pkg.digits import load_digits_tensors, split_train_test, train_epoch

@@ -75,6 +75,31 @@ assert not any(module._forward_hooks for module in model.modules())
 print("no hooks left on the model")
 
 # %% [markdown]
+# ## 训练模式下的 `by_hooks` 会改动 BatchNorm 的统计量
+#
+# `by_hooks` 按原样运行 `forward`，而刚构造出来、或者刚从训练循环出来的模型处于训练模式：这时的 `forward` 就是训练步里的那一次。BatchNorm 用当前批量的统计量归一化，并更新它的滑动统计量（Dropout 也照样随机丢弃），毫无提示。`torch.no_grad()` 挡不住：它关掉的是梯度，不是训练时的行为。
+
+# %%
+torch.manual_seed(0)
+fresh_model = resnet18(weights=None)  # a new model starts in train mode
+before = fresh_model.bn1.running_mean.clone()
+with torch.no_grad():  # switches off gradients, not training behaviour
+    by_hooks(fresh_model, x, ["layer1"])
+moved = (fresh_model.bn1.running_mean - before).abs().max().item()
+print(f"training={fresh_model.training}: bn1's running mean moved by up to {moved:.3f}")
+assert moved > 0
+
+# %% [markdown]
+# 取特征属于推理：先调用 `.eval()`，滑动统计量就停在训练结束时的值：
+
+# %%
+before = fresh_model.bn1.running_mean.clone()
+with torch.no_grad():
+    by_hooks(fresh_model.eval(), x, ["layer1"])
+assert torch.equal(fresh_model.bn1.running_mean, before)
+print("training=False: running statistics unchanged")
+
+# %% [markdown]
 # ## 用 `x.data` 保存特征
 #
 # 原教程的第一种方法在 `layer1` 处保存 `x.data`。`.data` 与原张量共用内存，却切断了 autograd 的记录：之后原地修改保存的特征，模型的反向传播就会悄悄用上改过的值。下面保存 sigmoid 的输出，再原地减去均值；sigmoid 的反向传播要读它的输出，于是梯度算错了，却不报任何错：
@@ -139,9 +164,9 @@ assert torch.equal(by_hooks(model, x, ["layer1.0"])["layer1.0"], block(stem))
 print("backbone equals layer4; hooks give the block's real output")
 
 # %% [markdown]
-# ## `create_feature_extractor` 失败后模型停在 train 模式
+# ## `create_feature_extractor` 失败后模型停在训练模式
 #
-# `create_feature_extractor` 先切到 train 模式追踪，再切到 eval 模式，最后恢复调用者的模式。名字写错时它半途停下：eval 模型回来时处于 train 模式，此后 BatchNorm 用当前批次的统计量归一化并更新滑动统计量，毫无提示。`by_fx` 在 `finally` 里恢复模式：
+# `create_feature_extractor` 先切到训练模式追踪，再切到评估模式，最后恢复调用者的模式。名字写错时它半途停下：原本处于评估模式的模型变成了训练模式，此后 BatchNorm 用当前批量的统计量归一化并更新滑动统计量，毫无提示。`fx_extractor`（`by_fx` 调用它）在 `finally` 里恢复模式：
 
 # %%
 from torchvision.models.feature_extraction import create_feature_extractor

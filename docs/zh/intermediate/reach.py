@@ -16,7 +16,7 @@
 # 这是“获取中间层输出的四种方法”一章的第二页。[第一页](../)讲了四种方法怎样实现：自己运行子模块（`by_children`）、`IntermediateLayerGetter`（`by_layer_getter`）、用 `torch.fx` 追踪（`by_fx`）和前向钩子（`by_hooks`）。本页把它们放在一起运行，看各自能取到什么、在哪里出错：嵌套模块与运算、模型自己的 `forward`、原地运算、FX 遇到的控制流，以及检测模型的主干网络。
 
 # %% [markdown]
-# 示例沿用第一页的设置：torchvision 的 `resnet18`，随机权重，eval 模式，用同一个随机种子，输入两张随机的 224×224 图像；四种方法都从 `tutorials_pkg.intermediate` 导入。最后打印本页运行所用的版本。
+# 示例沿用第一页的设置：torchvision 的 `resnet18`，随机权重，评估模式，用同一个随机种子，输入两张随机的 224×224 图像；四种方法都从 `tutorials_pkg.intermediate` 导入。最后打印本页运行所用的版本。
 
 # %%
 import torch
@@ -78,7 +78,7 @@ assert torch.equal(hooked["layer1.0.relu"], hooked["layer1.0"])
 print("hooked layer1.0.relu equals the output of layer1.0")
 
 # %% [markdown]
-# 注册了的模块不一定会被调用。GoogLeNet 的辅助分类器 `aux1` 和 `aux2` 只在训练模式下运行（它的 `forward` 里有 `if self.training:`），所以在 eval 模式下它们的钩子从不触发，`by_hooks` 抛出 `ValueError` 并说明原因：
+# 注册了的模块不一定会被调用。GoogLeNet 的辅助分类器 `aux1` 和 `aux2` 只在训练模式下运行（它的 `forward` 里有 `if self.training:`），所以在评估模式下它们的钩子从不触发，`by_hooks` 抛出 `ValueError` 并说明原因：
 
 # %% tags=["raises-exception"] raises="ValueError"
 from torchvision.models import googlenet
@@ -106,11 +106,33 @@ small = torch.randn(2, 3, 64, 64)
 by_children(mobilenet, small, ["classifier"])
 
 # %% [markdown]
-# FX 追踪的是真正的 `forward`，池化也在内：
+# 报错信息指出链在哪个子模块断了、它收到的是什么。FX 追踪的是真正的 `forward`，池化也在内：
 
 # %%
 assert torch.equal(by_fx(mobilenet, small, ["classifier"])["classifier"], mobilenet(small))
 print("by_fx's 'classifier' equals mobilenet(small)")
+
+# %% [markdown]
+# 串联还要求子模块的注册顺序就是 `forward` 调用它们的顺序。`SwappedNet` 先注册 `head`，后注册 `body`；`IntermediateLayerGetter` 按注册顺序运行，把 `body(head(x))` 当作 `body` 的输出返回，不报任何错：
+
+# %%
+from torchvision.models._utils import IntermediateLayerGetter
+
+from tutorials_pkg.intermediate import SwappedNet
+
+torch.manual_seed(0)
+swapped, rows = SwappedNet(), torch.randn(4, 8)
+print([name for name, _ in swapped.named_children()])
+with torch.no_grad():
+    got = IntermediateLayerGetter(swapped, return_layers={"body": "body"})(rows)["body"]
+    print("max difference from body(x):", f"{(got - swapped.body(rows)).abs().max():.3f}")
+    assert not torch.allclose(got, swapped.body(rows))
+
+# %% [markdown]
+# 这正是 `IntermediateLayerGetter` 的限制：注册顺序必须就是调用顺序，而且同一个子模块不能用两次。`by_children` 和 `by_layer_getter` 用模型自己的 `forward` 跑一遍（跑到最后一个所要的名字为止）来核对，不符时抛出 `RuntimeError`，说明 `forward` 实际调用的是哪个子模块。同一遍核对还能发现 `ModuleList` 子模块（比如 `nn.TransformerEncoder` 的 `layers`，`forward` 遍历它，却从不调用它本身），以及 `forward` 在子模块之间做的其他计算：
+
+# %% tags=["raises-exception"] raises="RuntimeError"
+by_layer_getter(swapped, rows, ["body"])
 
 # %% [markdown]
 # ## 原地运算
@@ -119,10 +141,19 @@ print("by_fx's 'classifier' equals mobilenet(small)")
 
 # %%
 bn1 = model.bn1(model.conv1(x))  # what bn1 produced, by hand
-for method, fn in EXTRACTORS.items():
-    got = fn(model, x, ["bn1", "layer1"])["bn1"]
-    print(f"{method:16} equals bn1's output: {torch.equal(got, bn1)!s:5}  min {got.min():.3f}")
-assert torch.equal(by_layer_getter(model, x, ["bn1", "layer1"])["bn1"], torch.relu(bn1))
+getter = IntermediateLayerGetter(model, return_layers={"bn1": "bn1", "layer1": "layer1"})
+results = {"IntermediateLayerGetter": getter(x)["bn1"]}
+results.update({method: EXTRACTORS[method](model, x, ["bn1", "layer1"])["bn1"]
+                for method in ("by_children", "by_fx", "by_hooks")})
+for method, got in results.items():
+    print(f"{method:23} equals bn1's output: {torch.equal(got, bn1)!s:5}  min {got.min():.3f}")
+assert torch.equal(results["IntermediateLayerGetter"], torch.relu(bn1))
+
+# %% [markdown]
+# `by_layer_getter` 发现后面的子模块改动了这个输出（它的版本计数变了），于是抛出 `RuntimeError`，而不是把它返回：
+
+# %% tags=["raises-exception"] raises="RuntimeError"
+by_layer_getter(model, x, ["bn1", "layer1"])
 
 # %% [markdown]
 # ## FX：依赖数据的控制流，以及两张图
@@ -143,7 +174,7 @@ digits_like = torch.randn(4, 1, 8, 8)
 by_fx(gated, digits_like, ["fc"])
 
 # %% [markdown]
-# 解决办法是 `leaf_modules`：FX 把门控记成一次调用，不看内部（内部的东西也就取不到）。如果 `if` 判断的是 `forward` 的参数，比如 `features_only: bool`，就用 `concrete_args={"features_only": False}` 固定它。`by_fx` 把两者原样传给 torchvision。如果 `if` 写在模型自己的 `forward` 里，这两招都没用：本项目自己的 `UNet` 就在那里检查输入的形状（`check_input`），`by_fx` 停在 `UNet.check_input`，并建议改用 `by_hooks`。
+# 解决办法是 `leaf_modules`：FX 把门控记成一次调用，不看内部（内部的东西也就取不到）。如果 `if` 判断的是 `forward` 的参数，比如 `features_only: bool`，就用 `concrete_args={"features_only": False}` 固定它。`by_fx` 把两者原样传给 torchvision。如果 `if` 写在模型自己的 `forward` 里（比如检查输入的取值），这两招都没用：`by_fx` 会指出追踪停在模型自己的代码里，并建议改用 `by_hooks`。
 
 # %%
 outputs = by_fx(gated, digits_like, ["gate", "fc"], leaf_modules=[SignGate])
@@ -161,7 +192,7 @@ print("eval: ", eval_nodes)
 assert set(train_nodes) - set(eval_nodes) == {"randn_like", "mul", "add"}
 
 # %% [markdown]
-# `create_feature_extractor` 两种模式都追踪，随 `.train()` / `.eval()` 切换。只在一种模式中存在的节点（这里的 `add`）要用 `train_return_nodes` 和 `eval_return_nodes` 请求。`by_fx` 在两种模式下请求同样的名字，所以取不到这种节点：在 train 模式下，它原样抛出 torchvision 的 `ValueError`，其中给的正是这个建议；在 eval 模式下这个节点根本不存在，它抛出自己的 `ValueError`，列出现有的节点。
+# `create_feature_extractor` 两种模式都追踪，随 `.train()` / `.eval()` 切换。只在一种模式中存在的节点（这里的 `add`）要用 `train_return_nodes` 和 `eval_return_nodes` 请求。`by_fx` 在两种模式下请求同样的名字，所以取不到这种节点：在训练模式下，它原样抛出 torchvision 的 `ValueError`，其中给的正是这个建议；在评估模式下这个节点根本不存在，它抛出自己的 `ValueError`，列出现有的节点。
 #
 # ## 检测模型的主干网络
 #

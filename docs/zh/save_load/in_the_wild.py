@@ -13,7 +13,7 @@
 # %% [markdown]
 # # 保存与读取：常见错误
 #
-# 这是“模型保存与读取”一章的最后一页。前几页（从[第一页](../)到[上一页](../fast_loading/)）讲的是正确的做法；本页是实践中常见的错误：每一个都先运行错误的写法，看它失败（或用断言证明它悄悄做错了），再给出改正的写法。
+# 这是「模型保存与读取」一章的最后一页。前几页（从[第一页](../)到[上一页](../fast_loading/)）讲的是正确的做法；本页是实践中常见的错误：每一个都先运行错误的写法，看它失败（或用断言证明它悄悄做错了），再给出改正的写法。
 
 # %% [markdown]
 # 示例沿用[第一页](../)的设置：一个在 scikit-learn 自带的 8×8 手写数字上、用同一个随机种子训练了一步的小分类器，它的 `state_dict` 存为 `weights.pt`。所有文件都写进一个新建的临时目录，并把它设为工作目录。最后打印本页运行所用的版本。
@@ -64,7 +64,7 @@ victim.load_state_dict(trained)
 assert torch.equal(victim.fc1.weight, trained["fc1.weight"])
 
 # %% [markdown]
-# 一篇流传很广的教程就用这种方式把 ResNet-152 的权重“加载”进 ResNet-50。两个网络的块数不同，赋值却什么错也不报，错误就这样藏了下来：
+# 一篇流传很广的教程就用这种方式把 ResNet-152 的权重「加载」进 ResNet-50。两个网络的块数不同，赋值却什么错也不报，错误就这样藏了下来：
 
 # %%
 from torchvision.models import resnet50, resnet152
@@ -106,7 +106,7 @@ torch.save(model.state_dict(), "method.pt")  # the fix: call it
 assert isinstance(torch.load("method.pt"), dict)
 
 # %% [markdown]
-# 文件名同样说明不了文件里装的是什么。有篇讲多卡的教程把“权重”存进一个形如 `...-dict` 的文件，代码存的却是整个 `DataParallel` 模型；不加载文件、只读出它要求的全局对象，就能看出里面是一个 pickle 的模型（用[第一页](../#把整个模型-pickle-下来的旧文件)的 `convert_to_state_dicts` 转换一次即可）：
+# 文件名同样说明不了文件里装的是什么。有篇讲多卡的教程把「权重」存进一个形如 `...-dict` 的文件，代码存的却是整个 `DataParallel` 模型；不加载文件、只读出它要求的全局对象，就能看出里面是一个 pickle 的模型（用[第一页](../#把整个模型-pickle-下来的旧文件)的 `convert_to_state_dicts` 转换一次即可）：
 
 # %%
 torch.save(nn.DataParallel(model), "digits-dict.pt")  # a "weights" file that holds the model
@@ -217,7 +217,7 @@ print(list(saved)[:2])
 print(list(strip_prefix_by_replacing_anywhere(saved))[:2])
 
 # %% [markdown]
-# `load_state_dict` 会拒绝这些键，而常见的“修复”`strict=False`，把错误变成了一个 encoder 悄悄保留随机权重的模型：
+# `load_state_dict` 会拒绝这些键，而常见的「修复」`strict=False`，把错误变成了一个 encoder 悄悄保留随机权重的模型：
 
 # %%
 net = encoder_net()
@@ -255,7 +255,7 @@ assert torch.equal(net.encoder.module.weight, saved["module.encoder.module.weigh
 # %% [markdown]
 # ## 用 `best = model.state_dict()` 保存最佳权重
 #
-# `state_dict()` 不做复制：它的张量**就是**模型的参数（指向同一块内存的 detach 视图）。把它当作“目前最好的”留着，它会随着训练继续变化：
+# `state_dict()` 不做复制：它的张量**就是**模型的参数（指向同一块内存的 detach 视图）。把它当作「目前最好的」留着，它会随着训练继续变化：
 
 # %%
 from tutorials_pkg.digits import train_epoch

@@ -168,7 +168,7 @@ print("same outputs from a process that has no model code")
 # %% [markdown]
 # ## 拒绝会运行代码的文件
 #
-# pickle 可以让加载方调用任何能导入的函数，参数也随它定。这里的检查点在真实权重旁边带了一个对象，它 pickle 后的内容是“调用 `os.makedirs(...)`”；真正的攻击会调用更糟糕的东西。`load_checkpoint`（本章的读取函数，见[第三页](loading/#读取检查点load_checkpoint)）用 `weights_only=True` 读取，所以在调用任何东西之前就失败了，抛出 `UnpicklingError`：
+# pickle 可以让加载方调用任何能导入的函数，参数也随它定。这里的检查点在真实权重旁边带了一个对象，它 pickle 后的内容是「调用 `os.makedirs(...)`」；真正的攻击会调用更糟糕的东西。`load_checkpoint`（本章的读取函数，见[第三页](loading/#读取检查点load_checkpoint)）用 `weights_only=True` 读取，所以在调用任何东西之前就失败了，抛出 `UnpicklingError`：
 
 # %% tags=["raises-exception"] raises="UnpicklingError"
 class Payload:

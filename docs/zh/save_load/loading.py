@@ -13,7 +13,7 @@
 # %% [markdown]
 # # 保存与读取：读取检查点
 #
-# 这是“模型保存与读取”一章的第三页。[上一页](../checkpoints/)用 `save_checkpoint` 写出了扛得住崩溃的检查点；本页用 `load_checkpoint` 把它读回来，无论它是在哪种包装下、哪种设备上保存的，并看看检查点与模型对不上时会发生什么。
+# 这是「模型保存与读取」一章的第三页。[上一页](../checkpoints/)用 `save_checkpoint` 写出了扛得住崩溃的检查点；本页用 `load_checkpoint` 把它读回来，无论它是在哪种包装下、哪种设备上保存的，并看看检查点与模型对不上时会发生什么。
 
 # %% [markdown]
 # 示例沿用[第一页](../)的设置：一个在 scikit-learn 自带的 8×8 手写数字上、用同一个随机种子训练了一步的小分类器，并像上一页那样用 `save_checkpoint` 把它和优化器存为 `ckpt.pt`。所有文件都写进一个新建的临时目录，并把它设为工作目录。最后打印本页运行所用的版本。
@@ -126,13 +126,13 @@ print(on_device.fc1.weight.device, torch.equal(on_device.eval()(x[:8].to(device)
 # %% [markdown]
 # ### 对不上的检查点
 #
-# 按 8 个隐藏单元（而不是 32 个）构建的模型，会得到 `CheckpointMismatchError`（一种 `ValueError`），其中列出形状不同的键：
+# 把检查点读进按 8 个隐藏单元（而不是 32 个）构建的模型时，`load_checkpoint` 抛出 `CheckpointMismatchError`（一种 `ValueError`），列出形状不同的键：
 
 # %% tags=["raises-exception"] raises="CheckpointMismatchError"
 load_checkpoint("ckpt.pt", digits_classifier(hidden=8))
 
 # %% [markdown]
-# 优化器的种类与保存时不同，会在加载任何东西之前得到 `ValueError`，所以模型保留原来的权重。这里把 Adam 的状态交给一个 SGD 优化器；torch 自己的 `load_state_dict` 会照单全收，把 SGD 的学习率换成 Adam 的，直到第一步才失败（`KeyError: 'momentum'`）：
+# 优化器的种类与保存时不同时，`load_checkpoint` 在加载任何东西之前就抛出 `ValueError`，所以模型保留原来的权重。这里把 Adam 的状态交给一个 SGD 优化器；torch 自己的 `load_state_dict` 会照单全收，把 SGD 的学习率换成 Adam 的，直到第一步才失败（`KeyError: 'momentum'`）：
 
 # %% tags=["raises-exception"] raises="ValueError"
 save_checkpoint("ckpt.pt", model, optimizer, epoch=4)
@@ -168,7 +168,7 @@ torch.save({"state_dict": model.state_dict(), "epoch": 7, "global_step": 700}, "
 print(load_checkpoint("lightning.ckpt", digits_classifier()))
 
 # %% [markdown]
-# 不是 `torch.save` 写的文件（文本、JSON、NumPy 的 `.npy`、普通的 pickle）会得到 `NotACheckpointError`（一种 `ValueError`），直接说明这一点。`torch.load` 本身对文本文件报 `KeyError`，对 JSON 文件则报 `UnpicklingError`，还建议改用 `weights_only=False`，而那样会执行 pickle 里的任何代码：
+# 对于不是 `torch.save` 写的文件（文本、JSON、NumPy 的 `.npy`、普通的 pickle），`load_checkpoint` 抛出 `NotACheckpointError`（一种 `ValueError`），直接说明这一点。`torch.load` 本身对文本文件报 `KeyError`，对 JSON 文件则报 `UnpicklingError`，还建议改用 `weights_only=False`，而那样会执行 pickle 里的任何代码：
 
 # %% tags=["raises-exception"] raises="NotACheckpointError"
 import json
