@@ -463,7 +463,7 @@ def test_grads_of_a_module_called_twice_are_its_last_calls_and_inplace_input_is_
 
 def test_grads_refuse_inplace_changes_clearly_and_tensor_hooks_follow_them(resnet, image):
     with pytest.raises(RuntimeError, match=r"the outputs of \['bn1'\] were changed in place after "
-                                           r"they were made.*Tensor.register_hook"):
+                                           r"they were made: ask for a module whose output nothing changes"):
         grads_by_hooks(resnet, image, ["bn1"], first_logit)
     assert all_hooks(resnet) == []
     torch.manual_seed(0)
@@ -979,3 +979,20 @@ def test_the_cores_run_on_their_own(resnet, image):
         assert torch.equal(hook_inputs(resnet, ["fc"], image)["fc"], by_pre_hooks(resnet, image, "fc")["fc"])
     grads = hook_grads(resnet, ["fc", "layer4"], first_logit, image)
     assert grads["fc"].shape == (2, 1000) and all_hooks(resnet) == []
+
+
+def test_a_module_that_returns_none_is_recorded_as_none():
+    class Probe(nn.Module):
+        def forward(self, x):
+            return None  # a module called for its side effect
+
+    class WithProbe(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.probe, self.fc = Probe(), nn.Linear(3, 2)
+
+        def forward(self, x):
+            self.probe(x)
+            return self.fc(x)
+
+    assert by_hooks(WithProbe(), torch.randn(2, 3), ["probe"]) == {"probe": None}

@@ -18,9 +18,9 @@ with respect to their outputs. What the tools add to the cores:
 - ``x`` is the model's one argument, or a tuple of its positional arguments, and
   ``input_kwargs`` its keyword arguments;
 - a model inside ``DataParallel`` / DDP or ``torch.compile`` is run as the model
-  inside (``tutorials_pkg.unwrap``), compiled parts of it run eagerly (hooks added
-  after a compiled model's first call never fire in compiled code), and a name may
-  be spelt with or without the wrappers' ``_orig_mod.`` / ``module.``;
+  inside (``tutorials_pkg.unwrap``), compiled parts of it run eagerly (compiled code
+  may miss a hook added after it was compiled), and a name may be spelt with or
+  without the wrappers' ``_orig_mod.`` / ``module.``;
 - an unknown name gets a ``ValueError`` that lists the names there are, and a module
   forward never called one that says so;
 - ``by_children`` and ``by_layer_getter`` check their chain against one pass of the
@@ -73,7 +73,7 @@ def chain_children(model: nn.Module, x: Tensor, names: list[str]) -> dict[str, T
 
 
 def layer_getter_outputs(model: nn.Module, x: Tensor, names: list[str]) -> dict[str, Tensor]:
-    """torchvision's ``IntermediateLayerGetter``: the top-level children up to the last name, chained."""
+    """torchvision's ``IntermediateLayerGetter``: the children up to the last name, chained."""
     # return_layers maps a child to the key of its output; here each keeps its own name
     getter = IntermediateLayerGetter(model, return_layers={name: name for name in names})
     outputs = getter(x)
@@ -81,7 +81,7 @@ def layer_getter_outputs(model: nn.Module, x: Tensor, names: list[str]) -> dict[
 
 
 def clone_graph_outputs(extractor: torch.fx.GraphModule) -> torch.fx.GraphModule:
-    """Copy each output that a later op also reads, where it is made: an in-place op could change it."""
+    """Copy each output that a later op also reads, where it is made: an in-place op may change it."""
     graph = extractor.graph
     output = next(node for node in graph.nodes if node.op == "output")
     returned = dict(output.args[0])
@@ -108,7 +108,7 @@ def fx_extractor(model: nn.Module, names: list[str], **kwargs) -> torch.fx.Graph
 
 
 def _run_then_remove(handles: list, model: nn.Module, /, *args, **kwargs) -> Any:
-    """``model(*args, **kwargs)``; then the hooks go, even when forward raises (or they fire on every call)."""
+    """``model(*args, **kwargs)``, then remove the hooks, even when forward raises."""
     try:
         return model(*args, **kwargs)
     finally:
@@ -154,7 +154,7 @@ def hook_inputs(model: nn.Module, names: list[str], /, *args, **kwargs) -> dict[
 
 def hook_grads(model: nn.Module, names: list[str], loss_fn: Callable, /, *args,
                **kwargs) -> dict[str, Tensor | None]:
-    """d ``loss_fn(model(*args, **kwargs))`` / d the output of each module ``names`` (its last call's).
+    """d ``loss_fn(model(*args, **kwargs))`` / d the output of each module ``names`` (last call).
 
     No parameter's ``.grad`` changes; an output the loss does not use gets ``None``.
     """
@@ -175,11 +175,11 @@ def hook_grads(model: nn.Module, names: list[str], loss_fn: Callable, /, *args,
     handles = [model.get_submodule(name).register_forward_hook(keep(name)) for name in names]
     with torch.enable_grad():
         loss = loss_fn(_run_then_remove(handles, model, *args, **kwargs))
-    # changed in place later (a ReLU(inplace=True)): autograd would give the changed value's gradient
+    # changed in place later (a ReLU(inplace=True)): autograd would give the changed value's grad
     changed = [name for name, output in outputs.items() if output._version != versions[name]]
     if changed:
-        raise RuntimeError(f"the outputs of {changed} were changed in place after they were made: ask "
-                           "for a module whose output nothing changes in place, or use Tensor.register_hook")
+        raise RuntimeError(f"the outputs of {changed} were changed in place after they were made: "
+                           "ask for a module whose output nothing changes in place")
     grads = torch.autograd.grad(loss, list(outputs.values()), allow_unused=True) if outputs else ()
     return dict(zip(outputs, grads))
 
@@ -237,14 +237,15 @@ def _resolve(method: str, model: nn.Module, names: Iterable[str],
 
 def _missing(method: str, asked: dict[str, str], got: dict, what: str, why: str) -> dict[str, Any]:
     """``got`` keyed by the names asked, in their order; a ValueError for the ones not there."""
-    missing = [name for name, found in asked.items() if got.get(found) is None]
+    missing = [name for name, found in asked.items()  # a gradient of None: the loss never used it
+               if found not in got or what == "gradient" and got[found] is None]
     if missing:
         raise ValueError(f"{method}: no {what} recorded for {missing}: {why}")
     return {name: got[found] for name, found in asked.items()}
 
 
 class _Enough(BaseException):
-    """Ends a check pass of forward once it has what it needs (not an Exception: no model catches it)."""
+    """Ends a check pass of forward early (not an Exception: no model's ``except`` catches it)."""
 
 
 def _forward_children(model: nn.Module, args: tuple, kwargs: dict, upto: list[str],
@@ -274,7 +275,8 @@ def _forward_children(model: nn.Module, args: tuple, kwargs: dict, upto: list[st
     handles = [hook for name, child in model.named_children()
                for hook in (child.register_forward_pre_hook(before(name)),
                             child.register_forward_hook(after(name)))]
-    buffers = [buffer.clone() for buffer in model.buffers()] if model.training else []
+    training = any(module.training for module in model.modules())
+    buffers = [buffer.clone() for buffer in model.buffers()] if training else []
     devices = list(dict.fromkeys(t.device.index for t in [*model.parameters(), *tensors_in(args)]
                                  if t.is_cuda))
     try:
@@ -290,7 +292,7 @@ def _forward_children(model: nn.Module, args: tuple, kwargs: dict, upto: list[st
 
 
 def _same(a: Any, b: Any) -> bool:
-    """The same tensors in ``a`` and ``b``, up to rounding (two runs of a kernel may differ a little)."""
+    """The same tensors in ``a`` and ``b``, up to rounding (two runs of a kernel may differ)."""
     first, second = tensors_in(a), tensors_in(b)
     return len(first) == len(second) and all(
         p.shape == q.shape and (torch.equal(p, q) or p.is_floating_point() and q.is_floating_point()
@@ -359,7 +361,8 @@ def _chain_broke(method: str, upto: list[str], done: dict[str, str], x: Any,
     at = next((i for i, name in enumerate(upto) if name not in done), len(upto) - 1)
     given = (f"x as it is (a {type(x).__name__})" if at == 0 else
              f"what {upto[at - 1]!r} returned (a {done[upto[at - 1]][0]})")
-    return (f"{method}: the chain broke at {upto[at]!r}: it was given {given}, not what the model's forward gives it. {method} calls the "
+    return (f"{method}: the chain broke at {upto[at]!r}: it was given {given}, not what the "
+            f"model's forward gives it. {method} calls the "
             "top-level children one after another and skips forward; by_hooks and by_fx run "
             f"forward itself.\n{type(error).__name__}: {error}")
 
@@ -377,7 +380,7 @@ def by_children(model: nn.Module, x: Any, names: Iterable[str], *,
 
 def by_layer_getter(model: nn.Module, x: Any, names: Iterable[str], *,
                     input_kwargs: dict | None = None) -> dict[str, Tensor]:
-    """torchvision's ``IntermediateLayerGetter`` (``layer_getter_outputs``), checked as ``by_children``."""
+    """torchvision's ``IntermediateLayerGetter`` (``layer_getter_outputs``), checked as by_children."""
     return _checked_chain("by_layer_getter", layer_getter_outputs, model, x, names, input_kwargs)
 
 
@@ -457,7 +460,7 @@ def _eagerly(core: Callable, method: str, model: nn.Module, x: Any, names: Itera
     """``core(model, names, *core_args, *args, **kwargs)`` on the model inside the wrappers."""
     inner, asked = _resolve(method, model, names)
     args, kwargs = _call_args(x, input_kwargs)
-    # compiled parts run as written: hooks added after a compiled model's first call never fire
+    # compiled parts run as written: compiled code may miss hooks added after it was compiled
     with torch.compiler.set_stance("force_eager"):
         return asked, core(inner, list(dict.fromkeys(asked.values())), *core_args, *args, **kwargs)
 

@@ -199,7 +199,7 @@ show_source(hook_outputs)
 # names there are when one is unknown, raises a `ValueError` that says why for
 # a module that `forward` never called (instead of a missing key), and runs a
 # model wrapped by `torch.compile` or DDP as the module inside, compiled parts
-# eagerly, for a reason of its own:
+# eagerly, for the reason below.
 #
 # ### Hooks and `torch.compile`
 #
