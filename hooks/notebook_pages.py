@@ -18,7 +18,8 @@ How a build goes:
    as every Markdown page: headings, table of contents, search, code in the prose.
    The page's downloads, ``<name>.py`` and ``<name>.ipynb``, are generated files.
 3. ``on_post_page``: i18n's ``<link rel="alternate">`` tags go (the one regular
-   expression over HTML); ``on_post_build``: the search index as UTF-8.
+   expression over HTML); ``on_post_template``: the site's 404 page in the default
+   language; ``on_shutdown``: the search index as UTF-8.
 
 Nothing is replaced in another package, no environment variable is set, and no
 attribute of another plugin's objects is written.
@@ -383,16 +384,29 @@ def on_post_page(output, page, config):
     return ALTERNATE_LINK.sub("", output)
 
 
-@event_priority(-100)  # after the search plugin has written the index
-def on_post_build(config):
-    """The search index as UTF-8: Material writes it with every Chinese character as a
+_not_found_page: dict[str, str] = {}  # the default language's 404 page, per site
+
+
+def on_post_template(output, template_name, config):
+    """The site's one 404.html in the default language: each language's build writes it,
+    and the default language builds first."""
+    if template_name != "404.html":
+        return output
+    _, default = language_settings(config)
+    if config.theme["language"] == default:
+        _not_found_page[config.site_dir] = output
+    return _not_found_page.get(config.site_dir, output)
+
+
+def on_shutdown():
+    """The search index as UTF-8 (at the end of ``mkdocs build``, after i18n has merged
+    the languages' indexes): Material writes it with every Chinese character as a
     six-byte ``\\uXXXX`` escape, twice the bytes. Same JSON, same entries."""
-    site = Path(config.site_dir)
-    for index in {site / "search" / "search_index.json",
-                  site.parent / "search" / "search_index.json"}:
-        if index.is_file():
-            text = index.read_text(encoding="utf-8")
-            if "\\u" in text:
-                data = json.loads(text)
-                index.write_text(json.dumps(data, ensure_ascii=False, separators=(",", ":")),
-                                 encoding="utf-8")
+    if _state is None or _state.config() is None:
+        return
+    index = Path(_state.config().site_dir) / "search" / "search_index.json"
+    if index.is_file():
+        text = index.read_text(encoding="utf-8")
+        if "\\u" in text:
+            index.write_text(json.dumps(json.loads(text), ensure_ascii=False, separators=(",", ":")),
+                             encoding="utf-8")

@@ -593,3 +593,14 @@ def test_a_downloaded_page_runs_to_its_end_as_script_and_notebook(built_site, tm
     assert f"{expected}: " in result.stdout  # the cell that fails on purpose said so
     notebook = nbformat.reads((folder / f"{stem}.ipynb").read_text(encoding="utf-8"), as_version=4)
     NotebookClient(notebook, timeout=600, resources={"metadata": {"path": str(tmp_path)}}).execute()
+
+
+def test_the_404_page_is_in_the_default_language(built_site):
+    """One 404.html serves the whole site: the default language's (each build writes it)."""
+    page = (built_site / "404.html").read_text(encoding="utf-8")
+    assert '<html lang="zh"' in page
+
+
+def test_the_search_index_is_written_as_utf8(built_site):
+    text = (built_site / "search" / "search_index.json").read_text(encoding="utf-8")
+    assert "模型" in text and not re.search(r"\\u[4-9][0-9a-f]{3}", text)
