@@ -3,8 +3,10 @@
 ``main`` is the script ``torchrun`` starts on each rank
 (``torchrun --nproc-per-node=2 -m tutorials_pkg.distributed FOLDER``). The
 functions taking ``(rank, world_size, ...)`` are what one rank runs inside a
-process group; ``run_on_ranks`` (from ``tutorials_pkg.launcher``) runs them
-from a notebook or a test.
+process group: ``spawn_ranks`` starts them from Python with
+``torch.multiprocessing``; the pages and tests use ``run_on_ranks`` (page
+machinery, from ``tutorials_pkg.launcher``), which also brings back what each
+rank returns.
 """
 
 import argparse
@@ -16,16 +18,11 @@ import warnings
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
-    get_model_state_dict,
-    get_optimizer_state_dict,
-    set_model_state_dict,
-    set_optimizer_state_dict,
-)
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -33,38 +30,37 @@ from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.data.distributed import DistributedSampler
 
 from tutorials_pkg.demo_models import tiny_resnet
-from tutorials_pkg.launcher import RankFailedError, run_on_ranks
+from tutorials_pkg.launcher import RankFailedError, free_port, run_on_ranks
 
 __all__ = [
     "RankFailedError", "RegistersUnusedBaseModel", "StemAndHead", "count_allreduced",
-    "fail_on_rank", "fit", "full_state_dict", "init_distributed", "load_sharded",
-    "load_sharded_into_plain_model", "load_training_state", "load_without_barrier", "main",
-    "optimizer_and_scheduler", "rank_device", "resume_on_rank0_only", "run_on_ranks",
-    "save_sharded", "save_training_state", "save_with_barrier_inside_if", "shard_model",
+    "fail_on_rank", "full_state", "init_distributed", "load_on_rank0_only", "load_sharded",
+    "load_sharded_into_plain_model", "load_sharded_run", "load_training_state",
+    "load_without_barrier", "main", "one_file_from_shards", "optimizer_and_scheduler",
+    "rank_device", "run_on_ranks", "save_sharded", "save_sharded_run", "save_training_state",
+    "save_with_barrier_inside_if", "shard_model", "spawn_ranks", "spawned_rank",
     "storage_locations", "sync_batchnorm_step", "tiny_model", "toy_dataset", "train_ddp",
-    "train_step", "wrap_ddp",
+    "train_step",
 ]
 
 
-# --- the script torchrun starts: device, group, data, model, training ------------------------
+# --- the script torchrun starts: device, group, data, model, checkpoints, training ------------
 
 def init_distributed() -> torch.device:
     """Join the group that torchrun's variables describe; return this rank's device."""
-    local_rank = int(os.environ["LOCAL_RANK"])  # this process's number on its machine
-    if torch.cuda.is_available():
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)  # before any CUDA work, NCCL's included
-        dist.init_process_group("nccl", device_id=device)
-    else:
-        device = torch.device("cpu")
+    if not torch.cuda.is_available():
         dist.init_process_group("gloo")
+        return torch.device("cpu")
+    device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))  # its number on this machine
+    torch.cuda.set_device(device)  # before any CUDA work, NCCL's included
+    dist.init_process_group("nccl", device_id=device)
     return device
 
 
 def rank_device() -> torch.device:
-    """The device of this rank's group: GPU ``LOCAL_RANK`` under nccl, the CPU under gloo."""
+    """This rank's device: under nccl, the GPU ``torch.cuda.set_device`` chose; else the CPU."""
     if dist.get_backend() == "nccl":
-        return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
 
 
@@ -76,9 +72,8 @@ def tiny_model(seed: int = 0) -> nn.Sequential:
 
 def toy_dataset(size: int = 16) -> TensorDataset:
     """``size`` random samples of 4 features and a class, the same in every process."""
-    generator = torch.Generator().manual_seed(0)
-    return TensorDataset(torch.randn(size, 4, generator=generator),
-                         torch.randint(0, 2, (size,), generator=generator))
+    g = torch.Generator().manual_seed(0)
+    return TensorDataset(torch.randn(size, 4, generator=g), torch.randint(0, 2, (size,), generator=g))
 
 
 def optimizer_and_scheduler(model: nn.Module):
@@ -87,15 +82,7 @@ def optimizer_and_scheduler(model: nn.Module):
     return optimizer, torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
 
 
-def wrap_ddp(model: nn.Module, device: torch.device) -> DDP:
-    """The model on this rank's device, inside DDP."""
-    if device.type == "cuda":
-        return DDP(model.to(device), device_ids=[device.index])
-    return DDP(model.to(device))  # a CPU module: device_ids must stay None
-
-
-def train_step(model: nn.Module, optimizer: torch.optim.Optimizer,
-               x: torch.Tensor, y: torch.Tensor) -> float:
+def train_step(model: nn.Module, optimizer, x: torch.Tensor, y: torch.Tensor) -> float:
     """One optimisation step; under DDP, ``backward`` averages the gradients of all ranks."""
     optimizer.zero_grad()
     loss = F.cross_entropy(model(x), y)
@@ -104,96 +91,58 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer,
     return loss.item()
 
 
-def fit(model: DDP, optimizer, scheduler, device: torch.device, folder: str,
-        start_epoch: int, epochs: int) -> dict:
-    """Per rank: train epochs ``start_epoch`` to ``epochs - 1`` on this rank's share of the data,
-    saving ``folder/epoch<N>.pt`` after each."""
-    at_start = {"lr": scheduler.get_last_lr()[0], "momentum_buffers": len(optimizer.state),
-                "rng": torch.get_rng_state()}
-    dataset = toy_dataset()
-    sampler = DistributedSampler(dataset, shuffle=True, seed=0)  # rank, world size: the group's
-    loader = DataLoader(dataset, batch_size=4, sampler=sampler)
-    orders, losses = [], []
-    for epoch in range(start_epoch, epochs):
-        sampler.set_epoch(epoch)  # a new shuffle each epoch, the same on every rank
-        orders.append(list(sampler))
-        for x, y in loader:
-            losses.append(train_step(model, optimizer, x.to(device), y.to(device)))
-        scheduler.step()
-        save_training_state(os.path.join(folder, f"epoch{epoch + 1}.pt"),
-                            model, optimizer, scheduler, epoch + 1)
-    return {"device": str(device), "at_start": at_start, "orders": orders, "losses": losses,
-            "lr": scheduler.get_last_lr()[0],
-            "state_dict": {name: t.cpu() for name, t in model.module.state_dict().items()}}
+def save_training_state(path: str, model: nn.Module, optimizer, scheduler, epoch: int) -> None:
+    """Every rank calls this (DDP or FSDP): rank 0 writes the whole state, all wait for the file."""
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)  # whole, on rank 0's CPU
+    model_state, optimizer_state = get_state_dict(model, optimizer, options=options)
+    rng = [None] * dist.get_world_size()  # every rank's random generators: the CPU's, its GPUs'
+    dist.all_gather_object(rng, [torch.get_rng_state(), *torch.cuda.get_rng_state_all()])
+    if dist.get_rank() == 0:
+        torch.save({"model": model_state, "optimizer": optimizer_state, "epoch": epoch,
+                    "scheduler": scheduler.state_dict(), "rng": rng}, path)
+    dist.barrier()  # nobody reads the file before rank 0 has finished writing it
 
 
-def train_ddp(rank: int, world_size: int, folder: str, epochs: int = 2,
-              resume_from: str | None = None) -> dict:
-    """Per rank: DDP training, from scratch or resumed from a checkpoint that every rank loads."""
-    device = rank_device()
-    model = tiny_model(seed=rank).to(device)  # DDP copies rank 0's weights to every rank
-    optimizer, scheduler = optimizer_and_scheduler(model)
-    start_epoch = 0
-    if resume_from:
-        start_epoch = load_training_state(resume_from, model, optimizer, scheduler, device)
-    return fit(wrap_ddp(model, device), optimizer, scheduler, device, folder, start_epoch, epochs)
+def load_training_state(path: str, model: nn.Module, optimizer, scheduler) -> int:
+    """Every rank calls this, before DDP wraps the model or after FSDP shards it."""
+    state = torch.load(path, map_location="cpu", weights_only=True)  # not all onto one GPU
+    set_state_dict(model, optimizer, model_state_dict=state["model"],  # each tensor to its
+                   optim_state_dict=state["optimizer"],  # parameter's device; FSDP: its shard
+                   options=StateDictOptions(full_state_dict=True))
+    scheduler.load_state_dict(state["scheduler"])
+    cpu, *gpus = state["rng"][dist.get_rank()]  # this rank's own generators
+    torch.set_rng_state(cpu)
+    torch.cuda.set_rng_state_all(gpus)  # none without GPUs
+    return state["epoch"]  # the epoch to resume at
 
 
-def main(argv: list[str] | None = None) -> None:
-    """What ``torchrun --nproc-per-node=N -m tutorials_pkg.distributed FOLDER`` runs on each rank."""
+def main(argv: list[str] | None = None, load=load_training_state, device=None):
+    """What ``torchrun --nproc-per-node=N train.py FOLDER`` runs on each rank."""
     parser = argparse.ArgumentParser(description="DDP training of a tiny model")
     parser.add_argument("folder", help="where the checkpoints of every epoch go")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--resume-from", help="a checkpoint this script wrote")
     args = parser.parse_args(argv)
     os.makedirs(args.folder, exist_ok=True)
-    init_distributed()
+    device = device or init_distributed()  # given a device, it runs in the group already made
     try:
-        result = train_ddp(dist.get_rank(), dist.get_world_size(), args.folder,
-                           args.epochs, args.resume_from)
-        every_rank = [None] * dist.get_world_size()
-        dist.all_gather_object(every_rank, (result["device"], result["losses"]))
-        if dist.get_rank() == 0:
-            for rank, (device, losses) in enumerate(every_rank):
-                print(f"rank {rank} on {device}: losses", [round(loss, 4) for loss in losses])
+        model = tiny_model(seed=dist.get_rank()).to(device)  # DDP copies rank 0's weights to all
+        optimizer, scheduler = optimizer_and_scheduler(model)
+        start = load(args.resume_from, model, optimizer, scheduler) if args.resume_from else 0
+        ddp = DDP(model)  # device_ids=None: the model's own device, one GPU or the CPU
+        sampler = DistributedSampler(toy_dataset(), shuffle=True, seed=0)  # this rank's share
+        for epoch in range(start + 1, args.epochs + 1):
+            sampler.set_epoch(epoch)  # a new shuffle each epoch, the same on every rank
+            for x, y in DataLoader(sampler.dataset, batch_size=4, sampler=sampler):
+                optimizer.zero_grad()
+                nn.functional.cross_entropy(ddp(x.to(device)), y.to(device)).backward()
+                optimizer.step()  # the gradients were averaged across ranks in backward
+            scheduler.step()
+            save_training_state(f"{args.folder}/epoch{epoch}.pt", ddp, optimizer, scheduler, epoch)
+        return model, optimizer  # for a caller in Python (train_ddp); torchrun ignores it
     finally:
         gc.collect()  # free DDP's reference cycles while the group is up: at exit, gloo can abort
         dist.destroy_process_group()
-
-
-# --- a checkpoint in one file: saved on rank 0, loaded on every rank -------------------------
-
-def save_training_state(path: str, model: nn.Module, optimizer, scheduler, epoch: int) -> None:
-    """Every rank calls this; rank 0 writes, and all wait until the file is complete.
-
-    The random generators' states are per rank: resume with as many ranks.
-    """
-    rng = [None] * dist.get_world_size()
-    own = {"cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        own["cuda"] = torch.cuda.get_rng_state()
-    dist.all_gather_object(rng, own)  # every rank's own random stream
-    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    state = {"model": get_model_state_dict(model, options=options),
-             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-             "epoch": epoch, "rng": rng}
-    if dist.get_rank() == 0:
-        torch.save(state, path)
-    dist.barrier()  # nobody reads the file before rank 0 has finished writing it
-
-
-def load_training_state(path: str, model: nn.Module, optimizer, scheduler,
-                        device: torch.device) -> int:
-    """Every rank calls this, before wrapping the model; returns the epoch to start from."""
-    state = torch.load(path, map_location=device, weights_only=True)  # onto this rank's device
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    rng = state["rng"][dist.get_rank()]
-    torch.set_rng_state(rng["cpu"].cpu())
-    if "cuda" in rng:
-        torch.cuda.set_rng_state(rng["cuda"].cpu())
-    return state["epoch"]
 
 
 def storage_locations(path: str) -> list[str]:
@@ -209,6 +158,38 @@ def storage_locations(path: str) -> list[str]:
     return sorted(locations)
 
 
+def train_ddp(rank: int, world_size: int, folder: str, epochs: int = 2,
+              resume_from: str | None = None, load=load_training_state) -> dict:
+    """Per rank, in the group ``run_on_ranks`` made: ``main`` with these arguments, and what
+    the pages look at afterwards."""
+    device = rank_device()
+    resume = ["--resume-from", resume_from] if resume_from else []
+    model, optimizer = main([folder, "--epochs", str(epochs), *resume], load, device)
+    return {"device": str(device), "lr": optimizer.param_groups[0]["lr"],
+            "momentum_buffers": len(optimizer.state), "rng": torch.get_rng_state(),
+            "state_dict": {name: t.cpu() for name, t in model.state_dict().items()}}
+
+
+# --- starting the ranks from Python instead of torchrun ---------------------------------------
+
+def spawned_rank(rank: int, world_size: int, port: int, fn, args: tuple) -> None:
+    """What each new process runs: the variables the group reads, the group, then ``fn``."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size))
+    init_distributed()
+    try:
+        fn(rank, world_size, *args)
+    finally:
+        gc.collect()  # free reference cycles while the group is up, as main does
+        dist.destroy_process_group()
+
+
+def spawn_ranks(fn, *args, world_size: int = 2) -> None:
+    """Run ``fn(rank, world_size, *args)`` in ``world_size`` new processes (one per GPU,
+    where there are GPUs). ``fn`` must be defined in a module, not in a notebook."""
+    mp.spawn(spawned_rank, args=(world_size, free_port(), fn, args), nprocs=world_size)
+
+
 # --- BatchNorm across ranks, and parameters forward never uses -------------------------------
 
 def sync_batchnorm_step(rank: int, world_size: int) -> torch.Tensor:
@@ -217,7 +198,7 @@ def sync_batchnorm_step(rank: int, world_size: int) -> torch.Tensor:
     device = rank_device()
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8))
-    model = wrap_ddp(nn.SyncBatchNorm.convert_sync_batchnorm(model), device)
+    model = DDP(nn.SyncBatchNorm.convert_sync_batchnorm(model).to(device))
     x = toy_dataset().tensors[0].chunk(world_size)[rank]
     model(x.to(device)).sum().backward()
     return model.module[1].running_mean.cpu()
@@ -256,45 +237,64 @@ def shard_model(model: nn.Module, world_size: int) -> nn.Module:
     return fully_shard(model, mesh=mesh)
 
 
-def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The whole model's weights on every rank, gathered from the shards (a collective)."""
-    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
+def save_sharded(model: nn.Module, optimizer, folder: str) -> None:
+    """Every rank calls this: each writes the shards it holds, rank 0 also the metadata."""
+    model_state, optimizer_state = get_state_dict(model, optimizer)  # this rank's shards
+    dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=folder)
 
 
-def save_sharded(rank: int, world_size: int, folder: str) -> dict:
-    """Per rank: train a sharded model one step, then write model and optimizer with DCP.
+def load_sharded(model: nn.Module, optimizer, folder: str) -> None:
+    """Every rank calls this, with the model sharded and its optimizer built (any world size)."""
+    model_state, optimizer_state = get_state_dict(model, optimizer)
+    state = {"model": model_state, "optimizer": optimizer_state}
+    dcp.load(state, checkpoint_id=folder)  # fills this rank's shards in place
+    set_state_dict(model, optimizer, model_state_dict=state["model"],
+                   optim_state_dict=state["optimizer"])
 
-    Each rank writes only the shards it holds; no rank ever holds the whole model.
-    """
-    device = rank_device()
+
+def full_state(model: nn.Module, optimizer) -> tuple[dict, dict]:
+    """The whole model's and optimizer's state on every rank, gathered from the shards."""
+    return get_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True))
+
+
+def save_sharded_run(rank: int, world_size: int, folder: str) -> dict:
+    """Per rank: train a sharded model one step, then ``save_sharded`` it to ``folder``."""
     model = shard_model(tiny_model(seed=0), world_size)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    x, y = toy_dataset().tensors
-    train_step(model, optimizer, x.chunk(world_size)[rank].to(device),
-               y.chunk(world_size)[rank].to(device))
-    state = {"model": get_model_state_dict(model),
-             "optimizer": get_optimizer_state_dict(model, optimizer)}
-    dcp.save(state, checkpoint_id=folder)
-    return {"local_shapes": {name: tuple(t.to_local().shape) for name, t in state["model"].items()},
-            "state_dict": full_state_dict(model)}
+    optimizer, _ = optimizer_and_scheduler(model)
+    x, y = (t.chunk(world_size)[rank].to(rank_device()) for t in toy_dataset().tensors)
+    train_step(model, optimizer, x, y)
+    save_sharded(model, optimizer, folder)
+    return {"local_shapes": {name: tuple(p.to_local().shape) for name, p in model.named_parameters()},
+            "state_dict": full_state(model, optimizer)[0]}
 
 
-def load_sharded(rank: int, world_size: int, folder: str) -> dict:
-    """Per rank: build the same sharded model and optimizer, and load the DCP checkpoint into them.
+def load_sharded_run(rank: int, world_size: int, folder: str) -> dict:
+    """Per rank: a sharded model with other weights, then ``load_sharded`` from ``folder``."""
+    model = shard_model(tiny_model(seed=1), world_size)
+    optimizer, _ = optimizer_and_scheduler(model)
+    load_sharded(model, optimizer, folder)
+    model_state, optimizer_state = full_state(model, optimizer)
+    return {"state_dict": model_state, "optimizer": optimizer_state}
 
-    ``dcp.load`` fills the tensors of the state dict it is given in place, each
-    rank reading only what its shards need, whatever world size wrote it.
-    """
-    model = shard_model(tiny_model(seed=1), world_size)  # other weights, which the load replaces
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    state = {"model": get_model_state_dict(model),
-             "optimizer": get_optimizer_state_dict(model, optimizer)}
-    dcp.load(state, checkpoint_id=folder)
-    set_model_state_dict(model, state["model"])
-    set_optimizer_state_dict(model, optimizer, state["optimizer"])
-    options = StateDictOptions(full_state_dict=True)
-    return {"state_dict": full_state_dict(model),
-            "optimizer": get_optimizer_state_dict(model, optimizer, options=options)}
+
+def one_file_from_shards(rank: int, world_size: int, path: str) -> dict:
+    """Per rank: a sharded model trained one step, saved to one file with
+    ``save_training_state``, then loaded into another sharded model with ``load_training_state``.
+    Returns both models' whole state, and the loss of one more step of each."""
+    x, y = (t.chunk(world_size)[rank].to(rank_device()) for t in toy_dataset().tensors)
+    states, next_losses = [], []
+    for seed in (0, 1):
+        model = shard_model(tiny_model(seed=seed), world_size)
+        optimizer, scheduler = optimizer_and_scheduler(model)
+        if seed == 0:  # train, then save
+            train_step(model, optimizer, x, y)
+            scheduler.step()
+            save_training_state(path, model, optimizer, scheduler, epoch=1)
+        else:  # other weights, replaced by the load
+            load_training_state(path, model, optimizer, scheduler)
+        states.append(full_state(model, optimizer))
+        next_losses.append(train_step(model, optimizer, x, y))
+    return {"saved": states[0], "loaded": states[1], "next_losses": next_losses}
 
 
 def load_sharded_into_plain_model(folder: str, model: nn.Module) -> nn.Module:
@@ -321,15 +321,13 @@ def fail_on_rank(rank: int, world_size: int, failing_rank: int = 1) -> float:
 
 # --- Wrong: what the page shows failing --------------------------------------------------
 
-def resume_on_rank0_only(rank: int, world_size: int, path: str, folder: str,
-                         start_epoch: int = 1, epochs: int = 2) -> dict:
+def load_on_rank0_only(path: str, model: nn.Module, optimizer, scheduler) -> int:
     """Wrong: only rank 0 loads the checkpoint, counting on DDP to copy it to the others."""
-    device = rank_device()
-    model = tiny_model(seed=rank).to(device)
-    optimizer, scheduler = optimizer_and_scheduler(model)
-    if rank == 0:
-        load_training_state(path, model, optimizer, scheduler, device)
-    return fit(wrap_ddp(model, device), optimizer, scheduler, device, folder, start_epoch, epochs)
+    epoch = [None]
+    if dist.get_rank() == 0:
+        epoch[0] = load_training_state(path, model, optimizer, scheduler)
+    dist.broadcast_object_list(epoch)  # the others learn the epoch to resume at
+    return epoch[0]
 
 
 class RegistersUnusedBaseModel(nn.Module):
@@ -355,14 +353,10 @@ def load_without_barrier(rank: int, world_size: int, path: str, write_s: float =
 
 
 def save_with_barrier_inside_if(rank: int, world_size: int, path: str) -> float:
-    """Wrong: the barrier sits inside ``if rank == 0``, so only rank 0 waits in it.
-
-    The others go on to the next collective (here an all-reduce of the loss,
-    for the log).
-    """
-    model = tiny_model(seed=0)
+    """Wrong: the barrier sits inside ``if rank == 0``; the other ranks go on to their next
+    collective (here an all-reduce of the loss, for the log)."""
     if rank == 0:
-        torch.save(model.state_dict(), path)
+        torch.save(nn.Linear(4, 2).state_dict(), path)  # a checkpoint
         dist.barrier()  # wrong: the other ranks never get here
     loss = torch.tensor([0.5], device=rank_device())
     dist.all_reduce(loss)

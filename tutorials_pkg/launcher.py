@@ -1,47 +1,66 @@
-"""Shared page code: a small cluster on one machine, for the distributed page and its tests.
+"""Page machinery, not a recipe: run a function on several ranks from a page or a test.
 
-``run_on_ranks`` starts one process per rank, as ``torchrun`` does, with every
-rank's result or error brought back and nothing left running afterwards.
+``run_on_ranks(fn, *args)`` is ``torch.multiprocessing.start_processes`` (what
+``mp.spawn`` calls) plus what pages and tests need and ``mp.spawn`` lacks:
+
+- each rank's return value comes back (tensors on the CPU);
+- a failing rank is named with its own traceback: the first to fail, not the
+  first whose exit torch noticed (the others often fail a moment later,
+  having lost their partner); torch stops the others;
+- a run still going after ``timeout_s`` is stopped and is a ``TimeoutError``
+  (``collective_timeout_s`` bounds each collective of the group it starts);
+- nothing outlives the call: each rank leads a process group of its own, and
+  at the end every group is killed, so what a rank started (a
+  ``subprocess.Popen``, a forked child) goes with it, unless it left the group.
+
+The few lines a reader would use to start ranks from Python are
+``spawn_ranks`` in ``tutorials_pkg.distributed``.
 Used by: distributed (importable from ``tutorials_pkg.distributed``).
 """
 
 import contextlib
 import gc
-import glob
-import io
+import logging
 import os
+import pickle
 import signal
 import socket
 import sys
 import tempfile
 import time
-import traceback
 from datetime import timedelta
-from multiprocessing.connection import wait
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from torch.multiprocessing.spawn import ProcessException
 
-__all__ = ["RankFailedError", "RemoteTraceback", "run_on_ranks"]
+__all__ = ["RankFailedError", "RemoteTraceback", "free_port", "run_on_ranks", "torchrun_variables"]
 
-BACKENDS = ("gloo", "nccl", None)
+GRACE_S = 0.5  # after a rank fails, how long torch waits for the others before SIGTERM, then SIGKILL
+STARTUP_S = 300  # how long a rank waits for the others to start
 
 
 class RemoteTraceback(Exception):
-    """The traceback text of an exception raised in another process."""
+    """The traceback of an exception raised in a rank's process (a ``RankFailedError``'s cause)."""
 
 
 class RankFailedError(RuntimeError):
-    """One or more ranks raised; ``failures`` maps each failed rank to ``"Type: message"``."""
+    """One or more ranks raised, or died. ``failures`` maps each to its traceback (or how it
+    died), the first to fail first; ``rank`` is that first one. The message names each rank
+    and its exception; the tracebacks are the error's cause, printed with it where Python
+    prints whole tracebacks."""
 
-    def __init__(self, failures: dict[int, str], world_size: int, stopped: list[int]):
+    def __init__(self, world_size: int, failures: dict[int, str]):
         self.failures = failures
-        self.stopped = stopped
-        lines = [f"rank {rank} of {world_size} failed with {error}" for rank, error in failures.items()]
-        if stopped:
-            lines.append(f"stopped the ranks still running: {stopped}")
-        super().__init__("\n".join(lines))
+        self.rank = next(iter(failures))
+        super().__init__("\n".join(f"rank {rank} of {world_size} failed with "
+                                   f"{text.strip().splitlines()[-1]}"
+                                   for rank, text in failures.items()))
+
+    @property
+    def traceback(self) -> str:
+        return self.failures[self.rank]
 
 
 def free_port() -> int:
@@ -51,225 +70,170 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-# --- in each rank's process ----------------------------------------------------------------
+def torchrun_variables(rank: int, world_size: int, port: int) -> dict[str, str]:
+    """The variables that ``torchrun`` documents, as ``torchrun --standalone
+    --nproc-per-node=world_size`` sets them for rank ``rank`` (plus ``GROUP_WORLD_SIZE``
+    and ``ROLE_NAME``, which it also sets). Its internal ones are left out:
+    ``TORCHELASTIC_ERROR_FILE``, ``TORCHELASTIC_USE_AGENT_STORE`` (there is no agent
+    here), ``TORCHELASTIC_SIGNALS_TO_HANDLE``, ``TORCH_NCCL_ASYNC_ERROR_HANDLING`` and
+    ``OMP_NUM_THREADS``."""
+    rank_, size = str(rank), str(world_size)
+    return {"RANK": rank_, "LOCAL_RANK": rank_, "ROLE_RANK": rank_, "GROUP_RANK": "0",
+            "WORLD_SIZE": size, "LOCAL_WORLD_SIZE": size, "ROLE_WORLD_SIZE": size,
+            "GROUP_WORLD_SIZE": "1", "ROLE_NAME": "default",
+            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+            "TORCHELASTIC_RESTART_COUNT": "0", "TORCHELASTIC_MAX_RESTARTS": "0",
+            "TORCHELASTIC_RUN_ID": "none"}
 
-def _loads_back(value) -> bool:
-    """Whether ``value`` survives ``torch.save`` and a ``weights_only`` ``torch.load``."""
+
+# --- in each rank's process -----------------------------------------------------------------
+
+def run_rank(rank: int, world_size: int, port: int, folder: str, backend: str | None,
+             collective_timeout_s: float, fn, args: tuple) -> None:
+    """Join a ``backend`` group (``None``: ``fn`` joins one itself), call
+    ``fn(rank, world_size, *args)``, leave the group, and save the result to
+    ``folder/rank<N>.pt``. An exception propagates: torch reports it to the caller."""
+    os.environ.update(torchrun_variables(rank, world_size, port))
+    if backend is not None:
+        device = torch.device("cuda", rank) if backend == "nccl" else None
+        if device is not None:
+            torch.cuda.set_device(device)  # this rank's own GPU, before the group exists
+        # Meet every rank first, however long the others take to start; only then
+        # does collective_timeout_s (which also bounds the group's setup) count.
+        store = dist.TCPStore("127.0.0.1", port, world_size, is_master=rank == 0,
+                              timeout=timedelta(seconds=STARTUP_S))
+        store.set(f"started{rank}", "1")
+        store.wait([f"started{other}" for other in range(world_size)])
+        dist.init_process_group(backend, store=store, rank=rank, world_size=world_size,
+                                timeout=timedelta(seconds=collective_timeout_s), device_id=device)
     try:
-        buffer = io.BytesIO()
-        torch.save(value, buffer)
-        buffer.seek(0)
-        torch.load(buffer, weights_only=True)
-        return True
-    except Exception:
-        return False
-
-
-def _first_unsendable(value, where: str = "result") -> str | None:
-    """The first thing in ``value`` that cannot come back, as ``result['a'] (numpy.ndarray)``."""
-    if _loads_back(value):
-        return None
-    if isinstance(value, (list, tuple, dict)):
-        for key, item in (value.items() if isinstance(value, dict) else enumerate(value)):
-            found = _first_unsendable(item, f"{where}[{key!r}]")
-            if found:
-                return found
-    return f"{where} ({type(value).__module__}.{type(value).__qualname__})"
-
-
-def _outcome_bytes(outcome: dict) -> bytes:
-    """``outcome`` as ``torch.save`` writes it, checked to load back with ``weights_only``."""
-    buffer = io.BytesIO()
-    try:
-        torch.save(outcome, buffer)
-        torch.load(io.BytesIO(buffer.getvalue()), weights_only=True)
-    except Exception:
-        where = _first_unsendable(outcome.get("result"))
-        raise TypeError(f"the result cannot come back to the caller: {where} is not a tensor, "
-                        "number, string, or list, tuple or dict of them (a numpy array: "
-                        "torch.from_numpy(array) or array.tolist())") from None
-    return buffer.getvalue()
-
-
-def _write_atomically(path: str, data: bytes) -> None:
-    """Write to a temporary name, then rename: a rank stopped while writing leaves no half file."""
-    temporary = f"{path}.partial"
-    with open(temporary, "wb") as file:
-        file.write(data)
-    os.replace(temporary, path)
-
-
-def run_rank(rank: int, world_size: int, port: int, folder: str, collective_timeout_s: float,
-             backend: str | None, fn, args: tuple) -> None:
-    """What each process runs: join the group, call ``fn(rank, world_size, *args)``,
-    leave the group, and write ``{"result": ...}`` or ``{"error": ..., "traceback": ...}``
-    to ``folder/rank<N>.pt``.
-
-    ``collective_timeout_s`` bounds every collective: a rank waiting for peers
-    that never come raises instead of hanging (gloo's default is 30 minutes).
-    """
-    # The variables torchrun sets for every process it starts.
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size))
-    try:
-        if backend is not None:
-            options = {}
-            if backend == "nccl":  # this rank's own GPU, chosen before the group exists
-                options["device_id"] = torch.device("cuda", rank)
-                torch.cuda.set_device(options["device_id"])
-            dist.init_process_group(backend, rank=rank, world_size=world_size,
-                                    timeout=timedelta(seconds=collective_timeout_s), **options)
-        data = _outcome_bytes({"result": fn(rank, world_size, *args)})
-    except Exception as error:
-        data = _outcome_bytes({"error": f"{type(error).__name__}: {error}",
-                               "traceback": traceback.format_exc(), "time": time.time()})
+        result = fn(rank, world_size, *args)
     finally:
         # Free what fn left in reference cycles (an FSDP model is in some) while the
         # group is still up: freed at exit instead, it can abort the process.
         gc.collect()
         if dist.is_initialized():
             dist.destroy_process_group()
-    _write_atomically(os.path.join(folder, f"rank{rank}.pt"), data)
+    torch.save(result, os.path.join(folder, f"rank{rank}.pt"))  # read only if the rank exits 0
 
 
-def _rank_process(*args) -> None:
-    """A rank's process: leader of a session of its own, so that stopping it stops
-    whatever it started too (a ``subprocess.Popen``, a forked child)."""
-    os.setsid()
-    run_rank(*args)
+def _rank_process(rank: int, *args) -> None:
+    """A rank's process, as ``start_processes`` calls it: leader of a process group of its
+    own, so that killing the group kills what it started too."""
+    os.setpgrp()
+    run_rank(rank, *args)
 
 
-# --- in the caller's process ---------------------------------------------------------------
+# --- in the caller's process ----------------------------------------------------------------
 
-def read_outcome(folder: str, rank: int) -> dict:
-    """What a finished rank wrote (tensors on the CPU); empty if it wrote nothing
-    (it crashed or was stopped)."""
-    path = os.path.join(folder, f"rank{rank}.pt")
-    return torch.load(path, map_location="cpu", weights_only=True) if os.path.exists(path) else {}
-
-
-def wait_for_ranks(processes: list, folder: str, timeout_s: float) -> list[int]:
-    """Wait until every rank has finished, one has failed, or ``timeout_s`` has passed.
-
-    Returns the ranks still running (empty when all finished).
-    """
-    deadline = time.monotonic() + timeout_s
-    running = dict(enumerate(processes))
-    while running and (remaining := deadline - time.monotonic()) > 0:
-        wait([process.sentinel for process in running.values()], timeout=remaining)
-        for rank, process in list(running.items()):
-            if process.is_alive():
-                continue
-            del running[rank]
-            outcome = read_outcome(folder, rank)
-            if "error" in outcome or (process.exitcode != 0 and not outcome):
-                return sorted(running)  # a rank failed: the others may wait for it forever
-    return sorted(running)
-
-
-def _session(sid: int) -> list[int]:
-    """The running processes (zombies aside) of session ``sid``, read from Linux's /proc."""
-    members = []
-    for stat in glob.glob("/proc/[0-9]*/stat"):
-        try:
-            with open(stat) as file:
-                state, _, _, session = file.read().rpartition(")")[2].split()[:4]
-        except (OSError, ValueError):  # gone meanwhile
-            continue
-        if int(session) == sid and state != "Z":
-            members.append(int(stat.split("/")[2]))
-    return members
-
-
-def _signal(process, signum: int) -> None:
-    """Send ``signum`` to the rank and to every process of its session (what it started)."""
-    pids = set(_session(process.pid))
-    if process.is_alive():
-        pids.add(process.pid)  # also a rank stopped before it called setsid
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signum)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, signum)  # the rank's group, where there is no /proc
-
-
-def stop_processes(processes: list, grace_s: float = 5.0) -> None:
-    """Stop every rank and what it started (SIGTERM, then SIGKILL), and wait until they are gone."""
-    started = [process for process in processes if process.pid is not None]
-    for process in started:
-        if process.is_alive():
-            _signal(process, signal.SIGTERM)
-    for process in started:
-        process.join(grace_s)
-        _signal(process, signal.SIGKILL)  # also what a finished rank left running
-        process.join()
-    deadline = time.monotonic() + grace_s  # killed processes take a moment to go
-    while any(_session(process.pid) for process in started) and time.monotonic() < deadline:
-        time.sleep(0.01)
-
-
-def check_importable(fn) -> None:
-    """Spawned processes import ``fn`` by its module and name: refuse what they could not find."""
+def _check_importable(fn) -> None:
+    """The new processes import ``fn`` by its module and name: refuse what they could not find."""
     name = getattr(fn, "__qualname__", "")
     module = sys.modules.get(getattr(fn, "__module__", None))
     if not callable(fn) or not name or "<" in name or module is None:
         raise TypeError(f"fn must be a function defined at the top level of a module, got {fn!r}")
-    if module.__name__ == "__main__" and not hasattr(module, "__file__"):
+    if not hasattr(module, "__file__"):  # a notebook's or an interactive session's __main__
         raise TypeError(f"{name} is defined in a notebook or an interactive session, where the "
-                        "spawned processes cannot import it: define it in a .py module")
+                        "new processes cannot import it: define it in a .py module")
 
 
-def check_backend(backend: str | None, world_size: int) -> None:
-    """Refuse a backend ``run_on_ranks`` does not start, and nccl without a GPU per rank."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "nccl" and world_size > torch.cuda.device_count():
-        raise ValueError(f"nccl needs a GPU per rank: world_size {world_size}, but "
-                         f"{torch.cuda.device_count()} GPU(s) here")
+def _failures(context: mp.ProcessContext, error: ProcessException) -> dict[int, str]:
+    """Every rank that failed, with its traceback, the first to fail first. torch names the
+    first exit it noticed; of the ranks that raised, the one whose error file torch's
+    ``_wrap`` wrote first failed first (the others often fail a moment later, having lost
+    their partner). A rank torch noticed dying without a traceback comes first."""
+    failures = {}
+    if not os.path.exists(context.error_files[error.error_index]):  # a signal, os._exit
+        how = f"signal {error.signal_name}" if error.signal_name else f"exit code {error.exit_code}"
+        failures[error.error_index] = f"{how} and no traceback"
+    written = [rank for rank, path in enumerate(context.error_files) if os.path.exists(path)]
+    for rank in sorted(written, key=lambda rank: os.stat(context.error_files[rank]).st_mtime_ns):
+        with open(context.error_files[rank], "rb") as file:
+            failures[rank] = pickle.load(file)  # the traceback text, as torch wrote it
+    return failures
+
+
+@contextlib.contextmanager
+def _quiet_spawn_log():
+    """torch logs each rank it terminates ("Terminating process <pid> ..."): a pid on every page."""
+    log = logging.getLogger("torch.multiprocessing.spawn")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
+def _join(context: mp.ProcessContext, world_size: int, timeout_s: float) -> None:
+    """Wait until every rank has exited 0; raise on a failed rank or after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    try:
+        with _quiet_spawn_log():
+            while not context.join(max(0.0, deadline - time.monotonic()), grace_period=GRACE_S):
+                if time.monotonic() >= deadline:
+                    running = [rank for rank, p in enumerate(context.processes) if p.is_alive()]
+                    raise TimeoutError(
+                        f"ranks {running} of {world_size} were still running after {timeout_s} s "
+                        "and were stopped: is a rank waiting for something the others never do?")
+    except ProcessException as error:
+        failures = _failures(context, error)
+        tracebacks = "".join(f"\n--- rank {rank} ---\n{text}" for rank, text in failures.items())
+        raise RankFailedError(world_size, failures) from RemoteTraceback(tracebacks)
+
+
+def _group_exists(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)  # signal 0: only asks whether the group has a member
+    except (ProcessLookupError, PermissionError):  # PermissionError: another user's group now
+        return False
+    return True
+
+
+def _stop(context: mp.ProcessContext) -> None:
+    """Kill every rank and its process group, wait until they are gone, and remove torch's
+    error files."""
+    for process in context.processes:
+        with contextlib.suppress(ProcessLookupError, PermissionError):  # no group (any more)
+            os.killpg(process.pid, signal.SIGKILL)  # the rank, and what it started
+        process.kill()  # a rank stopped before it made its group
+        process.join()
+    deadline = time.monotonic() + 5.0  # a killed process takes a moment to go
+    while any(_group_exists(p.pid) for p in context.processes) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    for path in context.error_files:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
 
 
 def run_on_ranks(fn, *args, world_size: int = 2, backend: str | None = "gloo",
                  timeout_s: float = 120.0, collective_timeout_s: float = 30.0) -> list:
-    """Run ``fn(rank, world_size, *args)`` in ``world_size`` processes, with the variables
-    ``torchrun`` sets, joined by a ``backend`` group (``None``: ``fn`` joins one itself).
+    """Run ``fn(rank, world_size, *args)`` in ``world_size`` new processes with the variables
+    ``torchrun`` sets (``torchrun_variables``), joined in a ``backend`` group (``"nccl"``:
+    rank N on GPU N; ``None``: ``fn`` joins one itself, as a ``torchrun`` script does).
 
-    Returns each rank's result, by rank, tensors on the CPU. If a rank raises,
-    the others are stopped and ``RankFailedError`` names every rank that
-    failed and its exception; after ``timeout_s``, all ranks are stopped and
-    ``TimeoutError`` names those still running. What a rank started is stopped
-    with it, unless it left the rank's session (``setsid``).
+    Returns what each rank returned, by rank, tensors on the CPU. A rank that raises or dies
+    ends the run with ``RankFailedError`` (the first to fail, with its traceback); a run still
+    going after ``timeout_s`` ends with ``TimeoutError``. Either way, and on success, every
+    rank and what it started is stopped before this returns.
     """
     if world_size < 1:
         raise ValueError(f"world_size must be at least 1, got {world_size}")
-    check_backend(backend, world_size)
-    check_importable(fn)
-    spawn = mp.get_context("spawn")  # a fresh interpreter per rank, as torchrun starts them
-    port = free_port()
+    _check_importable(fn)
     with tempfile.TemporaryDirectory(prefix="ranks-") as folder:
-        processes = [spawn.Process(target=_rank_process,
-                                   args=(rank, world_size, port, folder, collective_timeout_s,
-                                         backend, fn, args))
-                     for rank in range(world_size)]
+        context = mp.start_processes(
+            _rank_process, args=(world_size, free_port(), folder, backend, collective_timeout_s,
+                                 fn, args),
+            nprocs=world_size, join=False, start_method="spawn")  # a fresh interpreter per rank
         try:
-            for process in processes:
-                process.start()
-            still_running = wait_for_ranks(processes, folder, timeout_s)
+            _join(context, world_size, timeout_s)
         finally:
-            stop_processes(processes)
-        outcomes = [read_outcome(folder, rank) for rank in range(world_size)]
-
-    errors = sorted((outcome["time"], rank) for rank, outcome in enumerate(outcomes) if "error" in outcome)
-    failures = {rank: outcomes[rank]["error"] for _, rank in errors}  # the first to fail first
-    for rank, process in enumerate(processes):
-        if not outcomes[rank] and rank not in still_running:
-            failures[rank] = f"exit code {process.exitcode} and no result"
-    still_running = [rank for rank in still_running if not outcomes[rank]]
-    if failures:
-        tracebacks = "".join(f"\n--- rank {rank} ---\n{outcomes[rank]['traceback']}"
-                             for rank in failures if "traceback" in outcomes[rank])
-        raise RankFailedError(failures, world_size, still_running) from RemoteTraceback(tracebacks)
-    if still_running:
-        raise TimeoutError(f"ranks {still_running} of {world_size} were still running after "
-                           f"{timeout_s} s and were stopped: is a rank waiting for something "
-                           "the others never do?")
-    return [outcome["result"] for outcome in outcomes]
+            _stop(context)
+        results = []
+        for rank in range(world_size):
+            path = os.path.join(folder, f"rank{rank}.pt")
+            if not os.path.exists(path):  # it exited 0 without returning (sys.exit(0))
+                raise RankFailedError(world_size, {rank: "exit code 0 and no result"})
+            # Written by our own ranks into our own temporary folder: any picklable result.
+            results.append(torch.load(path, map_location="cpu", weights_only=False))
+        return results

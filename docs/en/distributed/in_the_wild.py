@@ -53,8 +53,7 @@ run_on_ranks(load_without_barrier, "no_barrier.pt")
 # is `save_training_state` of the [first page](../#the-script-torchrun-starts):
 # only rank 0 writes, and `dist.barrier()` holds every rank until the file is
 # complete, which is why both ranks of the
-# [resumed run](../#resuming-every-rank-loads-each-onto-its-own-device) read
-# the same state.
+# [resumed run](../#resuming-every-rank-loads) read the same state.
 
 # %% [markdown]
 # ## Loading without `map_location`
@@ -69,29 +68,35 @@ from tutorials_pkg.distributed import storage_locations
 show_source(storage_locations)
 
 # %% [markdown]
-# Take the training of the [first page](../#every-rank-ends-with-the-same-weights):
-# `train_ddp` on two CPU ranks for one epoch, then the checkpoint rank 0 wrote:
+# Take the checkpoint of the [first page](../#the-script-torchrun-starts):
+# here `main` trains one epoch in a group of one process, in this notebook
+# (a `HashStore` in memory replaces the address and port), and rank 0 writes
+# `run/epoch1.pt`:
 
 # %%
-from tutorials_pkg.distributed import train_ddp
+import torch.distributed as dist
 
-os.makedirs("run")
-run_on_ranks(train_ddp, "run", 1)  # one epoch: rank 0 writes run/epoch1.pt
+from tutorials_pkg.distributed import main
+
+dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+main(["run", "--epochs", "1"], device=torch.device("cpu"))  # in this group; main leaves it
 print(storage_locations("run/epoch1.pt"))
 unmapped = torch.load("run/epoch1.pt", weights_only=True)
 assert {str(t.device) for t in unmapped["model"].values()} <= set(storage_locations("run/epoch1.pt"))
 
 # %% [markdown]
-# Our ranks trained on the CPU, so the file says `cpu`. A file saved from a GPU
-# job says `cuda:0` for what rank 0 kept on its GPU (here the optimizer's
-# momentum; the weights were gathered to the CPU). Loaded without
-# `map_location` on a machine with 8 GPUs, every rank then creates those
-# tensors on GPU 0: eight copies on one GPU, which can run out of memory while
-# the other seven hold none. On a machine without a GPU the same load fails
-# with a `RuntimeError` ("Attempting to deserialize object on a CUDA device but
-# torch.cuda.is_available() is False", raised in `torch/serialization.py`).
-# Give each rank its own device, as `load_training_state` does; a dict remaps
-# only the locations it names, for example `{"cuda:0": f"cuda:{local_rank}"}`.
+# This file says `cpu` even when a GPU job saves it: `save_training_state`
+# gathers everything onto rank 0's CPU (`cpu_offload=True`). A file saved with
+# `torch.save(model.state_dict(), path)` from a GPU job says `cuda:0` for every
+# tensor of rank 0's model. Loaded without `map_location` on a machine with 8
+# GPUs, every rank then creates those tensors on GPU 0: eight copies on one
+# GPU, which can run out of memory while the other seven hold none. On a
+# machine without a GPU the same load fails with a `RuntimeError` ("Attempting
+# to deserialize object on a CUDA device but torch.cuda.is_available() is
+# False", raised in `torch/serialization.py`). Read onto the CPU, as
+# `load_training_state` does (`set_state_dict` then puts each tensor on its
+# parameter's device), or give each rank its own device; a dict remaps only the
+# locations it names, for example `{"cuda:0": f"cuda:{local_rank}"}`.
 
 # %% [markdown]
 # ## A rank fails, and the others wait for it
@@ -105,13 +110,13 @@ from tutorials_pkg.distributed import fail_on_rank
 show_source(fail_on_rank)
 
 # %% [markdown]
-# `run_on_ranks` notices the failed rank, stops the others, and raises a
-# `RankFailedError` that lists the failed ranks, the first to fail first, and
-# the ranks it stopped. Rank 0 either saw its partner vanish (its own
-# `RuntimeError`, with the peer's address and port) or was stopped while
-# waiting; the cell prints what does not depend on which. (Where Python prints
-# full tracebacks, as in a terminal, each rank's own traceback comes with the
-# error, chained as its cause.)
+# `run_on_ranks` notices the failed rank, torch stops the others, and the
+# `RankFailedError` names every rank that failed, the first to fail first, each
+# with its exception. Rank 0 either saw its partner vanish (its own
+# `RuntimeError`, a moment later, on a second line) or was stopped while
+# waiting; either way rank 1 comes first. The error carries each rank's
+# traceback, printed with it where Python prints whole tracebacks (in a
+# terminal); the cell prints the functions rank 1's passes through:
 
 # %%
 import multiprocessing
@@ -121,9 +126,10 @@ from tutorials_pkg.launcher import RankFailedError
 try:
     run_on_ranks(fail_on_rank)
 except RankFailedError as error:
-    first = next(iter(error.failures))
-    print(f"first to fail: rank {first} with {error.failures[first]}")
-    print("ranks that ended without a result:", sorted({*error.failures, *error.stopped}))
+    print(str(error).splitlines()[0])  # the first to fail (a line for rank 0 may follow)
+    frames = [line.rpartition(" in ")[2] for line in error.traceback.splitlines()
+              if line.startswith("  File ")]
+    print("its traceback:", " -> ".join(frames))
 print("processes left:", multiprocessing.active_children())
 
 # %% [markdown]
@@ -131,7 +137,7 @@ print("processes left:", multiprocessing.active_children())
 #
 # A collective must be called by every rank, in the same order. A `barrier`
 # indented into `if rank == 0:` breaks that: rank 0 waits in the barrier, the
-# others go on to their next collective, and each waits for the other.
+# others go on to their next collective (here an all-reduce of the loss).
 
 # %%
 from tutorials_pkg.distributed import save_with_barrier_inside_if
@@ -139,7 +145,19 @@ from tutorials_pkg.distributed import save_with_barrier_inside_if
 show_source(save_with_barrier_inside_if)
 
 # %% [markdown]
-# How long they wait is the process group's timeout; by default:
+# What happens next depends on the backend:
+#
+# - **gloo** (the CPU ranks here): a barrier is an operation of its own. Rank 0
+#   waits in it, rank 1 waits in its all-reduce, neither is the other's partner,
+#   and both wait until the group's timeout.
+# - **NCCL** (GPUs): a barrier is an all-reduce of one number. Rank 1's
+#   all-reduce pairs with it, so rank 1 goes on with a wrong sum, and no error;
+#   rank 0 then waits in its own all-reduce for a partner that never comes,
+#   until NCCL's watchdog ends the process at the timeout. The project's GPU
+#   tests show both on two GPUs (`test_a_barrier_only_rank_0_reaches`, marked
+#   `gpu`).
+#
+# The timeout is the process group's; by default:
 
 # %%
 from torch.distributed.constants import default_pg_nccl_timeout, default_pg_timeout
@@ -149,22 +167,20 @@ print("gloo:", default_pg_timeout, " nccl:", default_pg_nccl_timeout)
 # %% [markdown]
 # Up to half an hour of a cluster doing nothing. `run_on_ranks` passes
 # `collective_timeout_s` to `init_process_group(timeout=...)`; with 2 seconds
-# the ranks give up quickly, and the run ends with a `RankFailedError` whose
-# messages say that an operation timed out (which rank times out first varies
-# from run to run; the other then loses its partner):
+# the gloo ranks give up quickly, and the run ends with a `RankFailedError`
+# whose message says that an operation timed out (which rank times out first
+# varies from run to run):
 
 # %%
 try:
     run_on_ranks(save_with_barrier_inside_if, "inside_if.pt", collective_timeout_s=2)
 except RankFailedError as error:
-    print("a collective timed out:",
-          any("Timed out waiting 2000ms" in message for message in error.failures.values()))
-    print("ranks that ended without a result:", sorted({*error.failures, *error.stopped}))
+    print("a collective timed out:", "Timed out waiting 2000ms" in str(error))
 
 # %% [markdown]
 # The fix is the barrier outside the `if`, reached by every rank, as in
-# `save_training_state` of the [first page](../#the-script-torchrun-starts),
-# which both ranks of the training run on this page went through. A wait outside any collective (a rank reading from a queue that
-# stays empty, a lock never released) is not covered by that timeout;
-# `run_on_ranks` stops the whole run after `timeout_s` and raises a
-# `TimeoutError` naming the ranks still running.
+# `save_training_state` of the [first page](../#the-script-torchrun-starts).
+# A wait outside any collective (a rank reading from a queue that stays empty,
+# a lock never released) is not covered by that timeout; `run_on_ranks` stops
+# the whole run after `timeout_s` and raises a `TimeoutError` naming the ranks
+# still running.

@@ -27,8 +27,9 @@
 #   across ranks, and parameters that forward never uses.
 # - [Sharded checkpoints: DCP and one file](sharded/): sharded saves with
 #   `torch.distributed.checkpoint`, and from shards to one file and back.
-# - [This chapter's launcher: run_on_ranks](launcher/): how the chapter runs a
-#   function in several processes, and its code.
+# - [Starting ranks from Python](launcher/): `torch.multiprocessing.spawn`,
+#   the few lines that start ranks without `torchrun`, and what this chapter's
+#   `run_on_ranks` adds to them.
 # - [Distributed checkpoints: in the wild](in_the_wild/): what goes wrong in
 #   practice, shown failing, then fixed.
 #
@@ -37,7 +38,8 @@
 # GPU and the `nccl` backend; without one, as on the machine that built this
 # site, each rank works on the CPU with the `gloo` backend. The rest of the
 # chapter runs the same functions on two CPU ranks to look inside them; the
-# project's GPU tests run them with `nccl` on CUDA.
+# project's GPU tests run them with `nccl` on two GPUs (on a machine with fewer,
+# they skip and say so).
 #
 # Every output in this chapter was produced by running the code when the site
 # was built, on the versions printed below.
@@ -88,22 +90,36 @@ show_source(main)
 #   the group to the same GPU (NCCL then sets up its communicator at once, so a
 #   broken setup fails here and not at the first collective). Without GPUs the
 #   group uses `gloo` on the CPU.
-# - `wrap_ddp` passes `device_ids=[index]` for a model on one GPU; for a model
-#   on the CPU `device_ids` must stay `None`. DDP copies rank 0's weights to
-#   every rank when it is built, which is why each rank may build its model
-#   from its own seed.
+# - `DDP(model)` wraps a model that sits on one device, this rank's GPU or the
+#   CPU (for such a model `device_ids` may stay `None`). DDP copies rank 0's
+#   weights to every rank when it is built, which is why each rank may build
+#   its model from its own seed.
 # - `DistributedSampler` gives each rank its own share of the data, from the
 #   group's rank and world size. `set_epoch(epoch)` at the start of every epoch
 #   gives a new shuffle, the same on all ranks.
-# - `save_training_state` is called by *every* rank: all of them gather the
-#   state (for a sharded model that is a collective), rank 0 writes, and a
-#   `barrier` keeps every rank from going on until the file is complete.
-# - `load_training_state` is also called by every rank, each with
-#   `map_location` set to its own device.
+# - `save_training_state` is called by *every* rank. `get_state_dict` gathers
+#   the model's and the optimizer's state, whole, onto rank 0's CPU, by their
+#   parameter names (a collective: for a sharded FSDP model each rank holds
+#   only a slice, see [the sharded page](sharded/#one-file-from-a-sharded-model));
+#   rank 0 writes, and a `barrier` keeps every rank from going on until the file
+#   is complete. Each rank's random generators (the CPU's and its GPUs') go in
+#   too, for models with dropout or random augmentation.
+# - `load_training_state` is also called by every rank. It reads onto the
+#   CPU, and `set_state_dict` puts each tensor on its parameter's device (for
+#   FSDP, each rank keeps its slice).
 # - `main` runs `gc.collect()` before `destroy_process_group()`: what training
 #   left in reference cycles is then freed while the group is still up. Freed
 #   at exit instead, after the group is gone, it sometimes aborts a rank
 #   ("terminate called without an active exception").
+# - `main` takes two arguments that `torchrun` never passes: a `device`, to
+#   train in a group that already exists (the rest of the chapter runs it so),
+#   and `load`, which the wrong way below replaces.
+#
+# What the short form leaves out on purpose: rank 0 writes each epoch's file
+# with a plain `torch.save`, so a job killed while writing leaves that file
+# half-written (the earlier epochs' files are intact); to overwrite one path
+# safely, write a temporary file beside it and rename it, as
+# [`save_checkpoint`](../save_load/checkpoints/) does.
 #
 # Below, the block above is saved as `train.py` with that last line, and
 # launched from this page (`python -m torch.distributed.run` is what the
@@ -123,7 +139,6 @@ command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
            f"--nproc-per-node={nproc}", "train.py", "torchrun_job"]
 job = subprocess.run(command, capture_output=True, text=True)
 assert job.returncode == 0, job.stderr[-3000:]
-print(job.stdout, end="")
 print(sorted(os.listdir("torchrun_job")))
 
 # %% [markdown]
@@ -134,43 +149,50 @@ print(sorted(os.listdir("torchrun_job")))
 # ## Every rank ends with the same weights
 #
 # A `torchrun` job cannot hand Python objects back to this notebook. To look
-# inside the ranks, the page starts the same function, `train_ddp`, with
-# `run_on_ranks` (from `tutorials_pkg.launcher`, shown on
-# [the launcher's page](launcher/)):
-# it spawns one fresh process per rank with the variables `torchrun` sets,
-# joins them in a `gloo` group, and returns what each rank returned.
+# inside the ranks, the page runs the same `main` with `run_on_ranks` (page
+# machinery from `tutorials_pkg.launcher`, described on
+# [the launcher's page](launcher/)): it starts one fresh process per rank with
+# the variables `torchrun` sets, joins them in a `gloo` group, and returns what
+# each rank returned. `train_ddp` calls `main` in that group and returns the
+# weights, learning rate and random state each rank ended with.
 
 # %%
 from tutorials_pkg.distributed import train_ddp
 from tutorials_pkg.launcher import run_on_ranks
 
-os.makedirs("run")
-results = run_on_ranks(train_ddp, "run")  # two CPU ranks
+results = run_on_ranks(train_ddp, "run")  # two CPU ranks, two epochs
 
-for rank, result in enumerate(results):
-    print(f"rank {rank} on {result['device']}: samples of epoch 0 {result['orders'][0]}, "
-          f"of epoch 1 {result['orders'][1]}")
 same = all(torch.equal(results[0]["state_dict"][k], results[1]["state_dict"][k])
            for k in results[0]["state_dict"])
+print("devices:", [result["device"] for result in results])
 print("same weights on both ranks:", same)
 assert same
 
 # %% [markdown]
-# The two ranks saw different samples, and each epoch in a new order; the
-# weights are equal to the last bit. During `backward`, DDP averages the
-# gradients of all ranks, so every step is the step one process would take on
-# the batches of both ranks together:
+# The weights are equal to the last bit, though each rank saw only its own
+# share of the data. `DistributedSampler`, given a rank and a world size by
+# hand, shows the shares: different on the two ranks, and in a new order each
+# epoch. During `backward`, DDP averages the gradients of all ranks, so every
+# step is the step one process would take on the batches of both ranks
+# together:
 
 # %%
+from torch.utils.data.distributed import DistributedSampler
+
 from tutorials_pkg.distributed import optimizer_and_scheduler, tiny_model, toy_dataset, train_step
 
+dataset = toy_dataset()
 reference = tiny_model(seed=0)  # rank 0's initial weights, which DDP gave every rank
 optimizer, scheduler = optimizer_and_scheduler(reference)
-dataset = toy_dataset()
-for epoch in range(2):
+for epoch in (1, 2):
+    shares = []
+    for rank in range(2):
+        sampler = DistributedSampler(dataset, num_replicas=2, rank=rank, seed=0)
+        sampler.set_epoch(epoch)
+        shares.append(list(sampler))
+    print(f"epoch {epoch}: rank 0 gets {shares[0]}, rank 1 gets {shares[1]}")
     for start in (0, 4):  # two steps of 4 samples per rank
-        batch = [i for result in results for i in result["orders"][epoch][start:start + 4]]
-        train_step(reference, optimizer, *dataset[batch])
+        train_step(reference, optimizer, *dataset[shares[0][start:start + 4] + shares[1][start:start + 4]])
     scheduler.step()
 close = all(torch.allclose(reference.state_dict()[k], results[0]["state_dict"][k], atol=1e-6)
             for k in results[0]["state_dict"])
@@ -179,49 +201,44 @@ assert close
 
 # %% [markdown]
 # Without `set_epoch`, a `DistributedSampler` shuffles every epoch the same
-# way (here rank 0's share, with the rank and world size given by hand):
+# way:
 
 # %%
-from torch.utils.data.distributed import DistributedSampler
-
 sampler = DistributedSampler(dataset, num_replicas=2, rank=0, seed=0)
-print("epoch 0:           ", list(sampler))
-print("epoch 1, forgotten:", list(sampler))
-sampler.set_epoch(1)
-print("epoch 1, set_epoch:", list(sampler))
-assert list(sampler) == results[0]["orders"][1]
+print("no set_epoch, one epoch: ", list(sampler))
+print("no set_epoch, the next: ", list(sampler))
+sampler.set_epoch(2)
+print("set_epoch(2):           ", list(sampler))
+assert list(sampler) == shares[0]
 
 # %% [markdown]
-# The checkpoint holds everything a resumed run needs. Its weights have the
-# model's own keys: `get_model_state_dict` removed the `module.` that the DDP
-# wrapper puts in front of every name. The random number generators' states
-# are one per rank.
+# The checkpoint holds everything a resumed run needs. Its weights and the
+# optimizer's state have the model's own keys: `get_state_dict` removed the
+# `module.` that the DDP wrapper puts in front of every name. The random
+# generators' states are one list per rank.
 
 # %%
 state = torch.load("run/epoch1.pt", weights_only=True)
 print(list(state))
-print("model:", list(state["model"]))
-print("epoch:", state["epoch"], " learning rate:", state["optimizer"]["param_groups"][0]["lr"],
-      " momentum buffers:", len(state["optimizer"]["state"]), " RNG states:", len(state["rng"]))
+print("model:    ", list(state["model"]))
+print("optimizer:", list(state["optimizer"]["state"]),
+      "learning rate", state["optimizer"]["param_groups"][0]["lr"])
+print("epoch:", state["epoch"], " random generator states, one list per rank:", len(state["rng"]))
 
 # %% [markdown]
-# ## Resuming: every rank loads, each onto its own device
+# ## Resuming: every rank loads
 #
 # A new job resumes from `epoch1.pt`: every rank calls `load_training_state`
-# before wrapping its model, with `map_location` set to its own device
-# (`cuda:<LOCAL_RANK>` on a GPU machine), and gets back the weights, the
-# optimizer's momentum, the scheduler's step and its own random generator's
-# state. The second epoch then runs exactly as in the uninterrupted run:
+# before wrapping its model and gets back the weights, the optimizer's
+# momentum, the scheduler's step and its own random generators' state. The
+# second epoch then runs exactly as in the uninterrupted run:
 
 # %%
-os.makedirs("resumed")
 resumed = run_on_ranks(train_ddp, "resumed", 2, "run/epoch1.pt")
 
 for rank, result in enumerate(resumed):
-    start = result["at_start"]
-    rng_as_saved = torch.equal(start["rng"], state["rng"][rank]["cpu"])
-    print(f"rank {rank}: lr {start['lr']}, momentum buffers {start['momentum_buffers']}, "
-          f"RNG as saved: {rng_as_saved}")
+    rng_as_uninterrupted = torch.equal(result["rng"], results[rank]["rng"])
+    print(f"rank {rank}: lr {result['lr']}, RNG as in the uninterrupted run: {rng_as_uninterrupted}")
 same = all(torch.equal(resumed[r]["state_dict"][k], results[r]["state_dict"][k])
            for r in range(2) for k in results[r]["state_dict"])
 print("same weights as the uninterrupted run:", same)
@@ -234,22 +251,19 @@ assert same
 # So for the *weights*, loading on rank 0 alone, before wrapping, would do.
 # Nothing else travels: the optimizer's momentum, the scheduler's step and
 # each rank's random generator stay what each rank built.
-# `resume_on_rank0_only` does that:
+# `load_on_rank0_only` does that, and tells the others the epoch:
 
 # %%
-from tutorials_pkg.distributed import resume_on_rank0_only
+from tutorials_pkg.distributed import load_on_rank0_only
 
-show_source(resume_on_rank0_only)
+show_source(load_on_rank0_only)
 
 # %%
-os.makedirs("rank0_only")
-drifted = run_on_ranks(resume_on_rank0_only, "run/epoch1.pt", "rank0_only")
+drifted = run_on_ranks(train_ddp, "rank0_only", 2, "run/epoch1.pt", load_on_rank0_only)
 
 for rank, result in enumerate(drifted):
-    start = result["at_start"]
-    rng_as_saved = torch.equal(start["rng"], state["rng"][rank]["cpu"])
-    print(f"rank {rank}: lr {start['lr']}, momentum buffers {start['momentum_buffers']}, "
-          f"RNG as saved: {rng_as_saved}")
+    rng_as_uninterrupted = torch.equal(result["rng"], results[rank]["rng"])
+    print(f"rank {rank}: lr {result['lr']}, RNG as in the uninterrupted run: {rng_as_uninterrupted}")
 gap = max((drifted[0]["state_dict"][k] - drifted[1]["state_dict"][k]).abs().max().item()
           for k in results[0]["state_dict"])
 print(f"largest difference between the ranks' weights after one epoch: {gap:.4f}")
@@ -258,8 +272,9 @@ assert gap > 1e-3
 # %% [markdown]
 # Nothing fails. Both ranks start from the same weights, average the same
 # gradients, and still apply different steps (rank 1 with twice the learning
-# rate and no momentum), so after the first step each rank holds a different
-# model, and the next checkpoint is rank 0's alone. Load on every rank.
+# rate and no momentum yet), so after the first step each rank holds a
+# different model, and the next checkpoint is rank 0's alone. Load on every
+# rank.
 
 # %% [markdown]
 # ## `DataParallel` and DDP: both put `module.` in front of every key
@@ -301,7 +316,7 @@ dist.destroy_process_group()
 tiny_model().load_state_dict(wrapper_state)
 
 # %% [markdown]
-# Save `get_model_state_dict(model)` (or `model.module.state_dict()`) as
+# Save `get_state_dict(model, optimizer)` (or `model.module.state_dict()`) as
 # `save_training_state` does. For files already saved with the prefix, torch's
 # own `consume_prefix_in_state_dict_if_present` removes it (in place, and only
 # where a key starts with it):

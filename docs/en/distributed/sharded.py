@@ -16,7 +16,8 @@
 # On the [first page](../) and the [previous one](../sync_and_unused/), DDP
 # gives every rank the whole model, and rank 0 writes the checkpoint as one
 # file. This page shards the model, so that each rank writes only the slice it
-# holds, then turns such a checkpoint into one file and back.
+# holds; then it saves a sharded model to one file, and turns a sharded
+# checkpoint into one file and back.
 
 # %% [markdown]
 # ## Sharded checkpoints with `torch.distributed.checkpoint`
@@ -36,17 +37,17 @@
 #     R0 --> M[".metadata"]
 # ```
 #
-# The state dict comes from `get_model_state_dict` and
-# `get_optimizer_state_dict` (in `torch.distributed.checkpoint.state_dict`):
-# they work the same for a plain model, DDP and FSDP, and name every tensor by
-# the plain model's keys. The device mesh is made on the rank's device type
+# The state dicts come from `get_state_dict(model, optimizer)` (in
+# `torch.distributed.checkpoint.state_dict`): it works the same for a plain
+# model, DDP and FSDP, and names every tensor, the optimizer's too, by the
+# plain model's keys. The device mesh is made on the rank's device type
 # (`cuda` under nccl, `cpu` here).
 #
 # Loading is the mirror image, with one difference: `dcp.load` does not return
 # a state dict, it fills the one it is given, in place. So each rank first
 # builds the model and optimizer (sharded the same way, or differently: DCP
-# reshards on load), asks them for their state dict, lets `dcp.load` fill it,
-# and hands it back with `set_model_state_dict` / `set_optimizer_state_dict`.
+# reshards on load), asks them for their state dicts, lets `dcp.load` fill
+# them, and hands them back with `set_state_dict`.
 
 # %%
 import os
@@ -54,15 +55,21 @@ import tempfile
 
 import torch
 
-from tutorials_pkg.distributed import load_sharded, save_sharded
+from tutorials_pkg.distributed import load_sharded, save_sharded, shard_model
 from tutorials_pkg.launcher import run_on_ranks
 from tutorials_pkg.source import show_source
 
 os.chdir(tempfile.mkdtemp())  # every file this page writes goes here
-show_source(save_sharded, load_sharded)
+show_source(shard_model, save_sharded, load_sharded)
+
+# %% [markdown]
+# `save_sharded_run` builds the sharded model on each rank, trains it one step
+# and calls `save_sharded`:
 
 # %%
-saved_shards = run_on_ranks(save_sharded, "sharded")
+from tutorials_pkg.distributed import save_sharded_run
+
+saved_shards = run_on_ranks(save_sharded_run, "sharded")
 full = saved_shards[0]["state_dict"]
 
 print("whole model:", {name: tuple(t.shape) for name, t in full.items()})
@@ -72,10 +79,13 @@ for name in sorted(os.listdir("sharded")):
     print(f"{name:14} {os.path.getsize(os.path.join('sharded', name)):5} bytes")
 
 # %% [markdown]
-# A new job loads it, each rank into a model built with other weights:
+# A new job loads it (`load_sharded_run`), each rank into a model built with
+# other weights:
 
 # %%
-loaded_shards = run_on_ranks(load_sharded, "sharded")
+from tutorials_pkg.distributed import load_sharded_run
+
+loaded_shards = run_on_ranks(load_sharded_run, "sharded")
 for rank, result in enumerate(loaded_shards):
     same = all(torch.equal(result["state_dict"][name], full[name]) for name in full)
     momentum = [round(v, 4) for v in result["optimizer"]["state"]["2.bias"]["momentum_buffer"].tolist()]
@@ -83,17 +93,43 @@ for rank, result in enumerate(loaded_shards):
     assert same
 
 # %% [markdown]
-# Whatever the wrapper, the keys are the plain model's: the file written on
-# rank 0 from a DDP model (here by `train_ddp` of the [first page](../), for one
-# epoch) and this checkpoint of an FSDP model both use the names of
-# `tiny_model()` itself, as the last line checks:
+# ## One file from a sharded model
+#
+# `save_training_state` of the [first page](../#the-script-torchrun-starts)
+# works for a sharded model too. `get_state_dict` with `full_state_dict=True`
+# and `cpu_offload=True` gathers every rank's slices into whole tensors on
+# rank 0's CPU, the optimizer's momentum included, and `load_training_state`'s
+# `set_state_dict` gives each rank its slice back. (`optimizer.state_dict()`
+# would not do: on a sharded model it holds this rank's slices only, so rank 0
+# would save half of the momentum.) `one_file_from_shards` trains a sharded
+# model one step, saves it with `save_training_state`, loads the file into a new
+# sharded model built with other weights, and takes one more step with each:
 
 # %%
-from tutorials_pkg.distributed import tiny_model, train_ddp
+from tutorials_pkg.distributed import one_file_from_shards, tiny_model
 
-os.makedirs("run")
-run_on_ranks(train_ddp, "run", 1)  # DDP training, one epoch: rank 0 writes run/epoch1.pt
-state = torch.load("run/epoch1.pt", weights_only=True)
+both = run_on_ranks(one_file_from_shards, "sharded_state.pt")
+state = torch.load("sharded_state.pt", weights_only=True)
+print("in the file:", {name: tuple(t.shape) for name, t in state["model"].items()})
+print("momentum of 2.bias in the file:",
+      [round(v, 4) for v in state["optimizer"]["state"]["2.bias"]["momentum_buffer"].tolist()])
+for rank, result in enumerate(both):
+    (saved, saved_optimizer), (loaded, loaded_optimizer) = result["saved"], result["loaded"]
+    same = all(torch.equal(saved[k], loaded[k]) and torch.equal(
+        saved_optimizer["state"][k]["momentum_buffer"], loaded_optimizer["state"][k]["momentum_buffer"])
+        for k in saved)
+    print(f"rank {rank}: weights and momentum as saved: {same}; "
+          f"next step's loss, saved and loaded model: {[round(v, 4) for v in result['next_losses']]}")
+    assert same and result["next_losses"][0] == result["next_losses"][1]
+
+# %% [markdown]
+# The file holds the whole tensors, and the resumed model takes exactly the
+# step the saved one takes. Gathering needs rank 0 to hold the whole model in
+# CPU memory; where it does not fit, DCP's sharded save above is the way. Either
+# way, the keys are the plain model's, as in the file of a DDP model on the
+# first page:
+
+# %%
 assert list(state["model"]) == list(full) == list(tiny_model().state_dict())  # the plain model's keys
 
 # %% [markdown]

@@ -50,8 +50,9 @@ print(synced)
 
 # %% [markdown]
 # `SyncBatchNorm` needs the model on an accelerator: DDP refuses a model on
-# the CPU that contains one, with a `ValueError`. (The GPU tests check that on CUDA every rank's running
-# mean is that of the whole batch across the ranks.)
+# the CPU that contains one, with a `ValueError`. (The project's GPU tests check,
+# on two GPUs, that every rank's running mean is that of the whole batch across
+# the ranks; on a machine with fewer GPUs they skip and say so.)
 
 # %% tags=["raises-exception"] raises="ValueError"
 from torch.nn.parallel import DistributedDataParallel as DDP

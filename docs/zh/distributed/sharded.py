@@ -11,9 +11,9 @@
 # ---
 
 # %% [markdown]
-# # 分片检查点与单文件互转
+# # 分片检查点：DCP 与单文件互转
 #
-# 在[第一页](../)和[上一页](../sync_and_unused/)里，DDP 让每个 rank 都持有完整的模型，检查点由 rank 0 写成一个文件。这一页把模型分片：每个 rank 只写自己持有的那一片；然后把分片检查点转成单个文件，再转回来。
+# 在[第一页](../)和[上一页](../sync_and_unused/)里，DDP 让每个 rank 都持有完整的模型，检查点由 rank 0 写成一个文件。这一页把模型分片：每个 rank 只写自己持有的那一片；然后把分片的模型存成一个文件，再把分片检查点转成单个文件，又转回来。
 
 # %% [markdown]
 # ## 用 `torch.distributed.checkpoint` 保存分片检查点
@@ -27,9 +27,9 @@
 #     R0 --> M[".metadata"]
 # ```
 #
-# state dict 来自 `get_model_state_dict` 和 `get_optimizer_state_dict`（在 `torch.distributed.checkpoint.state_dict` 里）：它们对普通模型、DDP 和 FSDP 用法相同，并且用普通模型的键名来命名每个张量。设备网格（device mesh）建在 rank 所用的设备类型上（nccl 下是 `cuda`，这里是 `cpu`）。
+# `state_dict` 来自 `get_state_dict(model, optimizer)`（在 `torch.distributed.checkpoint.state_dict` 里）：它对普通模型、DDP 和 FSDP 用法相同，并且用普通模型的键名来命名每个张量，优化器的也一样。设备网格（device mesh）建在 rank 所用的设备类型上（nccl 下是 `cuda`，这里是 `cpu`）。
 #
-# 读取是保存的镜像，只有一点不同：`dcp.load` 不返回 state dict，而是原地填充传给它的那个。所以每个 rank 先构造模型和优化器（分片方式可以相同，也可以不同：DCP 读取时会重新分片），向它们要一个 state dict，让 `dcp.load` 填好，再用 `set_model_state_dict` / `set_optimizer_state_dict` 交还给它们。
+# 读取是保存的镜像，只有一点不同：`dcp.load` 不返回 `state_dict`，而是原地填充传给它的那个。所以每个 rank 先构造模型和优化器（分片方式可以相同，也可以不同：DCP 读取时会重新分片），向它们要 `state_dict`，让 `dcp.load` 填好，再用 `set_state_dict` 交还给它们。
 
 # %%
 import os
@@ -37,15 +37,20 @@ import tempfile
 
 import torch
 
-from tutorials_pkg.distributed import load_sharded, save_sharded
+from tutorials_pkg.distributed import load_sharded, save_sharded, shard_model
 from tutorials_pkg.launcher import run_on_ranks
 from tutorials_pkg.source import show_source
 
 os.chdir(tempfile.mkdtemp())  # every file this page writes goes here
-show_source(save_sharded, load_sharded)
+show_source(shard_model, save_sharded, load_sharded)
+
+# %% [markdown]
+# `save_sharded_run` 在每个 rank 上构造分片的模型，训练一步，再调用 `save_sharded`：
 
 # %%
-saved_shards = run_on_ranks(save_sharded, "sharded")
+from tutorials_pkg.distributed import save_sharded_run
+
+saved_shards = run_on_ranks(save_sharded_run, "sharded")
 full = saved_shards[0]["state_dict"]
 
 print("whole model:", {name: tuple(t.shape) for name, t in full.items()})
@@ -55,10 +60,12 @@ for name in sorted(os.listdir("sharded")):
     print(f"{name:14} {os.path.getsize(os.path.join('sharded', name)):5} bytes")
 
 # %% [markdown]
-# 一个新的任务读取它，每个 rank 都读进一个用别的权重构造的模型：
+# 一个新的任务读取它（`load_sharded_run`），每个 rank 都读进一个用别的权重构造的模型：
 
 # %%
-loaded_shards = run_on_ranks(load_sharded, "sharded")
+from tutorials_pkg.distributed import load_sharded_run
+
+loaded_shards = run_on_ranks(load_sharded_run, "sharded")
 for rank, result in enumerate(loaded_shards):
     same = all(torch.equal(result["state_dict"][name], full[name]) for name in full)
     momentum = [round(v, 4) for v in result["optimizer"]["state"]["2.bias"]["momentum_buffer"].tolist()]
@@ -66,14 +73,31 @@ for rank, result in enumerate(loaded_shards):
     assert same
 
 # %% [markdown]
-# 无论用什么包装器，键名都是普通模型的：rank 0 从 DDP 模型写出的文件（这里用[第一页](../)的 `train_ddp` 训练一个 epoch 得到），和这个 FSDP 模型的检查点，用的都是 `tiny_model()` 自己的名字，最后一行检查了这一点：
+# ## 分片模型的单文件检查点
+#
+# [第一页](../#torchrun-启动的脚本)的 `save_training_state` 对分片的模型同样适用。`get_state_dict` 加上 `full_state_dict=True` 和 `cpu_offload=True`，会把各个 rank 的分片收集成完整的张量，放在 rank 0 的 CPU 上，优化器的动量也在内；`load_training_state` 里的 `set_state_dict` 再把每个 rank 的那一片还给它。（`optimizer.state_dict()` 不行：分片模型的优化器状态里只有本 rank 的分片，rank 0 存下的只是一半动量。）`one_file_from_shards` 把一个分片模型训练一步，用 `save_training_state` 存起来，再把文件读进一个用别的权重构造的新分片模型，然后两个模型各再走一步：
 
 # %%
-from tutorials_pkg.distributed import tiny_model, train_ddp
+from tutorials_pkg.distributed import one_file_from_shards, tiny_model
 
-os.makedirs("run")
-run_on_ranks(train_ddp, "run", 1)  # DDP training, one epoch: rank 0 writes run/epoch1.pt
-state = torch.load("run/epoch1.pt", weights_only=True)
+both = run_on_ranks(one_file_from_shards, "sharded_state.pt")
+state = torch.load("sharded_state.pt", weights_only=True)
+print("in the file:", {name: tuple(t.shape) for name, t in state["model"].items()})
+print("momentum of 2.bias in the file:",
+      [round(v, 4) for v in state["optimizer"]["state"]["2.bias"]["momentum_buffer"].tolist()])
+for rank, result in enumerate(both):
+    (saved, saved_optimizer), (loaded, loaded_optimizer) = result["saved"], result["loaded"]
+    same = all(torch.equal(saved[k], loaded[k]) and torch.equal(
+        saved_optimizer["state"][k]["momentum_buffer"], loaded_optimizer["state"][k]["momentum_buffer"])
+        for k in saved)
+    print(f"rank {rank}: weights and momentum as saved: {same}; "
+          f"next step's loss, saved and loaded model: {[round(v, 4) for v in result['next_losses']]}")
+    assert same and result["next_losses"][0] == result["next_losses"][1]
+
+# %% [markdown]
+# 文件里是完整的张量，恢复出来的模型走的一步和保存的那个模型完全相同。收集要求 rank 0 的内存放得下整个模型；放不下时，就用上面 DCP 的分片保存。无论哪种方式，键名都是普通模型的，和第一页 DDP 模型的文件一样：
+
+# %%
 assert list(state["model"]) == list(full) == list(tiny_model().state_dict())  # the plain model's keys
 
 # %% [markdown]

@@ -11,14 +11,14 @@
 # ---
 
 # %% [markdown]
-# # DDP：SyncBN 与未使用的参数
+# # DDP：SyncBatchNorm 与未使用的参数
 #
 # [上一页](../)讲了 DDP 下检查点怎样保存、怎样恢复。这一页讲 DDP 对模型本身的两点要求：要跨 rank 计算统计量的 BatchNorm 得先换成 `SyncBatchNorm`；forward 从不使用的参数则会让 DDP 一直等它们的梯度。
 
 # %% [markdown]
 # ## 跨 rank 的 BatchNorm：`SyncBatchNorm`
 #
-# 在 DDP 下，每个 rank 的 BatchNorm 只用它自己的批次计算批统计量：每块 GPU 4 张图，就是 4 张图的统计量。`nn.SyncBatchNorm.convert_sync_batchnorm(model)` 把每个 BatchNorm 层换成 `SyncBatchNorm`，参数和缓冲区不变，统计量则在所有 rank 的批次上计算。要在用 DDP 包装之前转换：
+# 在 DDP 下，每个 rank 的 BatchNorm 只用它自己的批量计算批统计量：每块 GPU 4 张图，就是 4 张图的统计量。`nn.SyncBatchNorm.convert_sync_batchnorm(model)` 把每个 BatchNorm 层换成 `SyncBatchNorm`，参数和缓冲区不变，统计量则在所有 rank 的批量上计算。要在用 DDP 包装之前转换：
 
 # %%
 import torch
@@ -40,7 +40,7 @@ synced = nn.SyncBatchNorm.convert_sync_batchnorm(nn.Sequential(nn.Linear(4, 8), 
 print(synced)
 
 # %% [markdown]
-# `SyncBatchNorm` 要求模型放在加速器上：模型在 CPU 上且含有它时，DDP 以 `ValueError` 拒绝。（GPU 测试会检查：在 CUDA 上，每个 rank 的滑动均值都是所有 rank 的整个批次的均值。）
+# `SyncBatchNorm` 要求模型放在加速器上：模型在 CPU 上且含有它时，DDP 以 `ValueError` 拒绝。（项目的 GPU 测试在两块 GPU 上检查：每个 rank 的滑动均值都是所有 rank 的整个批量的均值；GPU 不到两块的机器上，这项测试跳过，并注明原因。）
 
 # %% tags=["raises-exception"] raises="ValueError"
 from torch.nn.parallel import DistributedDataParallel as DDP
