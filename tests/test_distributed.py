@@ -415,8 +415,8 @@ def test_a_barrier_only_rank_0_reaches(device, tmp_path):
     else:
         assert float((tmp_path / "value1.txt").read_text()) != 0.5  # the mean loss is 0.5
         assert not (tmp_path / "value0.txt").exists()
-        if isinstance(caught.value, RankFailedError):
-            assert caught.value.rank == 0
+        if isinstance(caught.value, RankFailedError):  # rank 0, ended by the watchdog
+            assert 0 in caught.value.failures
 
 
 def sleep_for_ten_minutes(rank: int, world_size: int) -> None:

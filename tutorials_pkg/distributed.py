@@ -73,7 +73,7 @@ def tiny_model(seed: int = 0) -> nn.Sequential:
 def toy_dataset(size: int = 16) -> TensorDataset:
     """``size`` random samples of 4 features and a class, the same in every process."""
     g = torch.Generator().manual_seed(0)
-    return TensorDataset(torch.randn(size, 4, generator=g), torch.randint(0, 2, (size,), generator=g))
+    return TensorDataset(torch.randn(size, 4, generator=g), torch.randint(2, (size,), generator=g))
 
 
 def optimizer_and_scheduler(model: nn.Module):
@@ -264,8 +264,8 @@ def save_sharded_run(rank: int, world_size: int, folder: str) -> dict:
     x, y = (t.chunk(world_size)[rank].to(rank_device()) for t in toy_dataset().tensors)
     train_step(model, optimizer, x, y)
     save_sharded(model, optimizer, folder)
-    return {"local_shapes": {name: tuple(p.to_local().shape) for name, p in model.named_parameters()},
-            "state_dict": full_state(model, optimizer)[0]}
+    local_shapes = {name: tuple(p.to_local().shape) for name, p in model.named_parameters()}
+    return {"local_shapes": local_shapes, "state_dict": full_state(model, optimizer)[0]}
 
 
 def load_sharded_run(rank: int, world_size: int, folder: str) -> dict:

@@ -37,7 +37,7 @@ from torch.multiprocessing.spawn import ProcessException
 
 __all__ = ["RankFailedError", "RemoteTraceback", "free_port", "run_on_ranks", "torchrun_variables"]
 
-GRACE_S = 0.5  # after a rank fails, how long torch waits for the others before SIGTERM, then SIGKILL
+GRACE_S = 0.5  # once a rank failed: how long torch waits for the others, then after SIGTERM
 STARTUP_S = 300  # how long a rank waits for the others to start
 
 
