@@ -9,8 +9,6 @@ builds a preview of some pages, both languages, with the cache off:
 (chapters: every page of each) and prints where the site was written.
 """
 
-import contextlib
-import io
 import os
 import re
 import shutil
@@ -31,7 +29,22 @@ LANGUAGES = ("zh", "en")
 
 # --- pages ------------------------------------------------------------------------------
 
-RAISES_TAG = "raises-exception"
+def load_hook_module(name: str):
+    """``hooks/<name>.py``: the build's own code (tag names, page execution), for the tests."""
+    import importlib.util
+
+    module_name = f"handbook_{name}"
+    if module_name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(module_name, ROOT / "hooks" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module  # dataclasses look their module up there
+        spec.loader.exec_module(module)
+    return sys.modules[module_name]
+
+
+execution = load_hook_module("page_execution")
+RAISES_TAG = execution.RAISES_TAG
+SHOWS_WARNING_TAG = execution.SHOWS_WARNING_TAG
 
 
 def tutorial_pages(language: str) -> list[Path]:
@@ -66,49 +79,6 @@ def page_url(page_id: str, language: str = LANGUAGES[0]) -> str:
 
 def read_cells(path: Path):
     return jupytext.read(path).cells
-
-
-@dataclass
-class CellRun:
-    index: int
-    source: str
-    error: BaseException | None
-    tagged: bool          # tagged "raises-exception"
-    expected: str | None  # the exception class name in its "raises" metadata
-    output: str
-
-
-def run_page(path: Path, workdir: Path) -> list[CellRun]:
-    """Run a page's code cells in this process, in order, in ``workdir``.
-
-    IPython runs them as the kernel does at build time (a cell's last
-    expression is displayed), but in this process, so coverage sees the package.
-    """
-    from IPython.core.interactiveshell import InteractiveShell
-
-    shell = InteractiveShell.instance()
-    shell.reset(new_session=True)
-    # reset() drops __spec__ from the shell's __main__; a kernel has it (None), and
-    # multiprocessing's spawn reads it (tutorials_pkg.distributed starts processes).
-    shell.user_module.__dict__.setdefault("__spec__", None)
-    shell.InteractiveTB.set_mode("Minimal")
-    runs = []
-    here = os.getcwd()
-    os.chdir(workdir)
-    try:
-        for index, cell in enumerate(read_cells(path)):
-            if cell.cell_type != "code":
-                continue
-            buffer = io.StringIO()
-            with contextlib.redirect_stdout(buffer):
-                result = shell.run_cell(cell.source, store_history=False)
-            error = result.error_in_exec or result.error_before_exec
-            runs.append(CellRun(index, cell.source, error,
-                                RAISES_TAG in cell.metadata.get("tags", []),
-                                cell.metadata.get("raises"), buffer.getvalue()))
-    finally:
-        os.chdir(here)
-    return runs
 
 
 # --- the recipes pages show ---------------------------------------------------------------
@@ -163,11 +133,32 @@ def shown_recipes(language: str = "en") -> list[Recipe]:
 
 # --- building the site ------------------------------------------------------------------
 
-def build_env() -> dict[str, str]:
-    """The environment of a test build: every page executed (no cache), no MkDocs 2 banner."""
+COVERAGE_VARIABLES = ("COVERAGE_PROCESS_CONFIG", "COVERAGE_PROCESS_START")
+# The repository the tests' shared build says it was made from (GitHub Actions' variables).
+TEST_REPOSITORY = ("example/handbook", "0123456789abcdef0123456789abcdef01234567")
+
+
+def build_env(cache_dir: Path | None = None, measured: bool = False,
+              repository: tuple[str, str] | None = None) -> dict[str, str]:
+    """The environment of a test build: no MkDocs 2 banner; the execution cache in
+    ``cache_dir`` (an empty folder: every page runs, and its executed notebook stays
+    there), or off. Coverage, where it measures this run, measures the build and its
+    kernels only if ``measured`` (a scratch site runs a copy of the package: its lines
+    are not the package's). ``repository``: the ``(owner/name, commit)`` the build is
+    told it is made from; None: none (a scratch site is not a clone)."""
     env = dict(os.environ)
-    env["MKDOCS_JUPYTER_CACHE"] = "false"
     env["NO_MKDOCS_2_WARNING"] = "1"
+    env.pop("GITHUB_REPOSITORY", None)
+    env.pop("GITHUB_SHA", None)
+    if repository:
+        env["GITHUB_REPOSITORY"], env["GITHUB_SHA"] = repository
+    if cache_dir is None:
+        env["HANDBOOK_CACHE"] = "false"
+    else:
+        env["HANDBOOK_CACHE"], env["HANDBOOK_CACHE_DIR"] = "true", str(cache_dir)
+    if not measured:
+        for name in COVERAGE_VARIABLES:
+            env.pop(name, None)
     return env
 
 
@@ -179,6 +170,17 @@ def mkdocs_build(config_dir: Path, site_dir: Path, env: dict[str, str] | None = 
         cwd=config_dir, env=build_env() if env is None else env, capture_output=True, text=True,
         timeout=3600,
     )
+
+
+def executed_notebooks(cache_dir: Path) -> dict[str, "nbformat.NotebookNode"]:
+    """The executed pages a build left in its cache, by page id (``save_load/index.py``)."""
+    import nbformat
+
+    found = {}
+    for path in sorted((cache_dir / "executed").glob("*.ipynb")):
+        notebook = nbformat.reads(path.read_text(encoding="utf-8"), as_version=4)
+        found[notebook.metadata["handbook"]["page"]] = notebook
+    return found
 
 
 def site_path() -> str:
@@ -359,6 +361,9 @@ def copy_machinery(where: Path, pages=("definition/index.py",)) -> None:
     for language in LANGUAGES:
         (where / "docs" / language).mkdir(parents=True)
         (where / "docs" / language / "index.md").write_text("# Preview\n", encoding="utf-8")
+        for page in (DOCS / language).glob("*.md"):  # the other Markdown pages the nav lists
+            if page.name != "index.md":
+                shutil.copy(page, where / "docs" / language / page.name)
 
 
 def copy_pages(where: Path, chapters) -> None:

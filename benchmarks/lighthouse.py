@@ -145,7 +145,7 @@ def main(argv=None) -> int:
     if not LIGHTHOUSE.exists():
         raise SystemExit(f"Lighthouse not installed: {INSTALL}")
     if args.build or not (args.site / "index.html").is_file():
-        env = {**build_env(), "MKDOCS_JUPYTER_CACHE": "true"}
+        env = build_env(ROOT / ".cache" / "handbook")  # the repository's own cache
         result = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-d",
                                  str(args.site)], cwd=ROOT, env=env, capture_output=True, text=True)
         if result.returncode != 0:

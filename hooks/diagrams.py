@@ -38,11 +38,6 @@ RENDER_COMMAND = "python tools/render_diagrams.py"
 KEY_LENGTH = 16  # hex digits of the key in a file's name
 READABLE = 0.6  # the smallest scale a diagram is shown at (its text at 16 px * 0.6)
 
-# How a diagram reaches the rendered HTML, escaped: a Markdown fence through
-# nbconvert's Markdown renderer, an output through hooks/templates/mkdocs_html
-# (block data_mermaid), as <pre class="mermaid">; a plain highlighted fence as code.
-HTML_BLOCK = re.compile(r'<pre\b[^>]*\bclass="mermaid"[^>]*>(?:<code>)?(.*?)(?:</code>)?</pre>'
-                        r'|<pre><code class="language-mermaid">(.*?)</code></pre>', re.S)
 FENCE = re.compile(r"^```mermaid[ \t]*\n(.*?)^```[ \t]*$", re.S | re.M)
 MERMAID_MIME = "text/vnd.mermaid"
 SVG_TEXT = re.compile(r"<text\b[^>]*>(.*?)</text>", re.S)
@@ -89,41 +84,33 @@ def svg_labels(svg: str) -> list[str]:
     return list(dict.fromkeys(t for t in texts if t))
 
 
-def inline(content: str, docs_dir: Path, language: str) -> tuple[str, list[tuple[str, Path]]]:
-    """``content`` with each diagram replaced by its SVG; the (source, path) of those not drawn.
-
-    A diagram not drawn yet stays a code block showing its source.
-    """
-    missing = []
+def figure(source: str, docs_dir: Path, language: str) -> str | None:
+    """The drawing of ``source`` as an inline SVG figure, or None if it is not drawn yet."""
+    path = svg_path(docs_dir, normalized(source))
+    if not path.is_file():
+        return None
+    svg = path.read_text(encoding="utf-8")
     label = "图：" if language == "zh" else "Diagram: "
     separator = "，" if language == "zh" else ", "
-
-    def replace(match):
-        source = normalized(html.unescape(match.group(1) or match.group(2) or ""))
-        path = svg_path(docs_dir, source)
-        if not path.is_file():
-            missing.append((source, path))
-            return match.group(0)
-        svg = path.read_text(encoding="utf-8")
-        name = html.escape(label + separator.join(svg_labels(svg)), quote=True)
-        # An image with a name, for screen readers (mermaid's graphics-document role wants one).
-        svg = re.sub(r'\brole="[^"]*"', 'role="img"', svg, count=1)
-        svg = svg.replace("<svg ", f'<svg aria-label="{name}" ', 1)
-        width = re.search(r'viewBox="[-\d.]+ [-\d.]+ ([\d.]+)', svg)
-        if width:  # never drawn smaller than READABLE of its size: a wide one scrolls
-            natural = float(width.group(1))
-            svg = re.sub(r'style="max-width: [^"]*"', f'style="max-width: {natural:.0f}px; '
-                         f'min-width: {natural * READABLE:.0f}px"', svg, count=1)
-        # tabindex: a panel that scrolls is reachable with the keyboard.
-        return f'<figure class="diagram" tabindex="0" data-search-exclude>{svg}</figure>'
-
-    return HTML_BLOCK.sub(replace, content), missing
+    name = html.escape(label + separator.join(svg_labels(svg)), quote=True)
+    # An image with a name, for screen readers (mermaid's graphics-document role wants one).
+    svg = re.sub(r'\brole="[^"]*"', 'role="img"', svg, count=1)
+    svg = svg.replace("<svg ", f'<svg aria-label="{name}" ', 1)
+    width = re.search(r'viewBox="[-\d.]+ [-\d.]+ ([\d.]+)', svg)
+    if width:  # never drawn smaller than READABLE of its size: a wide one scrolls
+        natural = float(width.group(1))
+        svg = re.sub(r'style="max-width: [^"]*"', f'style="max-width: {natural:.0f}px; '
+                     f'min-width: {natural * READABLE:.0f}px"', svg, count=1)
+    # tabindex: a panel that scrolls is reachable with the keyboard.
+    return f'<figure class="diagram" tabindex="0" data-search-exclude>{svg}</figure>'
 
 
-def missing_message(page: str, missing: list[tuple[str, Path]], docs_dir: Path) -> str:
-    first = missing[0][0].splitlines()
+def missing_message(page: str, missing: list[str], docs_dir: Path) -> str:
+    """What the build says of the diagrams (their sources) of ``page`` not drawn yet."""
+    first = normalized(missing[0]).splitlines()
     shown = "\n".join("    " + line for line in first[:3])
-    files = ", ".join(sorted({p.relative_to(Path(docs_dir).parent).as_posix() for _, p in missing}))
+    files = ", ".join(sorted({svg_path(docs_dir, normalized(s)).relative_to(Path(docs_dir).parent)
+                              .as_posix() for s in missing}))
     return (f"{page}: {len(missing)} diagram(s) not drawn yet ({files} missing); the first "
             f"begins:\n{shown}\n  Run `{RENDER_COMMAND}` (draws every missing diagram with "
             "Chromium, removes the unused ones), then commit docs/assets/diagrams/.")

@@ -1,64 +1,48 @@
-"""MkDocs hook: tutorial pages executed once for both languages, rendered by mkdocs-jupyter.
+"""MkDocs hook: the tutorial pages, executed once for both languages, as Markdown pages.
 
-How a build goes (``hooks/page_execution.py`` does the executing):
+A tutorial page is a jupytext percent-format ``.py`` at the same path under each
+language's folder (``docs/zh/``, ``docs/en/``); their code cells are identical.
+How a build goes:
 
-1. ``on_config``, first language of the build: every tutorial page's code runs
-   once, or comes from the cache (``.cache/handbook/executed``), keyed by its
-   code cells, the versions that run it and the ``tutorials_pkg`` files it
-   imported. Pages run in parallel, one kernel per core. A failing cell not
-   tagged ``raises-exception``, a tagged one that raises nothing or another
-   exception, or a DeprecationWarning/FutureWarning not tagged ``shows-warning``
-   fails the build.
-2. ``on_config``, every language: its pages are written as ``.ipynb`` (its own
-   Markdown plus the shared outputs) under ``.cache/handbook/pages/<language>``,
-   and ``on_files`` points each notebook page's ``abs_src_path`` at that file.
-   mkdocs-jupyter renders it with ``execute: false``, and caches the HTML per
-   language, keyed by that file's bytes.
-3. ``on_page_content``: Chinese heading ids (``pymdownx.slugs``, as on the
-   Markdown pages) and the TOC read back from the rendered headings; code cells
-   in Material's markup (copy button, colours); each Mermaid diagram replaced by
-   its SVG, drawn beforehand by ``tools/render_diagrams.py`` (``hooks/diagrams.py``):
-   a diagram not drawn yet is a warning, so the strict build fails naming that command.
+1. ``on_config``: the settings under ``extra.handbook`` in mkdocs.yml (cache,
+   cache_dir, workers, cell_timeout). The first language of a build executes every
+   page's code once, or takes it from the cache (``hooks/page_execution.py``: a
+   failing cell not tagged ``raises-exception``, a DeprecationWarning not tagged
+   ``shows-warning``, ... fail the build); the other languages reuse those outputs.
+2. ``on_files``, after mkdocs-static-i18n has chosen this language's files
+   (``event_priority(-200)``; i18n's is -100): i18n keeps each ``.py`` page as a
+   static file where the language puts it (zh at ``/``, en at ``/en/``); each
+   becomes a ``NotebookPage`` in its place: a Markdown page made from the page's
+   Markdown cells and the shared outputs (``hooks/notebook_markdown.py``), with its
+   language alternates (the language menu opens the same page). MkDocs renders it
+   as every Markdown page: headings, table of contents, search, code in the prose.
+   The page's downloads, ``<name>.py`` and ``<name>.ipynb``, are generated files.
+3. ``on_post_page``: i18n's ``<link rel="alternate">`` tags go (the one regular
+   expression over HTML); ``on_post_template``: the site's 404 page in the default
+   language; ``on_shutdown``: the search index as UTF-8.
 
-What only depends on a file's bytes is remembered in ``.cache/handbook/parsed``:
-pages as jupytext reads them, the downloadable ``.ipynb``, the post-processed HTML.
-``MKDOCS_JUPYTER_CACHE=false`` (mkdocs-jupyter's ``cache`` option) turns every
-cache off: every page runs, once, and renders afresh.
-
-Third-party names this hook replaces: one, ``mkdocs_static_i18n.folder.create_i18n_file``
-(public): i18n rebuilds every ``File`` in ``on_files`` and drops mkdocs-jupyter's
-``NotebookFile`` wrapper, so ``.py`` pages would be copied raw, with no language
-alternates; the factory now keeps the wrapper. The notebook template
-(``hooks/templates/mkdocs_html``) takes precedence over mkdocs-jupyter's own
-through ``JUPYTER_PATH``, the Jupyter data path in which nbconvert finds templates:
-it inlines no CSS and loads no script from a CDN (``docs/assets/notebook.css``
-styles the cells once for the site).
+Nothing is replaced in another package, no environment variable is set, and no
+attribute of another plugin's objects is written.
 """
 
-import functools
-import hashlib
-import html
-import inspect
 import importlib.util
+import json
+import logging
 import os
+import posixpath
 import re
-import shutil
+import subprocess
 import sys
-import tempfile
 import weakref
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import urljoin, urlparse
 
 import jupytext
-import mkdocs_static_i18n.folder
 from mkdocs.exceptions import PluginError
 from mkdocs.plugins import event_priority, get_plugin_logger
-from mkdocs.structure.toc import get_toc
-from mkdocs_jupyter.plugin import NotebookFile
-from pymdownx.slugs import slugify
+from mkdocs.structure.files import File
 
 HOOKS = Path(__file__).resolve().parent
-TEMPLATES = HOOKS / "templates"
 log = get_plugin_logger("handbook")
 
 
@@ -73,44 +57,25 @@ def load_sibling(name: str):
 
 execution = load_sibling("page_execution")
 diagrams = load_sibling("diagrams")
+notebook_markdown = load_sibling("notebook_markdown")
 
 
-# --- the notebook template ---------------------------------------------------------------
+# --- settings -----------------------------------------------------------------------------
 
-def use_site_templates() -> None:
-    """Put hooks/templates first on the Jupyter data path, where nbconvert looks for templates."""
-    paths = [p for p in os.environ.get("JUPYTER_PATH", "").split(os.pathsep) if p]
-    if str(TEMPLATES) not in paths:
-        os.environ["JUPYTER_PATH"] = os.pathsep.join([str(TEMPLATES), *paths])
+class Settings:
+    """``extra.handbook`` in mkdocs.yml."""
 
-
-use_site_templates()
-
-
-# --- notebook pages survive i18n (the one replaced name) --------------------------------
-
-_create_i18n_file = getattr(mkdocs_static_i18n.folder.create_i18n_file, "__wrapped__",
-                            mkdocs_static_i18n.folder.create_i18n_file)
-
-
-@functools.wraps(_create_i18n_file)
-def create_i18n_file_keeping_notebooks(file, current_language, default_language,
-                                       all_languages, config):
-    """i18n's file factory, returning a ``NotebookFile`` for a notebook page."""
-    i18n_file = _create_i18n_file(file, current_language, default_language,
-                                  all_languages, config)
-    if not isinstance(file, NotebookFile):
-        return i18n_file
-    notebook = NotebookFile(i18n_file, config.use_directory_urls, config.site_dir)
-    # i18n has already placed the page (zh at /, en at /en/): keep its place.
-    notebook.dest_path = i18n_file.dest_path
-    notebook.abs_dest_path = i18n_file.abs_dest_path
-    notebook.url = i18n_file.url
-    return notebook
-
-
-# Wrapping unwraps first, so loading this hook again does not stack wrappers.
-mkdocs_static_i18n.folder.create_i18n_file = create_i18n_file_keeping_notebooks
+    def __init__(self, config):
+        given = dict(config.extra.get("handbook") or {})
+        unknown = sorted(set(given) - {"cache", "cache_dir", "workers", "cell_timeout"})
+        if unknown:
+            raise PluginError(f"mkdocs.yml: extra.handbook has unknown settings {unknown}; "
+                              "known: cache, cache_dir, workers, cell_timeout")
+        root = Path(config.config_file_path).resolve().parent
+        self.cache = bool(given.get("cache", True))
+        self.cache_dir = root / str(given.get("cache_dir", ".cache/handbook"))
+        self.workers = int(given.get("workers", 0))  # 0: one kernel per core
+        self.cell_timeout = int(given.get("cell_timeout", 600))
 
 
 # --- execution, once per build ----------------------------------------------------------
@@ -120,10 +85,9 @@ class BuildState:
 
     def __init__(self, config):
         self.config = weakref.ref(config)
+        self.settings = Settings(config)
+        self.repository = repository(site_root(config))
         self.outcome = None
-        self.rendered: dict[str, Path] = {}   # "en/definition.py" -> its .ipynb
-        self.scratch: Path | None = None      # rendered pages when the cache is off
-        self.memo: Path | None = None         # pages as read by jupytext, by their bytes
 
 
 _state: BuildState | None = None
@@ -133,8 +97,6 @@ def build_state(config) -> BuildState:
     """The state of this build: i18n builds each language with the same config object."""
     global _state
     if _state is None or _state.config() is not config:
-        if _state is not None and _state.scratch:
-            shutil.rmtree(_state.scratch, ignore_errors=True)
         _state = BuildState(config)
     return _state
 
@@ -143,288 +105,273 @@ def site_root(config) -> Path:
     return Path(config.config_file_path).resolve().parent
 
 
+def language_settings(config) -> tuple[list[str], str]:
+    """The languages (i18n's ``languages`` option) and the default one."""
+    languages = config.plugins["i18n"].config.languages
+    default = next(language.locale for language in languages if language.default)
+    return [language.locale for language in languages], default
+
+
 def tutorial_page_ids(docs_dir: Path, language: str) -> list[str]:
     folder = docs_dir / language
     return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.py")
                   if "assets" not in p.relative_to(folder).parts)
 
 
-def render_stamp() -> dict:
-    """What shapes the HTML besides the notebook: it keys mkdocs-jupyter's cache with it."""
-    digest = hashlib.sha256()
-    for path in sorted(TEMPLATES.rglob("*")):
-        if path.is_file():
-            digest.update(path.relative_to(TEMPLATES).as_posix().encode() + path.read_bytes())
-    return {"template": digest.hexdigest()[:16],
-            "versions": {name: execution.distribution_version(name)
-                         for name in ("mkdocs-jupyter", "nbconvert", "Pygments", "mistune")}}
+def memo_dir(state: BuildState) -> Path | None:
+    """Pages as jupytext reads them, their Markdown, their downloads: by their bytes."""
+    return state.settings.cache_dir / "parsed" if state.settings.cache else None
 
 
-@event_priority(-200)  # after i18n (-100) has chosen the language of this build
+# --- the repository the site is built from -----------------------------------------------
+
+GITHUB_REMOTE = re.compile(r"github\.com[:/]([\w.-]+/[\w.-]+?)(?:\.git)?/?$")
+
+
+def repository(root: Path, environ=os.environ) -> tuple[str, str] | None:
+    """``(owner/name, commit)`` of the GitHub repository this build is made from: GitHub
+    Actions' ``GITHUB_REPOSITORY`` and ``GITHUB_SHA``, else the clone's ``origin`` remote
+    and ``HEAD``; None where neither tells (a local build, a fork without a remote)."""
+    if environ.get("GITHUB_REPOSITORY") and environ.get("GITHUB_SHA"):
+        return environ["GITHUB_REPOSITORY"], environ["GITHUB_SHA"]
+
+    def git(*args) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True,
+                                  timeout=30).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    found = GITHUB_REMOTE.search(git("remote", "get-url", "origin"))
+    commit = git("rev-parse", "HEAD")
+    return (found.group(1), commit) if found and commit else None
+
+
+@event_priority(-200)  # after i18n (-100)
 def on_config(config):
-    jupyter, i18n = config.plugins["mkdocs-jupyter"], config.plugins["i18n"]
-    if jupyter.config["execute"]:
-        raise PluginError("mkdocs.yml: set mkdocs-jupyter's `execute: false`; "
-                          "hooks/notebook_pages.py executes the pages (once for both languages)")
-    root, docs_dir = site_root(config), Path(config.docs_dir)
-    caching = bool(jupyter.config["cache"])
-    languages = [language.locale for language in i18n.config.languages]
+    jieba = sys.modules.get("jieba")  # Material's search segments Chinese with it
+    if jieba:
+        jieba.setLogLevel(logging.INFO)  # its own setter: no "Building prefix dict" lines
     state = build_state(config)
-    state.memo = root / ".cache" / "handbook" / "parsed" if caching else None
+    if state.repository:
+        # The repository link, "Edit on GitHub" and the downloads' install line name the
+        # repository this build was made from (none where it cannot tell).
+        config.repo_url = f"https://github.com/{state.repository[0]}"
+        config.edit_uri = "edit/main/docs/"
+    if state.outcome is not None:
+        return config
+    settings, root, docs_dir = state.settings, site_root(config), Path(config.docs_dir)
+    languages, _ = language_settings(config)
     try:
-        if state.outcome is None:
-            execution.forget_old_memos(state.memo)
-            page_ids = sorted(set().union(*(tutorial_page_ids(docs_dir, l) for l in languages)))
-            pages = execution.read_pages(docs_dir, languages, page_ids, state.memo)
-            state.outcome = execution.execute_pages(
-                pages, root, root / ".cache" / "handbook" / "executed" if caching else None)
-            log.info("Pages executed: %s; from cache: %s (%.1f s)",
-                     ", ".join(state.outcome.ran) or "none",
-                     ", ".join(state.outcome.cached) or "none", state.outcome.seconds)
-        render_language(state, config, i18n.current_language, caching)
+        execution.forget_old_memos(memo_dir(state))
+        page_ids = sorted(set().union(*(tutorial_page_ids(docs_dir, l) for l in languages)))
+        pages = execution.read_pages(docs_dir, languages, page_ids, memo_dir(state))
+        state.outcome = execution.execute_pages(
+            pages, root, settings.cache_dir / "executed" if settings.cache else None,
+            workers=settings.workers, cell_timeout=settings.cell_timeout, report=log.info)
     except execution.PageError as error:
         raise PluginError(f"\n{error}") from None
-    # mkdocs-jupyter's HTML cache, per language: each language's build evicts
-    # the entries it did not use.
-    jupyter.config["cache_dir"] = str(root / ".cache" / "mkdocs-jupyter" / i18n.current_language)
+    log.info("Pages executed: %s; from cache: %s (%.1f s)", ", ".join(state.outcome.ran) or "none",
+             ", ".join(state.outcome.cached) or "none", state.outcome.seconds)
     return config
 
 
-def render_language(state: BuildState, config, language: str, caching: bool) -> None:
-    """Write ``language``'s pages as notebooks with the shared outputs."""
-    root, docs_dir = site_root(config), Path(config.docs_dir)
-    if caching:
-        folder = root / ".cache" / "handbook" / "pages" / language
-    else:
-        state.scratch = state.scratch or Path(tempfile.mkdtemp(prefix="handbook-pages-"))
-        folder = state.scratch / language
-    stamp = render_stamp()
-    problems = []
-    for page_id, executed in state.outcome.executed.items():
-        source = docs_dir / language / page_id
-        problems += execution.shows_warning_prose_problems(source, executed, state.memo)
-        text = execution.render_notebook(source, executed, stamp, state.memo)
-        target = folder / Path(page_id).with_suffix(".ipynb")
-        if not target.exists() or target.read_text(encoding="utf-8") != text:
-            execution.write_atomic(target, text)
-        state.rendered[f"{language}/{page_id}"] = target
-    if problems:
-        raise execution.PageError("\n".join(problems))
+# --- the pages, as Markdown ---------------------------------------------------------------
+
+class NotebookPage(File):
+    """A tutorial page, where i18n placed its ``.py``, as a Markdown page of the site."""
+
+    def is_documentation_page(self) -> bool:
+        return True
 
 
-@event_priority(-200)  # after i18n has chosen this language's files
+def page_dest_uri(placed_uri: str) -> str:
+    """``en/save_load/checkpoints.py`` -> ``en/save_load/checkpoints/index.html``
+    (``index.py`` -> ``index.html``), as MkDocs places a Markdown page."""
+    parent, name = posixpath.split(posixpath.splitext(placed_uri)[0])
+    return posixpath.join(parent, "index.html" if name == "index" else f"{name}/index.html")
+
+
+def source_url(state: BuildState) -> str | None:
+    """Where a shown recipe's file is: the repository at the commit the site is built from."""
+    if not state.repository:
+        return None
+    name, commit = state.repository
+    return f"https://github.com/{name}/blob/{commit}/"
+
+
+def diagram_drawer(docs_dir: Path, language: str):
+    def draw(source: str) -> str | None:
+        return diagrams.figure(source, docs_dir, language)
+    return draw
+
+
+def page_markdown(state: BuildState, config, source: Path, page_id: str, language: str) -> str:
+    """The Markdown of one language's page with the shared outputs, remembered by what
+    makes it."""
+    executed = state.outcome.executed[page_id]
+    docs_dir = Path(config.docs_dir)
+    link = source_url(state)
+    run = executed.metadata["handbook"]
+    stamp = notebook_markdown.stamp(language, run.get("date", "?"), run["seconds"],
+                                    cached=page_id in state.outcome.cached)
+    key = execution.bytes_key(source, "markdown", run["key"], json.dumps(run["modules"]), stamp,
+                              link or "", notebook_markdown.renderer_code(), language)
+
+    def render() -> str:
+        problems = execution.shows_warning_prose_problems(source, executed, memo_dir(state))
+        if problems:
+            raise PluginError("\n".join(problems))
+        notebook = execution.with_outputs(source, executed, memo_dir(state))
+        text, missing = notebook_markdown.page_markdown(
+            notebook, link, diagram_drawer(docs_dir, language), diagrams.FENCE, stamp)
+        if missing:
+            # A warning: the strict build fails, naming the command that draws them.
+            log.warning(diagrams.missing_message(f"{language}/{page_id}", missing, docs_dir))
+            return text + "\n<!-- diagrams missing -->\n"
+        return text
+
+    text = execution.remembered(key, render, memo_dir(state))
+    if text.endswith("<!-- diagrams missing -->\n"):
+        execution.forget(key, memo_dir(state))  # warn again next time
+    return text
+
+
+def download_stem(page_id: str) -> str:
+    """The name of a page's downloads: ``save_load/index.py`` -> ``save_load``,
+    ``save_load/checkpoints.py`` -> ``save_load-checkpoints``."""
+    parts = Path(page_id).with_suffix("").parts
+    return "-".join(p for p in parts if p != "index") or "index"
+
+
+@event_priority(-200)  # after i18n (-100) has chosen this language's files
 def on_files(files, config):
-    rendered = _state.rendered if _state else {}
-    for file in files:
-        if isinstance(file, NotebookFile) and file.src_uri in rendered:
-            # mkdocs-jupyter renders the notebook at abs_src_path: the page with its outputs.
-            file.abs_src_path = str(rendered[file.src_uri])
-    return files
-
-
-# --- the rendered HTML ------------------------------------------------------------------
-
-unicode_slug = slugify(case="lower")
-HEADING = re.compile(r'<h([1-6])\b([^>]*?) id="[^"]*"([^>]*)>(.*?)'
-                     r'<a class="anchor-link" href="#[^"]*">(.*?)</a></h\1>', re.S)
-TOC_HEADING = re.compile(r'<h([1-6])\b[^>]*\bid="([^"]+)"[^>]*>(.*?)</h\1>', re.S)
-TAG = re.compile(r"<[^>]+>")
-CELL_ID = re.compile(r' id="cell-id=[^"]*"')
-# mkdocs-jupyter appends nbconvert's Pygments CSS (as a Python list) to an .ipynb page.
-APPENDED_STYLE = re.compile(r"\s*<style>\s*\[.*?</style>\s*$", re.S)
-CODE_CELL_SOURCE = re.compile(
-    r'<div class="jp-InputArea-editor"><pre><code class="language-python">([^<]*)</code></pre></div>')
-
-
-def heading_slug(text: str) -> str:
-    return unicode_slug(text, "-")
-
-
-def heading_text(inner: str) -> str:
-    return html.unescape(TAG.sub("", inner)).replace("¶", "").strip()
-
-
-def fix_headings(content: str) -> str:
-    """Heading ids as the Markdown pages get them (Chinese kept), unique, with Material's permalink.
-
-    mkdocs-jupyter's ids drop every non-ASCII character (a Chinese heading gets
-    an empty id), and nbconvert percent-encodes the rest.
-    """
-    seen: set[str] = set()
-
-    def replace(match):
-        level, before, after, inner, mark = match.groups()
-        anchor = base = heading_slug(heading_text(inner)) or "section"
-        number = 0
-        while anchor in seen:
-            number += 1
-            anchor = f"{base}_{number}"
-        seen.add(anchor)
-        return (f'<h{level}{before} id="{anchor}"{after}>{inner}'
-                f'<a class="headerlink" href="#{anchor}">{mark}</a></h{level}>')
-
-    return HEADING.sub(replace, content)
-
-
-def shows_source_only(code: str) -> bool:
-    """A cell that only imports and calls ``show_source(...)``: its output, the source
-    with its imports and a caption naming the file, says all its code would."""
-    import ast
-
-    try:
-        body = ast.parse(code).body
-    except SyntaxError:
-        return False
-    *imports, last = body or [None]
-    return (all(isinstance(node, (ast.Import, ast.ImportFrom)) for node in imports)
-            and isinstance(last, ast.Expr) and isinstance(last.value, ast.Call)
-            and isinstance(last.value.func, ast.Name) and last.value.func.id == "show_source")
-
-
-def highlight_code_cells(content: str) -> str:
-    """Code cells in Material's markup, highlighted as the shown source is; none for a
-    cell that only shows source (``shows_source_only``)."""
-    from tutorials_pkg.source import highlight_html
-
-    def replace(match):
-        code = html.unescape(match.group(1))
-        if shows_source_only(code):
-            return ""
-        return f'<div class="jp-InputArea-editor">{highlight_html(code)}</div>'
-
-    return CODE_CELL_SOURCE.sub(replace, content)
-
-
-UNSEARCHED = re.compile(r"<(pre|table|figcaption|svg)\b")
-
-
-def unsearched_code_cells(content: str) -> str:
-    """Code cells' code and outputs left out of the search index: the index keeps the
-    prose and headings, which name what each section teaches, at a fraction of the size.
-
-    Material's search skips an element marked ``data-search-exclude`` up to the first
-    end tag of the same name, so the mark goes on elements that do not nest
-    (``pre``, ``table``, ``figcaption``, ``svg``), not on the cell's ``div``.
-    """
-    parts = content.split('<div class="jp-Cell ')
-    return '<div class="jp-Cell '.join(
-        [parts[0]] + [UNSEARCHED.sub(r"<\1 data-search-exclude", part)
-                      if part.startswith("jp-CodeCell") else part for part in parts[1:]])
-
-
-def toc_tokens_from_html(content: str, depth: int = 6) -> list[dict]:
-    """TOC tokens, as Python-Markdown makes them, for the headings in ``content``."""
-    root: list[dict] = []
-    stack: list[dict] = []
-    for level, anchor, inner in TOC_HEADING.findall(content):
-        if int(level) > depth:
+    state = build_state(config)
+    if state.outcome is None:
+        return files
+    languages, default = language_settings(config)
+    docs_dir = Path(config.docs_dir)
+    repo = state.repository
+    for placed in list(files):
+        language, _, page_id = placed.src_uri.partition("/")
+        if language not in languages or page_id not in state.outcome.executed:
             continue
-        token = {"level": int(level), "id": anchor, "name": heading_text(inner), "children": []}
-        while stack and stack[-1]["level"] >= token["level"]:
-            stack.pop()
-        (stack[-1]["children"] if stack else root).append(token)
-        stack.append(token)
-    return root
-
-
-def postprocess(content: str) -> str:
-    """The HTML mkdocs-jupyter rendered, as the site shows it."""
-    # nbconvert gives each cell id="cell-id=<id>": Material makes that an invalid
-    # CSS selector for the copy button.
-    content = CELL_ID.sub("", content)
-    content = APPENDED_STYLE.sub("\n", content)
-    content = fix_headings(content)
-    return unsearched_code_cells(highlight_code_cells(content))
-
-
-def postprocess_code() -> str:
-    from tutorials_pkg import source
-
-    return "\n".join([inspect.getsource(f) for f in (postprocess, fix_headings, highlight_code_cells,
-                                                     shows_source_only, unsearched_code_cells)]
-                     + [inspect.getsource(source.highlight_html)])
-
-
-POSTPROCESS_CODE = postprocess_code()  # what the remembered HTML depends on
-
-
-def github_repo(repo_url: str | None) -> str | None:
-    """``owner/name`` of a GitHub ``repo_url``, else None."""
-    url = urlparse(repo_url or "")
-    return url.path.strip("/") if url.netloc == "github.com" else None
-
-
-SOURCE_CAPTION = re.compile(r'<figcaption([^>]*?) data-path="([^"]+)"><code>(.*?)</code></figcaption>')
-
-
-def link_source_captions(content: str, repo_url: str | None, edit_uri: str | None) -> str:
-    """Each shown source's caption links to its file in the repository (``repo_url``,
-    on the branch of ``edit_uri``: ``edit/main/docs/`` -> main)."""
-    if not repo_url:
-        return content
-    parts = (edit_uri or "").strip("/").split("/")
-    branch = parts[1] if len(parts) > 1 and parts[0] in ("edit", "blob") else "main"
-    base = f"{repo_url.rstrip('/')}/blob/{branch}/"
-    return SOURCE_CAPTION.sub(
-        lambda m: (f'<figcaption{m.group(1)}><a href="{base}{m.group(2)}"><code>{m.group(3)}</code>'
-                   "</a></figcaption>"),
-        content)
-
-
-def on_page_content(content, page, config, files):
-    if not isinstance(page.file, NotebookFile):
-        return content
-    key = hashlib.sha256(content.encode() + POSTPROCESS_CODE.encode()).hexdigest()
-    content = execution.remembered(key, lambda: postprocess(content), _state and _state.memo)
-    content = link_source_captions(content, config.repo_url, config.edit_uri)
-    content, missing = diagrams.inline(content, Path(config.docs_dir),
-                                       config.plugins["i18n"].current_language)
-    if missing:
-        log.warning(diagrams.missing_message(page.file.src_uri, missing, Path(config.docs_dir)))
-    tokens = toc_tokens_from_html(content, config.plugins["mkdocs-jupyter"].config["toc_depth"])
-    page.toc = get_toc(tokens)
-    if tokens and tokens[0]["level"] == 1:
-        page.title = tokens[0]["name"]
-    stem = download_stem(page.file.src_uri)
-    page.notebook_links = {"py": f"{stem}.py", "ipynb": f"{stem}.ipynb"}
-    repo = github_repo(config.repo_url)
-    if repo:
-        # The Pages deploy (mkdocs gh-deploy) keeps the built site, .ipynb files
-        # included, on the gh-pages branch, where Colab can open them.
-        page_dir = Path(page.file.dest_path).parent.as_posix()
-        path = f"{stem}.ipynb" if page_dir == "." else f"{page_dir}/{stem}.ipynb"
-        page.notebook_links["colab"] = (
-            f"https://colab.research.google.com/github/{repo}/blob/gh-pages/{path}")
-    return content
+        source = docs_dir / placed.src_uri
+        page = NotebookPage(placed.src_uri, None, config.site_dir, config.use_directory_urls,
+                            dest_uri=page_dest_uri(placed.dest_uri), inclusion=placed.inclusion)
+        page.content_string = page_markdown(state, config, source, page_id, language)
+        # What mkdocs-static-i18n reads of its pages: the language, and the page in each
+        # language (its language menu links there).
+        page.locale = page.locale_alternate_of = page.localization = language
+        page.norm_src_uri = page_id
+        page.alternates = {
+            other: page if other == language else NotebookPage(
+                f"{other}/{page_id}", None, config.site_dir, config.use_directory_urls,
+                dest_uri=page_dest_uri(page_id if other == default else f"{other}/{page_id}"))
+            for other in languages}
+        files.remove(placed)
+        files.append(page)
+        folder = posixpath.dirname(page.dest_uri)
+        stem = download_stem(page_id)
+        page.downloads = {"py": f"{stem}.py", "ipynb": f"{stem}.ipynb"}
+        if repo:
+            # The Pages deploy (mkdocs gh-deploy) keeps the built site, .ipynb files
+            # included, on the gh-pages branch, where Colab can open them.
+            page.downloads["colab"] = ("https://colab.research.google.com/github/"
+                                       f"{repo[0]}/blob/gh-pages/{posixpath.join(folder, stem)}.ipynb")
+        published = urljoin(config.site_url or "", page.url)
+        files.append(File.generated(config, posixpath.join(folder, f"{stem}.py"),
+                                    content=script_for_download(source, published,
+                                                                memo_dir(state))))
+        files.append(File.generated(config, posixpath.join(folder, f"{stem}.ipynb"),
+                                    content=notebook_for_download(source, repo, published,
+                                                                  memo_dir(state))))
+    return files
 
 
 # --- downloads --------------------------------------------------------------------------
 
-def download_stem(src_uri: str) -> str:
-    """The name of a page's downloads: ``en/save_load/index.py`` -> ``save_load``,
-    ``en/save_load/checkpoints.py`` -> ``save_load-checkpoints``."""
-    parts = Path(src_uri).with_suffix("").parts[1:]  # without the language folder
-    return "-".join(p for p in parts if p != "index") or "index"
+INSTALL_CELL = """\
+# This notebook uses tutorials_pkg, the handbook's own code, installed here from the
+# commit the site was built from if it is missing (in Colab, say).
+import importlib.util, subprocess, sys
+if importlib.util.find_spec("tutorials_pkg") is None:
+    try:
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", {package!r}], check=True)
+    except (OSError, subprocess.CalledProcessError) as error:
+        raise SystemExit("tutorials_pkg is missing and could not be installed ({{}}); offline, "
+                         "clone {repo_url} and run `pip install -e .` in it".format(error))
+"""
+NO_INSTALL_CELL = """\
+# This notebook uses tutorials_pkg, the handbook's own code. This copy of the site was
+# built without a repository to install it from: in a clone of the handbook, run
+# `pip install -e .`, then start the notebook from there.
+import importlib.util
+if importlib.util.find_spec("tutorials_pkg") is None:
+    raise SystemExit("tutorials_pkg is missing: in a clone of the handbook, run `pip install -e .`")
+"""
 
 
-def notebook_for_download(py_path: str, repo_url: str | None, memo_dir: Path | None = None) -> str:
-    """The page as ``.ipynb``, with a first cell that installs ``tutorials_pkg`` if missing."""
-    install = repo_url and (
-        f"# In Colab (or anywhere tutorials_pkg is missing) this installs it from {repo_url}\n"
-        "import importlib.util, subprocess, sys\n"
-        "if importlib.util.find_spec('tutorials_pkg') is None:\n"
-        f"    subprocess.check_call([sys.executable, '-m', 'pip', 'install', '-q', "
-        f"'git+{repo_url}'])\n")
+def first_cell(repo: tuple[str, str] | None) -> str:
+    """The downloaded notebook's first cell: install tutorials_pkg pinned to the commit the
+    site was built from, or, without a repository, say how to install it."""
+    if repo is None:
+        return NO_INSTALL_CELL
+    name, commit = repo
+    return INSTALL_CELL.format(package=f"git+https://github.com/{name}@{commit}",
+                               repo_url=f"https://github.com/{name}")
+
+
+MARKDOWN_LINK = re.compile(r"\]\((?![a-z][a-z0-9+.-]*:)([^)\s]+)\)")
+
+
+def absolute_links(text: str, page_url: str) -> str:
+    """Markdown links relative to the page (``](checkpoints/)``, ``](#a)``) made absolute,
+    so that they lead somewhere from a notebook opened anywhere."""
+    return MARKDOWN_LINK.sub(lambda m: f"]({urljoin(page_url, m.group(1))})", text)
+
+
+def notebook_for_download(py_path: Path, repo: tuple[str, str] | None, page_url: str,
+                          memo: Path | None = None) -> str:
+    """The page as ``.ipynb``: the install cell first, links absolute (``page_url``: the
+    page's address on the published site)."""
+    install = first_cell(repo)
 
     def convert() -> str:
-        notebook = execution.read_notebook(Path(py_path), memo_dir)
-        if install:
-            notebook.cells.insert(0, jupytext.reads(install, fmt="py:percent").cells[0])
+        notebook = execution.read_notebook(Path(py_path), memo)
+        for cell in notebook.cells:
+            if cell.cell_type == "markdown":
+                cell.source = absolute_links(cell.source, page_url)
+        notebook.cells.insert(0, jupytext.reads(install, fmt="py:percent").cells[0])
         return jupytext.writes(notebook, fmt="ipynb")
 
-    key = execution.bytes_key(Path(py_path), "download", install or "")
-    return execution.remembered(key, convert, memo_dir)
+    key = execution.bytes_key(Path(py_path), "download", install, page_url)
+    return execution.remembered(key, convert, memo)
 
+
+def script_for_download(py_path: Path, page_url: str, memo: Path | None = None) -> str:
+    """The page as a script that runs to its end: a cell that fails on purpose (tagged
+    ``raises-exception``) prints the exception it raises and the script goes on; links
+    absolute."""
+    key = execution.bytes_key(Path(py_path), "script", page_url)
+    return execution.remembered(key, lambda: _script(py_path, page_url, memo), memo)
+
+
+def _script(py_path: Path, page_url: str, memo: Path | None) -> str:
+    notebook = execution.read_notebook(Path(py_path), memo)
+    for cell in notebook.cells:
+        if cell.cell_type == "markdown":
+            cell.source = absolute_links(cell.source, page_url)
+        elif execution.RAISES_TAG in cell.metadata.get("tags", []):
+            expected = cell.metadata.get("raises", "Exception")
+            body = "\n".join("    " + line if line.strip() else "" for line in cell.source.splitlines())
+            cell.source = (f"try:  # this cell fails on purpose: the page shows the error\n{body}\n"
+                           f"except {expected} as error:\n"
+                           '    print(f"{type(error).__name__}: {error}")')
+    return jupytext.writes(notebook, fmt="py:percent")
+
+
+# --- the finished pages -----------------------------------------------------------------
 
 ALTERNATE_LINK = re.compile(r'\s*<link rel="alternate" href="[^"]*" hreflang="[^"]*">')
 
@@ -434,33 +381,32 @@ def on_post_page(output, page, config):
     # expects to be a language's root; i18n points them at the page itself, so each
     # load made two requests that 404. The language menu keeps its per-page links,
     # and sitemap.xml keeps the hreflang alternates for search engines.
-    output = ALTERNATE_LINK.sub("", output)
-    if isinstance(page.file, NotebookFile):
-        source = Path(config.docs_dir) / page.file.src_uri
-        folder = Path(page.file.abs_dest_path).parent
-        folder.mkdir(parents=True, exist_ok=True)
-        stem = download_stem(page.file.src_uri)
-        shutil.copyfile(source, folder / f"{stem}.py")  # the page's .py, for download
-        (folder / f"{stem}.ipynb").write_text(
-            notebook_for_download(str(source), config.repo_url, _state.memo if _state else None),
-            encoding="utf-8")
-    return output
+    return ALTERNATE_LINK.sub("", output)
 
 
-# --- the search index -------------------------------------------------------------------
+_not_found_page: dict[str, str] = {}  # the default language's 404 page, per site
 
-@event_priority(-100)  # after the search plugin has written the index
-def on_post_build(config):
-    """The search index as UTF-8: Material writes it with every Chinese character as a
+
+def on_post_template(output, template_name, config):
+    """The site's one 404.html in the default language: each language's build writes it,
+    and the default language builds first."""
+    if template_name != "404.html":
+        return output
+    _, default = language_settings(config)
+    if config.theme["language"] == default:
+        _not_found_page[config.site_dir] = output
+    return _not_found_page.get(config.site_dir, output)
+
+
+def on_shutdown():
+    """The search index as UTF-8 (at the end of ``mkdocs build``, after i18n has merged
+    the languages' indexes): Material writes it with every Chinese character as a
     six-byte ``\\uXXXX`` escape, twice the bytes. Same JSON, same entries."""
-    import json
-
-    site = Path(config.site_dir)
-    for index in {site / "search" / "search_index.json",
-                  site.parent / "search" / "search_index.json"}:
-        if index.is_file():
-            text = index.read_text(encoding="utf-8")
-            if "\\u" in text:
-                data = json.loads(text)
-                index.write_text(json.dumps(data, ensure_ascii=False, separators=(",", ":")),
-                                 encoding="utf-8")
+    if _state is None or _state.config() is None:
+        return
+    index = Path(_state.config().site_dir) / "search" / "search_index.json"
+    if index.is_file():
+        text = index.read_text(encoding="utf-8")
+        if "\\u" in text:
+            index.write_text(json.dumps(json.loads(text), ensure_ascii=False, separators=(",", ":")),
+                             encoding="utf-8")

@@ -2,12 +2,15 @@
 
 The zh and en pages of a chapter have the same code cells (tests/test_parity.py),
 so a page's code runs once, and each language's page is rendered from its own
-Markdown plus these shared outputs (``render_notebook``).
+Markdown plus these shared outputs (``with_outputs``).
 
 A page runs with nbclient in a fresh kernel whose working directory is a fresh
-temporary directory, each cell with ``CELL_TIMEOUT_S`` seconds, tracebacks in
+temporary directory, each cell with ``cell_timeout`` seconds, tracebacks in
 IPython's "Minimal" mode (the exception and its message). Pages run in parallel,
-one kernel per core.
+``workers`` kernels at a time (0: one per core). Both come from mkdocs.yml
+(``extra.handbook``). Where coverage measures the build (its ``patch = ["subprocess"]``
+setting, as the tests run it), each kernel is measured too, and saves what it
+measured before it is stopped.
 
 The cache (``ExecutionCache``) keys a page by what shapes its outputs:
 
@@ -54,7 +57,6 @@ import jupytext
 import nbformat
 from nbconvert.preprocessors import CoalesceStreamsPreprocessor
 
-CELL_TIMEOUT_S = 600
 PACKAGE = "tutorials_pkg"
 RAISES_TAG = "raises-exception"
 SHOWS_WARNING_TAG = "shows-warning"
@@ -91,7 +93,8 @@ _handbook_setup()
 del _handbook_setup
 """
 
-# Run in the kernel after the page: which modules of the package it imported.
+# Run in the kernel after the page: which modules of the package it imported; and,
+# where coverage measures this kernel, its data saved (the kernel is stopped, not exited).
 MODULES_CODE = f"""\
 def _handbook_modules():
     import sys
@@ -100,6 +103,11 @@ def _handbook_modules():
     publish_display_data({{{MODULES_MIME!r}: sorted(
         getattr(module, "__file__", None) or name for name, module in list(sys.modules.items())
         if name == {PACKAGE!r} or name.startswith({PACKAGE + "."!r}))}})
+    coverage = sys.modules.get("coverage")
+    measuring = coverage and coverage.Coverage.current()
+    if measuring:
+        measuring.stop()
+        measuring.save()
 
 
 _handbook_modules()
@@ -141,6 +149,13 @@ def remembered(key: str, compute, memo_dir: Path | None = None) -> str:
             write_atomic(memo, text)
     _remembered[key] = text
     return text
+
+
+def forget(key: str, memo_dir: Path | None = None) -> None:
+    """Drop what ``remembered`` keeps under ``key``."""
+    _remembered.pop(key, None)
+    if memo_dir:
+        (memo_dir / f"{key[:40]}.json").unlink(missing_ok=True)
 
 
 def bytes_key(path: Path, *context: str) -> str:
@@ -346,7 +361,8 @@ def hidden_cell(code: str):
     return cell
 
 
-async def run_page(page: Page, root: Path, hashes: dict[str, str], threads: int):
+async def run_page(page: Page, root: Path, hashes: dict[str, str], threads: int,
+                   cell_timeout: int):
     """Execute ``page`` in a fresh kernel and directory; the executed notebook, cleaned."""
     from jupyter_client.manager import AsyncKernelManager
     from nbclient import NotebookClient
@@ -360,7 +376,7 @@ async def run_page(page: Page, root: Path, hashes: dict[str, str], threads: int)
     # Local sockets (ipykernel warns about TCP), beside the page's directory, not in it.
     manager = AsyncKernelManager(kernel_name="python3", transport="ipc",
                                  connection_file=str(scratch / "kernel.json"))
-    client = NotebookClient(notebook, km=manager, timeout=CELL_TIMEOUT_S, allow_errors=False,
+    client = NotebookClient(notebook, km=manager, timeout=cell_timeout, allow_errors=False,
                             record_timing=False, resources={"metadata": {"path": str(workdir)}},
                             extra_arguments=["--InteractiveShell.xmode=Minimal"])
     start = time.perf_counter()
@@ -380,7 +396,8 @@ async def run_page(page: Page, root: Path, hashes: dict[str, str], threads: int)
     modules = imported_files(notebook.cells[-1], root)
     notebook.cells = notebook.cells[1:-1]
     notebook.metadata["handbook"] = {
-        "key": page.key, "seconds": round(seconds, 2),
+        "page": page.page_id, "key": page.key, "seconds": round(seconds, 2),
+        "date": time.strftime("%Y-%m-%d", time.gmtime()),
         "modules": {path: hashes.get(path) or file_hash(Path(path)) for path in modules}}
     return notebook
 
@@ -510,10 +527,10 @@ def check_and_clean(page_id: str, notebook) -> list[str]:
 
 # --- every page, in parallel ------------------------------------------------------------
 
-def worker_count() -> int:
-    """One kernel per core (HANDBOOK_WORKERS overrides)."""
-    if os.environ.get("HANDBOOK_WORKERS"):
-        return max(1, int(os.environ["HANDBOOK_WORKERS"]))
+def worker_count(workers: int = 0) -> int:
+    """``workers``, or one kernel per core where it is 0."""
+    if workers > 0:
+        return workers
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not on Linux
@@ -528,9 +545,12 @@ class Outcome:
     seconds: float
 
 
-def execute_pages(pages: list[Page], root: Path, cache_dir: Path | None,
-                  durations: dict[str, float] | None = None) -> Outcome:
-    """Each page's executed notebook, from the cache or run now (longest first, in parallel)."""
+def execute_pages(pages: list[Page], root: Path, cache_dir: Path | None, workers: int = 0,
+                  cell_timeout: int = 600, report=None) -> Outcome:
+    """Each page's executed notebook, from the cache or run now (longest first, in parallel).
+
+    ``report(message)`` hears of each page as it finishes: its time, and how many of
+    those to run are done."""
     start = time.perf_counter()
     all_versions = versions()
     for page in pages:
@@ -543,17 +563,28 @@ def execute_pages(pages: list[Page], root: Path, cache_dir: Path | None,
             executed[page.page_id] = found
         else:
             todo.append(page)
-    durations = durations or {}
-    todo.sort(key=lambda p: (-durations.get(p.page_id, 0.0), -len(code_cells(p.notebook))))
-    workers = min(worker_count(), max(1, len(todo)))
-    threads = max(1, worker_count() // workers)
+    todo.sort(key=lambda p: -len(code_cells(p.notebook)))
+    slots_count = min(worker_count(workers), max(1, len(todo)))
+    threads = max(1, worker_count(workers) // slots_count)
+    if report and todo:
+        report(f"Executing {len(todo)} of {len(pages)} pages ({len(pages) - len(todo)} from the "
+               f"cache), {slots_count} at a time")
+    done = 0
 
     async def run_all():
-        slots = asyncio.Semaphore(workers)
+        slots = asyncio.Semaphore(slots_count)
 
         async def one(page):
+            nonlocal done
             async with slots:
-                return await run_page(page, root, cache.hashes, threads)
+                began = time.perf_counter()
+                try:
+                    return await run_page(page, root, cache.hashes, threads, cell_timeout)
+                finally:
+                    done += 1
+                    if report:
+                        report(f"  {page.page_id}: {time.perf_counter() - began:.1f} s "
+                               f"({done} of {len(todo)})")
 
         return await asyncio.gather(*(one(page) for page in todo), return_exceptions=True)
 
@@ -581,13 +612,8 @@ def execute_pages(pages: list[Page], root: Path, cache_dir: Path | None,
 
 # --- one language's page, with the shared outputs ---------------------------------------
 
-def render_notebook(source: Path, executed, stamp: dict, memo_dir: Path | None = None) -> str:
-    """The ``.ipynb`` text of ``source`` (one language's page) with the outputs of ``executed``.
-
-    Cell ids are their positions, so the same inputs give the same bytes (the
-    renderer's cache is keyed by them); ``stamp`` goes into the metadata, to key
-    what else shapes the HTML (the template, the renderer's versions).
-    """
+def with_outputs(source: Path, executed, memo_dir: Path | None = None):
+    """``source`` (one language's page) as a notebook, with the outputs of ``executed``."""
     notebook = read_notebook(source, memo_dir)
     ours, shared = code_cells(notebook), code_cells(executed)
     if [c.source for _, c in ours] != [c.source for _, c in shared]:
@@ -596,13 +622,7 @@ def render_notebook(source: Path, executed, stamp: dict, memo_dir: Path | None =
     for (_, cell), (_, done) in zip(ours, shared):
         cell.outputs = copy.deepcopy(done.outputs)
         cell.execution_count = None
-    for index, cell in enumerate(notebook.cells):
-        cell.id = f"cell-{index}"
-    notebook.metadata["handbook"] = stamp
-    notebook.metadata.setdefault("kernelspec", {"name": "python3", "display_name": "Python 3",
-                                                "language": "python"})
-    notebook.nbformat, notebook.nbformat_minor = 4, 5
-    return nbformat.v4.writes_json(notebook)
+    return notebook
 
 
 def shows_warning_prose_problems(source: Path, executed, memo_dir: Path | None = None) -> list[str]:

@@ -62,14 +62,14 @@ def off_site(urls):
 def test_zh_page_switches_to_en_and_shows_outputs(page, base_url):
     page.goto(base_url + "definition/")
     assert page.locator("h1").first.inner_text().startswith("模型定义的三种方式")
-    outputs = page.locator(".jupyter-wrapper .jp-OutputArea-output").all_inner_texts()
+    outputs = page.locator(".jp-OutputArea-output").all_inner_texts()
     assert any("torch.Size([8, 10])" in text for text in outputs)
 
     page.locator(".md-header .md-select").first.hover()  # Material's language menu
     page.locator('.md-header a.md-select__link[hreflang="en"]').click()
     page.wait_for_url("**/en/definition/")
     assert page.locator("h1").first.inner_text().startswith("Three ways to define a model")
-    outputs = page.locator(".jupyter-wrapper .jp-OutputArea-output").all_inner_texts()
+    outputs = page.locator(".jp-OutputArea-output").all_inner_texts()
     assert any("torch.Size([8, 10])" in text for text in outputs)
     assert not off_site(page.requests), off_site(page.requests)
 

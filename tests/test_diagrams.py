@@ -82,16 +82,13 @@ def test_the_check_catches_a_missing_a_stale_and_a_wrong_drawing(tmp_path, monke
     assert "does not show" in svg_problems(edited)[0]
 
 
-def test_inline_puts_the_svg_in_place_and_names_what_is_missing():
+def test_a_drawn_diagram_is_an_inline_named_svg_and_a_missing_one_is_named():
     source = next(iter(FENCES))
-    drawn = f'<p>a</p><pre class="mermaid">\n{html.escape(source)}\n</pre><p>b</p>'
-    undrawn = '<pre class="mermaid">flowchart LR\n  a --&gt; never_drawn</pre>'
-    content, missing = diagrams.inline(drawn + undrawn, DOCS, "zh")
-    assert content.startswith('<p>a</p><figure class="diagram" tabindex="0" data-search-exclude><svg aria-label="图：')
-    assert content.endswith("</figure><p>b</p>" + undrawn)
-    assert 'role="img"' in content
-    assert [s for s, _ in missing] == ["flowchart LR\n  a --> never_drawn"]
-    message = diagrams.missing_message("en/x.py", missing, DOCS)
+    figure = diagrams.figure(source, DOCS, "zh")
+    assert figure.startswith('<figure class="diagram" tabindex="0" data-search-exclude><svg aria-label="图：')
+    assert figure.rstrip().endswith("</figure>") and 'role="img"' in figure
+    assert diagrams.figure("flowchart LR\n  a --> never_drawn", DOCS, "zh") is None
+    message = diagrams.missing_message("en/x.py", ["flowchart LR\n  a --> never_drawn"], DOCS)
     assert diagrams.RENDER_COMMAND in message and "a --> never_drawn" in message
 
 

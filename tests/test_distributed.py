@@ -110,12 +110,17 @@ def one_process_on_every_rank_batch(world_size: int, epochs: int = 2) -> dict:
 
 
 def children() -> set[int]:
-    """This process's descendants, less multiprocessing's resource tracker (started on first use)."""
+    """This process's descendants, less multiprocessing's resource tracker (started on first
+    use) and the tests' shared site build, which runs beside the tests with its kernels."""
     found = set()
-    for child in psutil.Process().children(recursive=True):
+    for child in psutil.Process().children():
         with contextlib.suppress(psutil.NoSuchProcess):
-            if "resource_tracker" not in " ".join(child.cmdline()):
-                found.add(child.pid)
+            if "mkdocs" in child.cmdline():
+                continue
+            for process in [child, *child.children(recursive=True)]:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    if "resource_tracker" not in " ".join(process.cmdline()):
+                        found.add(process.pid)
     return found
 
 

@@ -4,6 +4,7 @@ import importlib.metadata
 import importlib.util
 import inspect
 import json
+import os
 import re
 import sys
 import types
@@ -11,7 +12,7 @@ import types
 import nbformat
 import pytest
 
-from handbook_tools import ROOT
+from handbook_tools import ROOT, code_cells_in_html
 
 
 def load_hook():
@@ -31,78 +32,160 @@ def execution(hook):
     return hook.execution
 
 
-# --- rendered HTML ----------------------------------------------------------------------
+# --- a page as Markdown -----------------------------------------------------------------
 
-def test_toc_is_read_from_the_rendered_headings(hook):
-    html = ('<h1 id="t">Title<a class="headerlink" href="#t">¶</a></h1>'
-            '<h2 id="a"><code>nn.Sequential</code>：一条直链</h2><h3 id="b">B &amp; C</h3>'
-            '<h2 id="d">D</h2><h4 id="e">deep</h4>')
-    tokens = hook.toc_tokens_from_html(html, depth=3)
-    assert [t["name"] for t in tokens] == ["Title"]
-    assert [(t["id"], t["name"]) for t in tokens[0]["children"]] == [
-        ("a", "nn.Sequential：一条直链"), ("d", "D")]
-    assert tokens[0]["children"][0]["children"][0]["name"] == "B & C"
-    assert tokens[0]["children"][1]["children"] == []  # h4 is deeper than depth=3
+def render(hook, page, source_url="https://github.com/o/n/blob/main/", drawn=None):
+    drawings = drawn or {}
+    return hook.notebook_markdown.page_markdown(
+        page, source_url, lambda source: drawings.get(hook.diagrams.normalized(source)),
+        hook.diagrams.FENCE)
 
 
-def test_chinese_headings_get_unique_ids_and_materials_permalink(hook):
-    assert hook.heading_slug("用 OrderedDict 给层命名") == "用-ordereddict-给层命名"
-    # As mkdocs-jupyter renders them: Chinese dropped from the id, "anchor-link".
-    rendered = ('<h2 id="">&#27169;&#22411; A<a class="anchor-link" href="#">¶</a></h2>'
-                '<h2 id="-a">模型 A<a class="anchor-link" href="#-a">¶</a></h2>')
-    fixed = hook.fix_headings(rendered)
-    assert fixed == ('<h2 id="模型-a">&#27169;&#22411; A<a class="headerlink" href="#模型-a">¶</a></h2>'
-                     '<h2 id="模型-a_1">模型 A<a class="headerlink" href="#模型-a_1">¶</a></h2>')
+def test_markdown_cells_stay_markdown_and_code_cells_become_one_html_block(hook):
+    page = notebook(("markdown", "# Title\n\nSome `code` in prose.\n\n```python\nx = 1\n```"),
+                    ("code", 'x = {"a": 1 < 2}  # `tick`', {"tags": ["measured"]}))
+    page.cells[1].outputs = [stream("stdout", "a < b\n\nafter a blank line\n")]
+    text, missing = render(hook, page)
+    markdown, block = text.split("\n\n<div", 1)
+    assert markdown == page.cells[0].source and missing == []
+    assert block.startswith(' class="jp-Cell jp-CodeCell celltag_measured"><nb-cell data-search-exclude>')
+    assert '<div class="language-python highlight">' in block  # Material's code markup
+    assert "`" not in block  # a backtick would start a fence for Python-Markdown
+    assert "<pre>a &lt; b\n\nafter a blank line\n</pre>" in block
 
 
-def test_code_cells_get_materials_markup_and_the_appended_css_goes(hook):
-    rendered = ('<div class="jp-InputArea-editor"><pre><code class="language-python">'
-                'x = {&#34;a&#34;: 1 &lt; 2}</code></pre></div>'
-                '\n        <style>\n        [\'pre { line-height: 125%; }\']\n        </style>\n   ')
-    content = hook.postprocess(rendered)
-    assert content.startswith('<div class="jp-InputArea-editor"><div class="language-python highlight">')
-    assert "<style" not in content
-    text = hook.html.unescape(hook.TAG.sub("", content))
-    assert text.strip() == 'x = {"a": 1 < 2}'
+def test_the_markdown_renders_as_mkdocs_renders_a_page(hook):
+    """Through Python-Markdown with the site's extensions: the prose is rendered, the
+    cell passes through as it was written."""
+    import markdown
+
+    page = notebook(("markdown", "## Über *x*\n\n```python\ny = 2\n```"), ("code", "print('```')"))
+    page.cells[1].outputs = [stream("stdout", "```\nnot a fence\n```\n")]
+    text, _ = render(hook, page)
+    html_text = markdown.markdown(text, extensions=["toc", "pymdownx.superfences",
+                                                    "pymdownx.highlight"])
+    assert '<h2 id="uber-x">Über <em>x</em></h2>' in html_text
+    assert "<pre>&#96;&#96;&#96;\nnot a fence\n&#96;&#96;&#96;\n</pre>" in html_text
+    assert html_text.count("highlight\"><pre>") == 2  # the prose's fence and the cell's code
 
 
-def test_site_template_is_found_before_mkdocs_jupyters(hook, tmp_path):
-    """hooks/templates is first on JUPYTER_PATH: nbconvert uses our template, not the plugin's."""
-    import mkdocs_jupyter.convert
-
-    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print(1)")])
-    notebook.cells[0].outputs = [nbformat.v4.new_output(
-        "error", ename="KeyError", evalue="'k'", traceback=["KeyError: 'k'"])]
-    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
-                                       "language": "python"}
-    path = tmp_path / "page.ipynb"
-    path.write_text(nbformat.writes(notebook), encoding="utf-8")
-    content = mkdocs_jupyter.convert.nb2html(str(path), execute=False, no_prompt=True)
-    assert '<div class="jp-InputArea-editor"><pre><code class="language-python">print(1)' in content
-    error = re.search(r'<div class="[^"]*jp-OutputArea-error"[^>]*>', content)
-    assert error and 'data-ename="KeyError"' in error.group(0)
-    assert "clipboard-copy" not in content  # mkdocs-jupyter's own template has it
+def test_an_error_is_one_block_naming_its_exception(hook):
+    page = notebook(("code", "1 / 0", {"tags": ["raises-exception"], "raises": "ZeroDivisionError"}))
+    page.cells[0].outputs = [nbformat.v4.new_output(
+        "error", ename="ZeroDivisionError", evalue="division by zero",
+        traceback=["\x1b[31mZeroDivisionError\x1b[0m: division by zero"])]
+    text, _ = render(hook, page)
+    (cell,) = code_cells_in_html(text)
+    assert cell.tags == ["raises-exception"]
+    (error,) = cell.errors
+    assert error.attrs["data-ename"] == "ZeroDivisionError"
+    assert error.text.strip() == "ZeroDivisionError: division by zero"
 
 
-def test_colab_needs_a_github_repo(hook):
-    assert hook.github_repo("https://github.com/owner/name/") == "owner/name"
-    assert hook.github_repo("https://gitlab.com/owner/name") is None
-    assert hook.github_repo(None) is None
+def test_a_cell_that_only_shows_a_recipe_shows_the_recipe_with_a_linked_caption(hook):
+    page = notebook(("code", "from m import f\n\nshow_source(f)"))
+    page.cells[0].outputs = [nbformat.v4.new_output("display_data", data={
+        "text/plain": "def f(): ...", "text/html": "<p>old</p>",
+        hook.notebook_markdown.SOURCE_MIME: {"code": "def f(): ...", "paths": ["tutorials_pkg/m.py"]}})]
+    text, _ = render(hook, page)
+    assert "jp-InputArea-editor" not in text  # no code of its own
+    assert ('<figcaption><a href="https://github.com/o/n/blob/main/tutorials_pkg/m.py">'
+            "<code>tutorials_pkg/m.py</code></a></figcaption>") in text
+    assert "<p>old</p>" not in text
+    without_repo, _ = render(hook, page, source_url=None)
+    assert "<figcaption><code>tutorials_pkg/m.py</code></figcaption>" in without_repo
 
 
-def test_downloaded_notebook_installs_the_package_first(hook, tmp_path):
+def test_a_diagram_is_its_drawing_and_one_not_drawn_is_reported(hook):
+    page = notebook(("markdown", "Before.\n\n```mermaid\ngraph LR\n  a --> b\n```\n\nAfter."),
+                    ("code", "graph"))
+    page.cells[1].outputs = [nbformat.v4.new_output("execute_result", data={
+        "text/vnd.mermaid": "graph LR\n  c --> d", "text/plain": "graph"})]
+    text, missing = render(hook, page, drawn={"graph LR\n  a --> b": "<figure>ab</figure>"})
+    assert "Before.\n\n<figure>ab</figure>\n\nAfter." in text
+    assert missing == ["graph LR\n  c --> d"]
+    assert "<pre>graph LR\n  c --&gt; d</pre>" in text  # shown as its source meanwhile
+
+
+def test_a_page_is_placed_where_mkdocs_places_a_markdown_page(hook):
+    assert hook.page_dest_uri("en/save_load/checkpoints.py") == "en/save_load/checkpoints/index.html"
+    assert hook.page_dest_uri("save_load/index.py") == "save_load/index.html"
+    assert hook.download_stem("save_load/index.py") == "save_load"
+    assert hook.download_stem("save_load/checkpoints.py") == "save_load-checkpoints"
+
+
+def test_the_repository_comes_from_the_build(hook, tmp_path):
+    import subprocess
+
+    given = {"GITHUB_REPOSITORY": "owner/name", "GITHUB_SHA": "c0ffee"}
+    assert hook.repository(tmp_path, given) == ("owner/name", "c0ffee")
+    assert hook.repository(tmp_path, {}) is None  # not a clone
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run(["git", "-c", "user.email=a@b", "-c", "user.name=a", "commit", "-q",
+                    "--allow-empty", "-m", "x"], cwd=tmp_path, check=True)
+    assert hook.repository(tmp_path, {}) is None  # no origin
+    subprocess.run(["git", "remote", "add", "origin", "git@github.com:someone/fork.git"],
+                   cwd=tmp_path, check=True)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True,
+                          text=True).stdout.strip()
+    assert hook.repository(tmp_path, {}) == ("someone/fork", head)
+
+
+PAGE = ("# %% [markdown]\n# # T\n#\n# See [the next page](checkpoints/) and [this](#a).\n\n"
+        '# %%\nprint(1)\n\n# %% tags=["raises-exception"] raises="KeyError"\n{}["k"]\n\n'
+        "# %%\nprint('after')\n")
+
+
+def test_the_downloaded_notebook_installs_from_the_commit_or_says_how(hook, tmp_path):
     page = tmp_path / "p.py"
-    page.write_text("# %% [markdown]\n# # T\n\n# %%\nprint(1)\n")
-    notebook = json.loads(hook.notebook_for_download(str(page), "https://github.com/o/n"))
-    install, markdown, code = notebook["cells"]
-    assert "git+https://github.com/o/n" in "".join(install["source"])
-    assert "".join(code["source"]) == "print(1)"
-    assert len(json.loads(hook.notebook_for_download(str(page), None))["cells"]) == 2
+    page.write_text(PAGE)
+    url = "https://example.org/site/save_load/"
+    notebook = json.loads(hook.notebook_for_download(page, ("o/n", "c0ffee"), url))
+    install, markdown, *code = notebook["cells"]
+    assert "git+https://github.com/o/n@c0ffee" in "".join(install["source"])
+    assert "[the next page](https://example.org/site/save_load/checkpoints/)" in "".join(
+        markdown["source"])
+    assert "(https://example.org/site/save_load/#a)" in "".join(markdown["source"])
+    assert "".join(code[0]["source"]) == "print(1)"
+    assert code[1]["metadata"]["tags"] == ["raises-exception"]  # Jupyter honours it as it is
+    unpinned = json.loads(hook.notebook_for_download(page, None, url))["cells"][0]
+    assert "pip install -e ." in "".join(unpinned["source"])
+    assert "git+" not in "".join(unpinned["source"])
 
 
-# --- how many third-party names the hook replaces --------------------------------------
+def test_the_downloaded_script_runs_to_its_end(hook, tmp_path):
+    page = tmp_path / "p.py"
+    page.write_text(PAGE)
+    script = tmp_path / "script.py"
+    script.write_text(hook.script_for_download(page, "https://example.org/site/x/"))
+    assert "(https://example.org/site/x/checkpoints/)" in script.read_text()
+    import subprocess
 
-THIRD_PARTY = ("mkdocs", "mkdocs_jupyter", "mkdocs_static_i18n", "material", "nbconvert",
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "1\nKeyError: 'k'\nafter\n"
+
+
+@pytest.mark.parametrize("extra, problem", [
+    ({"handbook": {"workers": 2, "cache_dir": "c"}}, None),
+    ({"handbook": {"worker": 2}}, "unknown settings ['worker']"),
+    ({}, None),
+])
+def test_settings_come_from_mkdocs_yml(hook, tmp_path, extra, problem):
+    config = types.SimpleNamespace(extra=extra, config_file_path=str(tmp_path / "mkdocs.yml"))
+    if problem:
+        with pytest.raises(hook.PluginError, match=re.escape(problem)):
+            hook.Settings(config)
+        return
+    settings = hook.Settings(config)
+    given = extra.get("handbook", {})
+    assert settings.workers == given.get("workers", 0) and settings.cell_timeout == 600
+    assert settings.cache_dir == tmp_path / given.get("cache_dir", ".cache/handbook")
+
+
+# --- the hook works with the plugins as they are ----------------------------------------
+
+THIRD_PARTY = ("mkdocs", "mkdocs_static_i18n", "material", "nbconvert",
                "nbclient", "jupytext", "pymdownx", "markdown")
 
 
@@ -125,21 +208,14 @@ def third_party_names() -> dict[str, int]:
     return found
 
 
-def test_the_hook_replaces_one_third_party_name_and_no_private_one(hook):
-    before = third_party_names()
-    load_hook()  # loading it again replaces what it replaces, with new objects
+def test_loading_the_hook_replaces_no_third_party_name_and_sets_no_variable(hook):
+    import mkdocs_static_i18n.folder  # noqa: F401  (loaded, so its names are compared)
+
+    before, environment = third_party_names(), dict(os.environ)
+    load_hook()
     after = third_party_names()
-    replaced = sorted(name for name in before if after.get(name) != before[name])
-    assert replaced == ["mkdocs_static_i18n.folder.create_i18n_file"]
-
-
-def test_reloading_the_hook_does_not_stack_wrappers(hook):
-    import mkdocs_static_i18n.folder
-
-    load_hook()
-    load_hook()
-    factory = mkdocs_static_i18n.folder.create_i18n_file
-    assert not hasattr(factory.__wrapped__, "__wrapped__")
+    assert sorted(name for name in before if after.get(name) != before[name]) == []
+    assert dict(os.environ) == environment
 
 
 # --- the page executor: key, cache, outputs, checks -------------------------------------
@@ -257,11 +333,21 @@ def test_each_language_gets_its_prose_and_the_shared_outputs(execution, tmp_path
     source.write_text("# %% [markdown]\n# # Titre\n\n# %%\nprint(1)\n", encoding="utf-8")
     executed = notebook(("markdown", "# Title"), ("code", "print(1)"))
     executed.cells[1].outputs = [stream("stdout", "1\n")]
-    text = execution.render_notebook(source, executed, {"template": "t"})
-    rendered = nbformat.reads(text, as_version=4)
+    rendered = execution.with_outputs(source, executed)
     assert [c.source for c in rendered.cells] == ["# Titre", "print(1)"]
     assert rendered.cells[1].outputs == [stream("stdout", "1\n")]
-    assert execution.render_notebook(source, executed, {"template": "t"}) == text  # same bytes
     source.write_text("# %% [markdown]\n# # Titre\n\n# %%\nprint(2)\n", encoding="utf-8")
     with pytest.raises(execution.PageError, match="code cells are not those that were executed"):
-        execution.render_notebook(source, executed, {"template": "t"})
+        execution.with_outputs(source, executed)
+
+
+def test_a_page_is_stamped_with_when_its_outputs_were_made(hook):
+    page = notebook(("markdown", "# T\n\nIntro."), ("code", "x"), ("markdown", "More."))
+    stamp = hook.notebook_markdown.stamp("en", "2026-12-07", 12.34, cached=True)
+    assert stamp == ("The outputs on this page were made by running its code on 2026-12-07, when "
+                     "the site was built; the page ran in 12.3 s (this build took them from the cache).")
+    text, _ = hook.notebook_markdown.page_markdown(page, None, lambda s: None, hook.diagrams.FENCE,
+                                                   stamp)
+    assert text.startswith(f'# T\n\nIntro.\n\n<p class="page-stamp">{stamp}</p>\n\n<div')
+    assert text.count("page-stamp") == 1
+    assert "2026-12-07" in hook.notebook_markdown.stamp("zh", "2026-12-07", 1, cached=False)

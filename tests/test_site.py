@@ -14,7 +14,8 @@ import nbformat
 import pytest
 import torch
 
-from handbook_tools import (DOCS, LANGUAGES, RAISES_TAG, build_env, code_cells_in_html,
+from handbook_tools import (DOCS, LANGUAGES, RAISES_TAG, ROOT, TEST_REPOSITORY, build_env,
+                            code_cells_in_html,
                             copy_machinery, mkdocs_build, page_ids, page_url, read_cells)
 from tutorials_pkg.definition import ResidualMLP, count_parameters
 
@@ -113,7 +114,11 @@ def error_output_problems(source: Path, html: str) -> list[str]:
     ``jp-OutputArea-error``) whose exception is the one it names, with its
     message; every other cell shows none.
     """
-    cells, expected = code_cells_in_html(html), expected_errors(source)
+    return check_error_blocks(code_cells_in_html(html), expected_errors(source), source)
+
+
+def check_error_blocks(cells, expected: list[str | None], source: Path | str = "the page"
+                       ) -> list[str]:
     if len(cells) != len(expected):
         return [f"{len(cells)} code cells in the HTML, {len(expected)} in {source}"]
     problems = []
@@ -147,6 +152,19 @@ def test_pages_show_the_outputs_of_this_build(built_site, language):
         torch.nn.ModuleList([torch.nn.Linear(64, 32)])(torch.zeros(8, 64))
     shown = [e.text.strip() for c in code_cells_in_html(html) for e in c.errors]
     assert f"NotImplementedError: {raised.value}" in shown, shown
+
+
+STAMP = re.compile(r'<p class="page-stamp">[^<]*(\d{4}-\d\d-\d\d)[^<]*?(\d+\.\d) ')
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_every_page_says_when_its_outputs_were_made_and_how_long_it_ran(built_site, language,
+                                                                       executed_pages):
+    for page in page_ids():
+        found = STAMP.search(page_html(built_site, language, page))
+        assert found, f"{language}/{page} has no stamp"
+        run = executed_pages[page].metadata["handbook"]
+        assert found.groups() == (run["date"], f"{run['seconds']:.1f}"), page
 
 
 @pytest.mark.parametrize("language", LANGUAGES)
@@ -183,46 +201,89 @@ FAILING_CELL = "# %%\n1 / 0\n"
 TAGGED_FAILING_CELL = '# %% tags=["raises-exception"] raises="ZeroDivisionError"\n1 / 0\n'
 WARNING_CELL = ("import warnings\n\ndef old():\n    warnings.warn('old() goes away', FutureWarning)"
                 "\n\nold()\n")
+TAG_CASES = {  # page body -> what the build says of it (None: it builds)
+    "failing": (FAILING_CELL, "cell 1 raised, and it is not tagged 'raises-exception'"),
+    "tagged-failing": (TAGGED_FAILING_CELL, None),
+    "wrong-exception": ('# %% tags=["raises-exception"] raises="KeyError"\n1 / 0\n',
+                        "should raise KeyError and raised ZeroDivisionError"),
+    "raises-nothing": ('# %% tags=["raises-exception"] raises="ZeroDivisionError"\n1 / 1\n',
+                       "should raise ZeroDivisionError (raises=\"ZeroDivisionError\") and raised nothing"),
+    "warning": (f"# %%\n{WARNING_CELL}", "warns FutureWarning: old() goes away"),
+    "shown-warning": (f'# %% [markdown]\n# It warns: FutureWarning.\n\n# %% tags=["shows-warning"]\n'
+                      f"{WARNING_CELL}", None),
+}
 
 
-@pytest.mark.parametrize("body, should_build, message", [
-    (FAILING_CELL, False, "ZeroDivisionError"),
-    (TAGGED_FAILING_CELL, True, None),
-    ('# %% tags=["raises-exception"] raises="KeyError"\n1 / 0\n', False,
-     "should raise KeyError and raised ZeroDivisionError"),
-    ('# %% tags=["raises-exception"] raises="ZeroDivisionError"\n1 / 1\n', False,
-     "should raise ZeroDivisionError (raises=\"ZeroDivisionError\") and raised nothing"),
-    (f"# %%\n{WARNING_CELL}", False, "warns FutureWarning: old() goes away"),
-    (f'# %% [markdown]\n# It warns: FutureWarning.\n\n# %% tags=["shows-warning"]\n{WARNING_CELL}',
-     True, None),
-    (f'# %% tags=["shows-warning"]\n{WARNING_CELL}', False, "the text just before it should name it"),
-], ids=["failing", "tagged-failing", "wrong-exception", "raises-nothing", "warning",
-        "shown-warning", "shown-warning-unnamed"])
-def test_the_build_fails_where_a_cell_does_not_do_what_its_tags_say(tmp_path, body, should_build,
-                                                                     message):
-    write_scratch_project(tmp_path, body)
+def test_execution_fails_where_a_cell_does_not_do_what_its_tags_say(tmp_path):
+    """Every case in one run of the page executor (the build's first step), in parallel."""
+    from handbook_tools import execution
+
+    for case, (body, _) in TAG_CASES.items():
+        (tmp_path / "en" / case).mkdir(parents=True)
+        (tmp_path / "en" / case / "index.py").write_text(f"# %% [markdown]\n# # {case}\n\n{body}")
+    ids = [f"{case}/index.py" for case in TAG_CASES]
+    pages = execution.read_pages(tmp_path, ["en"], ids)
+    with pytest.raises(execution.PageError) as failed:
+        execution.execute_pages(pages, ROOT, None)
+    said = str(failed.value)
+    for case, (_, message) in TAG_CASES.items():
+        if message is None:
+            assert f"{case}/index.py" not in said
+        else:
+            assert f"{case}/index.py" in said and message in said, (case, said)
+
+
+def test_a_failing_cell_fails_the_strict_build_naming_page_and_cell(tmp_path):
+    write_scratch_project(tmp_path, FAILING_CELL)
     result = mkdocs_build(tmp_path, tmp_path / "site")
-    assert (result.returncode == 0) == should_build, result.stderr[-4000:]
-    if message:
-        assert message in result.stderr, result.stderr[-4000:]
-    if should_build and "raises-exception" in body:
-        page = tmp_path / "site" / "en" / "definition" / "index.html"
-        assert error_output_problems(tmp_path / "docs" / "en" / "definition" / "index.py",
-                                     page.read_text(encoding="utf-8")) == []
+    assert result.returncode != 0
+    assert "definition/index.py: cell 1 raised" in result.stderr, result.stderr[-4000:]
+    assert "ZeroDivisionError" in result.stderr
 
 
-def test_the_error_block_check_catches_a_template_that_drops_errors(tmp_path):
-    """Planted fault: a notebook template whose error outputs render as nothing."""
-    write_scratch_project(tmp_path, TAGGED_FAILING_CELL + "\n# %%\nprint('after')\n")
-    template = tmp_path / "hooks" / "templates" / "mkdocs_html" / "notebook.html.j2"
-    text = template.read_text(encoding="utf-8")
-    start, end = text.index("{% block error -%}"), text.index("{%- endblock error %}")
-    template.write_text(text[:start] + "{% block error -%}" + text[end:], encoding="utf-8")
+def test_a_shown_warning_needs_its_category_named_before_it(tmp_path):
+    write_scratch_project(tmp_path, f'# %% tags=["shows-warning"]\n{WARNING_CELL}')
     result = mkdocs_build(tmp_path, tmp_path / "site")
-    assert result.returncode == 0, result.stderr[-4000:]
-    html = (tmp_path / "site" / "en" / "definition" / "index.html").read_text(encoding="utf-8")
-    problems = error_output_problems(tmp_path / "docs" / "en" / "definition" / "index.py", html)
-    assert problems == ["code cell 0 should show one ZeroDivisionError block, shows 0"]
+    assert result.returncode != 0
+    assert "the text just before it should name it" in result.stderr, result.stderr[-4000:]
+
+
+def test_the_error_block_check_catches_a_renderer_that_drops_errors(hook_module, monkeypatch):
+    """Planted fault: a renderer whose error outputs render as nothing."""
+    page = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
+        "1 / 0", metadata={"tags": [RAISES_TAG], "raises": "ZeroDivisionError"})])
+    page.cells[0].outputs = [nbformat.v4.new_output(
+        "error", ename="ZeroDivisionError", evalue="division by zero",
+        traceback=["ZeroDivisionError: division by zero"])]
+
+    def html_of(notebook):
+        return hook_module.notebook_markdown.page_markdown(notebook, None, lambda s: None,
+                                                           hook_module.diagrams.FENCE)[0]
+
+    expected = [RAISES_TAG]
+    assert problems_in(html_of(page), expected) == []
+    renderer = hook_module.notebook_markdown.Renderer
+    real = renderer.output
+    monkeypatch.setattr(renderer, "output",
+                        lambda self, o: "" if o.output_type == "error" else real(self, o))
+    assert problems_in(html_of(page), expected) == [
+        "code cell 0 should show one ZeroDivisionError block, shows 0"]
+
+
+def problems_in(html: str, tags: list[str]) -> list[str]:
+    cells = code_cells_in_html(html)
+    return check_error_blocks(cells, ["ZeroDivisionError" if RAISES_TAG in tags else None])
+
+
+@pytest.fixture(scope="module")
+def hook_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("notebook_pages_for_site_tests",
+                                                  ROOT / "hooks" / "notebook_pages.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 # --- the execution cache ----------------------------------------------------------------
@@ -240,7 +301,7 @@ CACHED_IDS = sorted(f"{stem}/index.py" for stem in CACHE_PAGES)
 
 def cache_build(site: Path, **env) -> tuple[list[str], list[str]]:
     """Build ``site`` with the cache on; the pages executed and those taken from the cache."""
-    result = mkdocs_build(site, site / "site", env={**build_env(), "MKDOCS_JUPYTER_CACHE": "true", **env})
+    result = mkdocs_build(site, site / "site", env={**build_env(site / ".cache" / "handbook"), **env})
     assert result.returncode == 0, result.stderr[-4000:]
     found = EXECUTED.search(result.stderr)
     assert found, result.stderr[-4000:]
@@ -467,19 +528,79 @@ def test_search_finds_pages_in_both_languages(built_site):
 
 @pytest.mark.parametrize("language", LANGUAGES)
 @pytest.mark.parametrize("page", page_ids())
-def test_page_offers_its_py_and_ipynb(built_site, language, page):
+def test_page_offers_its_py_and_ipynb_made_from_the_repository_and_commit_built(
+        built_site, language, page):
+    name, commit = TEST_REPOSITORY
     folder = page_dir(built_site, language, page)
     # named after the page, not "index": save_load/index.py -> save_load.ipynb,
     # save_load/checkpoints.py -> save_load-checkpoints.ipynb
     stem = "-".join(p for p in Path(page).with_suffix("").parts if p != "index")
-    source = DOCS / language / page
-    assert (folder / f"{stem}.py").read_text(encoding="utf-8") == source.read_text(encoding="utf-8")
+    source = read_cells(DOCS / language / page)
+    code = [c.source for c in source if c.cell_type == "code"]
+    untagged = [c.source for c in source if c.cell_type == "code"
+                and RAISES_TAG not in c.metadata.get("tags", [])]
+    script = (folder / f"{stem}.py").read_text(encoding="utf-8")
+    compile(script, f"{stem}.py", "exec")
+    assert all(cell in script for cell in untagged)
     notebook = nbformat.reads((folder / f"{stem}.ipynb").read_text(encoding="utf-8"), as_version=4)
     nbformat.validate(notebook)
     install, *cells = notebook.cells
-    assert "pip" in install.source and "tutorials_pkg" in install.source
-    assert [c.source for c in cells] == [c.source for c in read_cells(source)]
+    assert f"git+https://github.com/{name}@{commit}" in install.source
+    assert [c.source for c in cells if c.cell_type == "code"] == code
+    relative = [link for c in cells if c.cell_type == "markdown"
+                for link in re.findall(r"\]\((?!https?:)([^)]+)\)", c.source)]
+    assert not relative, relative
     html = page_html(built_site, language, page)
-    for link in (f'href="{stem}.ipynb"', f'href="{stem}.py"', "colab.research.google.com/github/",
-                 f"/edit/main/docs/{language}/{page}"):
+    for link in (f'href="{stem}.ipynb"', f'href="{stem}.py"',
+                 f"colab.research.google.com/github/{name}/blob/gh-pages/",
+                 f"https://github.com/{name}/edit/main/docs/{language}/{page}"):
         assert link in html
+    if "<figcaption>" in html:  # a recipe from the package, its file named above it
+        assert f'<a href="https://github.com/{name}/blob/{commit}/tutorials_pkg/' in html
+
+
+def test_a_build_without_a_repository_links_none_and_says_how_to_install(tmp_path):
+    write_scratch_project(tmp_path, "# %%\nprint('hello')\n")
+    result = mkdocs_build(tmp_path, tmp_path / "site")  # a scratch site is not a clone
+    assert result.returncode == 0, result.stderr[-4000:]
+    folder = tmp_path / "site" / "en" / "definition"
+    html = (folder / "index.html").read_text(encoding="utf-8")
+    assert "colab.research.google.com" not in html and "/edit/" not in html
+    assert "github.com" not in html
+    install = nbformat.reads((folder / "definition.ipynb").read_text(encoding="utf-8"),
+                             as_version=4).cells[0]
+    assert "pip install -e ." in install.source and "git+" not in install.source
+
+
+def test_a_downloaded_page_runs_to_its_end_as_script_and_notebook(built_site, tmp_path,
+                                                                   executed_pages):
+    """The quickest page with a cell that fails on purpose (every page: python -m
+    benchmarks.downloads)."""
+    from nbclient import NotebookClient
+
+    failing = {page: notebook for page, notebook in executed_pages.items()
+               if any(RAISES_TAG in c.metadata.get("tags", []) for c in notebook.cells)}
+    page = min(failing, key=lambda p: failing[p].metadata["handbook"]["seconds"])
+    expected = next(c.metadata["raises"] for c in failing[page].cells
+                    if RAISES_TAG in c.metadata.get("tags", []))
+    folder = page_dir(built_site, "en", page)
+    stem = "-".join(p for p in Path(page).with_suffix("").parts if p != "index")
+    script = tmp_path / f"{stem}.py"
+    script.write_text((folder / f"{stem}.py").read_text(encoding="utf-8"), encoding="utf-8")
+    result = subprocess.run([sys.executable, script.name], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=600, env={**os.environ, "MPLBACKEND": "Agg"})
+    assert result.returncode == 0, f"{page}: {result.stderr[-3000:]}"
+    assert f"{expected}: " in result.stdout  # the cell that fails on purpose said so
+    notebook = nbformat.reads((folder / f"{stem}.ipynb").read_text(encoding="utf-8"), as_version=4)
+    NotebookClient(notebook, timeout=600, resources={"metadata": {"path": str(tmp_path)}}).execute()
+
+
+def test_the_404_page_is_in_the_default_language(built_site):
+    """One 404.html serves the whole site: the default language's (each build writes it)."""
+    page = (built_site / "404.html").read_text(encoding="utf-8")
+    assert '<html lang="zh"' in page
+
+
+def test_the_search_index_is_written_as_utf8(built_site):
+    text = (built_site / "search" / "search_index.json").read_text(encoding="utf-8")
+    assert "模型" in text and not re.search(r"\\u[4-9][0-9a-f]{3}", text)

@@ -9,7 +9,8 @@ installs ``torch==X torchvision==Y`` and then the project with its test extra
 for a pair outside the range pyproject.toml declares, the test extra's
 requirements and then the project with ``--no-deps``),
 runs the package tests (not the slow ``site`` and ``browser`` ones, no coverage)
-and every page once (tests/test_pages.py runs each page's cells in order), and
+and every page once (tests/test_pages.py reads every page as the shared site
+build executed it), and
 prints a table: page or test module, passed/failed, the first error. The exit
 status is 0 only if everything passed and the venv really has the asked-for pair.
 
@@ -35,10 +36,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / ".cache" / "torch-range"
-# tests that build the whole site or drive a browser: the site build is checked
-# on the development pair; here the pages run in-process through test_pages.
+# tests of the built site or a browser: checked on the development pair; here the
+# pages run once in the shared build that test_pages reads.
 DESELECT = "not site and not browser"
-PAGE_TEST = "test_page_runs_and_fails_only_where_it_says"
+PAGE_TEST = "test_page_fails_and_warns_only_where_it_says"
 VERSION = re.compile(r"^\d+(\.\d+)*$")
 
 

@@ -146,6 +146,9 @@ def highlight_html(code: str, language: str = "python") -> str:
     return format_tokens(plain, formatter)
 
 
+SOURCE_MIME = "application/vnd.handbook.source+json"
+
+
 class SourceBlock:
     """Python source that renders highlighted (HTML) and plain (text).
 
@@ -159,6 +162,12 @@ class SourceBlock:
 
     def __repr__(self) -> str:
         return self.code
+
+    def _repr_mimebundle_(self, include=None, exclude=None) -> dict:
+        """Plain text, HTML, and the code with its files as data: the site's build draws
+        the block from the data, linking each file to the repository."""
+        return {"text/plain": self.code, "text/html": self._repr_html_(),
+                SOURCE_MIME: {"code": self.code, "paths": list(self.paths)}}
 
     def _repr_html_(self) -> str:
         caption = "".join(f'<figcaption data-path="{html.escape(path)}"><code>{html.escape(path)}'

@@ -284,9 +284,12 @@ assert masked.input_shape == [{"features": [2, 8], "label": "cat"}, {"mask": [8]
 # %% [markdown]
 # ### Hooks and `torch.compile`
 #
-# A hook registered *before* the first call of a compiled model fires. One
-# added *after* it does not: the calls that follow reuse compiled code made
-# without it.
+# A hook registered *before* the first call of a compiled model fires, as long as
+# no model of the same class was compiled earlier without hooks (compiled code
+# checks for hooks only where the module had some when it was compiled:
+# [the intermediate chapter](../intermediate/) shows that miss). One added
+# *after* the first call does not fire: the calls that follow reuse compiled
+# code made without it.
 
 # %%
 fired = []

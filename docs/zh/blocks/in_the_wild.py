@@ -124,7 +124,7 @@ from tutorials_pkg.blocks.unet import DoubleConv, UNet
 print(DoubleConv(3, 64).double_conv[0], type(UNet().inc).__name__)
 
 # %% [markdown]
-# ## 忘了 `groups` 的 depthwise 卷积
+# ## 忘了 `groups` 的逐通道卷积
 #
 # 漏掉 `groups=in_channels`，这一层照样能运行，输出形状也一样，所以什么都不会报错；但现在每个输出通道都要看所有输入通道，参数量（和乘加次数）变成原来的 `in_channels` 倍：
 
@@ -254,7 +254,7 @@ with torch.no_grad():
 assert difference < 1e-9
 
 # %% [markdown]
-# `assert_same_network` 在差别所在的那一层找到了它：最后一个块的 depthwise 卷积，一个步长为 2，一个为 1（抛出 `AssertionError`）：
+# `assert_same_network` 在差别所在的那一层找到了它：最后一个块的逐通道卷积，一个步长为 2，一个为 1（抛出 `AssertionError`）：
 
 # %% tags=["raises-exception"] raises="AssertionError"
 assert_same_network(hand, refactored, x96)

@@ -15,7 +15,7 @@
 #
 # 这是[用块搭建 U-Net 与 MobileNet](../)的第二页，接在 [U-Net](../) 之后：这个网络的几十层由一个遍历配置表的循环生成，并与 MobileNet 论文和 torchvision 的 MobileNet v2 核对。
 #
-# MobileNet（Howard 等，2017，"MobileNets: Efficient Convolutional Neural Networks for Mobile Vision Applications"）把除第一层以外的每个 3×3 卷积换成**深度可分离卷积**（depthwise separable convolution）：先是一个 3×3 的**逐通道**（depthwise）卷积，对每个通道单独滤波（`groups=in_channels`，每个通道一个 3×3 滤波器）；再是一个 1×1 的**逐点**（pointwise）卷积，把通道混合起来。两者都是一个 `BasicConv2d`：卷积、batch norm、激活。`BasicConv2d` 是 `nn.Sequential` 的子类，和 torchvision 的 `Conv2dNormActivation` 一样，所以它的层名为 `0`、`1`、`2`；`DepthwiseSeparableConv` 用 `OrderedDict` 给它的两半命名，所以某一层的权重名形如 `features.block2.depthwise.0.weight`。它们的源代码随下面的 MobileNet v1 一起给出。
+# MobileNet（Howard 等，2017，"MobileNets: Efficient Convolutional Neural Networks for Mobile Vision Applications"）把除第一层以外的每个 3×3 卷积换成**深度可分离卷积**（depthwise separable convolution）：先是一个 3×3 的**逐通道**（depthwise）卷积，对每个通道单独滤波（`groups=in_channels`，每个通道一个 3×3 滤波器）；再是一个 1×1 的**逐点**（pointwise）卷积，把通道混合起来。两者都是一个 `BasicConv2d`：卷积、`BatchNorm`、激活。`BasicConv2d` 是 `nn.Sequential` 的子类，和 torchvision 的 `Conv2dNormActivation` 一样，所以它的层名为 `0`、`1`、`2`；`DepthwiseSeparableConv` 用 `OrderedDict` 给它的两半命名，所以某一层的权重名形如 `features.block2.depthwise.0.weight`。它们的源代码随下面的 MobileNet v1 一起给出。
 
 # %%
 import torch
@@ -59,7 +59,7 @@ MobileNetV1(num_classes=10).train()(torch.randn(1, 3, 32, 32))
 # %% [markdown]
 # ## 两个版本是同一个网络
 #
-# `assert_same_network` 检查三件事，遇到第一处不同就停下。层相同：按顺序比较每个子模块的名字、类型和设置（也就是 `print(model)` 显示的内容，步长也在其中）。权重的名字和形状相同：一个模型的 `state_dict` 能用 `strict=True` 加载进另一个。对同一个输入，每一层的输出都相同（用前向钩子记录）。之所以比较每一层而不只是最后一层：刚构建好的 MobileNet 处于评估模式时，batch norm 的统计量还是初始的均值 0、方差 1，而在 PyTorch 的默认初始化下，激活值一层比一层小，最终输出与分类器的偏置相差不过 1e-10，无论前面各层算了什么。
+# `assert_same_network` 检查三件事，遇到第一处不同就停下。层相同：按顺序比较每个子模块的名字、类型和设置（也就是 `print(model)` 显示的内容，步长也在其中）。权重的名字和形状相同：一个模型的 `state_dict` 能用 `strict=True` 加载进另一个。对同一个输入，每一层的输出都相同（用前向钩子记录）。之所以比较每一层而不只是最后一层：刚构建好的 MobileNet 处于评估模式时，`BatchNorm` 的统计量还是初始的均值 0、方差 1，而在 PyTorch 的默认初始化下，激活值一层比一层小，最终输出与分类器的偏置相差不过 1e-10，无论前面各层算了什么。
 
 # %%
 from tutorials_pkg.blocks.mobilenet import assert_same_network
