@@ -353,8 +353,7 @@ def run_state(run: Run) -> dict:
 
 def restore_run_state(run: Run, state: Mapping) -> None:
     """Put back into ``run`` what ``run_state`` returned (e.g. read back by ``load_checkpoint``)."""
-    missing = [key for key in ("scheduler", "torch_rng", "data_rng") if key not in state]
-    if missing:
+    if missing := [key for key in ("scheduler", "torch_rng", "data_rng") if key not in state]:
         raise KeyError(f"{missing} are not in the checkpoint: it was not saved with run_state(run)")
     run.scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["torch_rng"])  # dropout

@@ -132,9 +132,8 @@ def expand_input_channels(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
     if in_channels <= conv.in_channels:
         raise ValueError(f"in_channels must be more than the {conv.in_channels} channels "
                          f"conv already takes, got {in_channels}")
-    new = nn.Conv2d(in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
-                    padding=conv.padding, dilation=conv.dilation, bias=conv.bias is not None,
-                    padding_mode=conv.padding_mode,
+    new = nn.Conv2d(in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                    conv.dilation, bias=conv.bias is not None, padding_mode=conv.padding_mode,
                     device=conv.weight.device, dtype=conv.weight.dtype)
     with torch.no_grad():
         new.weight.zero_()

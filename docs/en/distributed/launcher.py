@@ -57,7 +57,7 @@ print(sorted(os.listdir("spawned")))
 #
 # The pages and tests of this chapter need those three, so they use
 # `run_on_ranks` instead: page machinery, not a recipe, in
-# [`tutorials_pkg/launcher.py`](https://github.com/pytorch-handbook/pytorch-model-handbook/blob/main/tutorials_pkg/launcher.py),
+# `tutorials_pkg/launcher.py`,
 # built on `torch.multiprocessing.start_processes` (what `mp.spawn` calls).
 # `run_on_ranks(fn, *args)` runs `fn(rank, world_size, *args)` on every rank in
 # a `gloo` group (`backend="nccl"` on GPUs, or `None` to let `fn` join one

@@ -94,7 +94,7 @@ show_source(record_grad_fn)
 #
 # `grad_fn_modules(model, x)` returns the dictionary, and `trace_grad_fn`
 # the whole trace; both call `record_grad_fn`, and the rest of
-# [`tutorials_pkg/grad_fn/trace.py`](https://github.com/pytorch-handbook/pytorch-model-handbook/blob/main/tutorials_pkg/grad_fn/trace.py)
+# `tutorials_pkg/grad_fn/trace.py`
 # takes care of what breaks the naive version: they refuse to run where
 # autograd records nothing (`no_grad`, `inference_mode`), make every parameter
 # require grad for the trace (frozen layers make no graph) and put each flag

@@ -89,7 +89,7 @@ show_source(walk_channels)
 
 # %% [markdown]
 # It is the core of `coupled_channel_groups`; the rest of
-# [`tutorials_pkg/grad_fn/pruning.py`](https://github.com/pytorch-handbook/pytorch-model-handbook/blob/main/tutorials_pkg/grad_fn/pruning.py)
+# `tutorials_pkg/grad_fn/pruning.py`
 # holds the rule for each kind of layer and operation, the union-find that
 # joins labels, the grouping (channels whose labels reach the same layers form
 # a group, and each channel lists where it sits in each layer) and the cut.

@@ -41,7 +41,7 @@ print(sorted(os.listdir("spawned")))
 #
 # ## 本章的 `run_on_ranks` 多做了什么
 #
-# 本章的页面和测试需要这三件事，所以改用 `run_on_ranks`：它是页面的辅助代码，不是供复制的示例，代码在 [`tutorials_pkg/launcher.py`](https://github.com/pytorch-handbook/pytorch-model-handbook/blob/main/tutorials_pkg/launcher.py)，建立在 `torch.multiprocessing.start_processes`（`mp.spawn` 调用的就是它）之上。`run_on_ranks(fn, *args)` 在一个 `gloo` 进程组里（在 GPU 上用 `backend="nccl"`，或者传 `None`，让 `fn` 自己加入进程组）于每个 rank 上运行 `fn(rank, world_size, *args)`，返回每个 rank 的返回值，并且保证三点：
+# 本章的页面和测试需要这三件事，所以改用 `run_on_ranks`：它是页面的辅助代码，不是供复制的示例，代码在 `tutorials_pkg/launcher.py`，建立在 `torch.multiprocessing.start_processes`（`mp.spawn` 调用的就是它）之上。`run_on_ranks(fn, *args)` 在一个 `gloo` 进程组里（在 GPU 上用 `backend="nccl"`，或者传 `None`，让 `fn` 自己加入进程组）于每个 rank 上运行 `fn(rank, world_size, *args)`，返回每个 rank 的返回值，并且保证三点：
 #
 # - 出错的 rank 连同它的 traceback 一起报出：`RankFailedError` 列出每个出错的 rank 及其异常，最先出错的排在最前，它们的 traceback 作为异常的 cause。（torch 报告的是它最先注意到退出的那个 rank，而那常常只是失去了同伴的 rank。）
 # - 调用结束后不留下任何进程：每个 rank 各自带领一个进程组，结束时每个进程组都被杀掉，rank 在组里启动的进程（`subprocess.Popen` 启动的、fork 出来的子进程）也一起结束。

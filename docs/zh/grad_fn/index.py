@@ -63,7 +63,7 @@ show_source(record_grad_fn)
 # %% [markdown]
 # 其中有两行防止的是悄无声息的错误结果：autograd 没有记录的输出没有节点（它的 `grad_fn` 是 `None`，所有这样的输出会挤在同一个键上）；原样返回输入的层会占用它前面那一层的节点（见[常见错误](in_the_wild/)）。
 #
-# `grad_fn_modules(model, x)` 返回这个字典，`trace_grad_fn` 返回完整的追踪结果；两者都调用 `record_grad_fn`，[`tutorials_pkg/grad_fn/trace.py`](https://github.com/pytorch-handbook/pytorch-model-handbook/blob/main/tutorials_pkg/grad_fn/trace.py) 里其余的代码处理朴素写法会出错的地方：在 autograd 什么都不记录的地方（`no_grad`、`inference_mode`）拒绝运行；追踪期间让每个参数都需要梯度（冻结的层不产生计算图），结束后把每个标志恢复原样；在 eval 模式下运行并恢复每个模块的模式（BatchNorm 的滑动统计量不会变）；让模型运行在输入的副本上，所以就地修改输入的模型不会改动你的张量。它们接收输入的方式与模型相同：一个张量，或者作为唯一参数的张量列表或字典（检测模型的图像列表：`grad_fn_modules(model, images)` 调用的是 `model(images)`），或者一个由位置参数组成的元组。`types` 可以是一个模块类，也可以是由模块类组成的列表或元组。
+# `grad_fn_modules(model, x)` 返回这个字典，`trace_grad_fn` 返回完整的追踪结果；两者都调用 `record_grad_fn`，`tutorials_pkg/grad_fn/trace.py` 里其余的代码处理朴素写法会出错的地方：在 autograd 什么都不记录的地方（`no_grad`、`inference_mode`）拒绝运行；追踪期间让每个参数都需要梯度（冻结的层不产生计算图），结束后把每个标志恢复原样；在评估模式下运行并恢复每个模块的模式（BatchNorm 的滑动统计量不会变）；让模型运行在输入的副本上，所以原地修改输入的模型不会改动你的张量。它们接收输入的方式与模型相同：一个张量，或者作为唯一参数的张量列表或字典（检测模型的图像列表：`grad_fn_modules(model, images)` 调用的是 `model(images)`），或者一个由位置参数组成的元组。`types` 可以是一个模块类，也可以是由模块类组成的列表或元组。
 
 # %% [markdown]
 # 要追踪的网络：一个 stem 加上两个 torchvision 的 `BasicBlock`，第二个在捷径（shortcut）上有一个带步长的 1×1 卷积，和 ResNet 的 `layer2` 一样。
@@ -107,7 +107,7 @@ assert [param.requires_grad for param in frozen.parameters()] == flags
 # %% [markdown]
 # ## 会冲突的情况：`nn.Identity`
 #
-# 一个原样返回输入的模块，返回的是**同一个张量**，所以它的输出带着它输入的 `grad_fn`。`nn.Identity` 是这样，eval 模式下的 `nn.Dropout` 也是。作为字典的键，这样的两层就成了一层：
+# 一个原样返回输入的模块，返回的是**同一个张量**，所以它的输出带着它输入的 `grad_fn`。`nn.Identity` 是这样，评估模式下的 `nn.Dropout` 也是。作为字典的键，这样的两层就成了一层：
 
 # %%
 conv_out = conv(torch.randn(1, 3, 8, 8))

@@ -48,7 +48,7 @@ for group in coupled_channel_groups(trace):
 # 前向传播产生的每个张量，它的每个元素都得到一个*标签*：它携带的是哪个通道（某一层输出的第 *k* 个通道）。从输入到输出遍历计算图，每个节点的标签由它的输入的标签推出：
 #
 # - 卷积层或全连接层产生新的通道：新的标签；它还记下自己读取的标签，即它的输入通道（`flatten` 之后，一个通道在 `Linear` 里对应 H×W 个特征）；
-# - BatchNorm、GroupNorm 和 PReLU 携带它们输入的通道；分组卷积和 depthwise 卷积把输入的每一组和输出的同一组绑在一起；
+# - BatchNorm、GroupNorm 和 PReLU 携带它们输入的通道；分组卷积和逐通道卷积把输入的每一组和输出的同一组绑在一起；
 # - 只搬动数值的运算（拼接、切分、view、permute、池化、上采样）在标签上重放一遍，于是标签和数值一样移动；
 # - 逐元素的运算（加法、乘法、激活）把它合并的标签并在一起：这些通道必须一起剪；
 # - 其余的一切（注意力里的矩阵乘法、在通道上做归一化的 LayerNorm、追踪没有映射的层类型、在固定位置切片通道）把它读取的东西标为不可剪，并说明原因。
@@ -61,11 +61,11 @@ from tutorials_pkg.grad_fn import walk_channels
 show_source(walk_channels)
 
 # %% [markdown]
-# 它是 `coupled_channel_groups` 的核心；[`tutorials_pkg/grad_fn/pruning.py`](https://github.com/pytorch-handbook/pytorch-model-handbook/blob/main/tutorials_pkg/grad_fn/pruning.py) 里其余的代码是每种层和每种运算的规则、把标签并在一起的并查集、分组（标签到达同样几层的通道组成一组，每个通道记下它在每一层里的位置）以及剪切本身。`python -m benchmarks.pruning --package` 检查 torchvision 全部分类模型、本包的 `UNet` 和下面的检测网络的每一组：剪掉之后，输出必须与原模型把这些通道置零后的输出相同。
+# 它是 `coupled_channel_groups` 的核心；`tutorials_pkg/grad_fn/pruning.py` 里其余的代码是每种层和每种运算的规则、把标签并在一起的并查集、分组（标签到达同样几层的通道组成一组，每个通道记下它在每一层里的位置）以及剪切本身。`python -m benchmarks.pruning --package` 检查 torchvision 全部分类模型、本包的 `UNet` 和下面的检测网络的每一组：剪掉之后，输出必须与原模型把这些通道置零后的输出相同。
 #
 # ## 拼接与切分
 #
-# 在用模型块搭建的网络里，两条规则承担了大部分工作。`torch.cat([a, b], 1)` 之后，`b` 的第 *k* 个通道是下一层读取的第 *a.shape[1] + k* 个通道；标签像数值一样拼接，于是记下了这一点。`chunk` 按通道数算出切分的位置，所以各段必须剪掉同样的通道，否则切分点会移动；按代码里写死的大小切分，就完全不能剪：
+# 在用块搭建的网络里，两条规则承担了大部分工作。`torch.cat([a, b], 1)` 之后，`b` 的第 *k* 个通道是下一层读取的第 *a.shape[1] + k* 个通道；标签像数值一样拼接，于是记下了这一点。`chunk` 按通道数算出切分的位置，所以各段必须剪掉同样的通道，否则切分点会移动；按代码里写死的大小切分，就完全不能剪：
 
 # %%
 from tutorials_pkg.grad_fn.pruning import concatenated, split
@@ -214,7 +214,7 @@ with torch.no_grad():
         assert torch.allclose(got, expected, rtol=1e-4, atol=1e-5)
 
 # %% [markdown]
-# 再看在 CPU 上一次前向传播的时间，输入是 YOLO 常用的 640×640，eval 模式、不计算梯度（10 次运行的中位数；这个单元格的数字取决于构建网页的机器）。乘加次数少了，时间不一定按比例减少：不是 8 的倍数的通道数运行效率较低，所以要在实际部署的硬件上测量：
+# 再看在 CPU 上一次前向传播的时间，输入是 YOLO 常用的 640×640，评估模式、不计算梯度（10 次运行的中位数；这个单元格的数字取决于构建网页的机器）。乘加次数少了，时间不一定按比例减少：不是 8 的倍数的通道数运行效率较低，所以要在实际部署的硬件上测量：
 
 # %% tags=["measured"]
 from tutorials_pkg.measure import median_seconds_each
