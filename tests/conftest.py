@@ -5,6 +5,7 @@ tests are collected, if any test needs it; those tests run last, and the others 
 while it builds.
 """
 
+import os
 import shutil
 import subprocess
 import sys
@@ -13,6 +14,12 @@ from pathlib import Path
 
 import pytest
 import torch
+
+# One thread per process: the tests run beside the shared build's kernels (one thread
+# each), and more threads than cores spin and wait for each other. Processes the tests
+# start (ranks, fresh interpreters) inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 from handbook_tools import ROOT, TEST_REPOSITORY, build_env, executed_notebooks, site_path
 
