@@ -21,8 +21,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from tutorials_pkg.unwrap import map_tensors, tensors_in, unwrap_model
 
-__all__ = ["Summary", "SummaryRow", "call_shape", "eval_mode", "hooked_forward", "input_problem",
-           "make_inputs", "summary", "uncompiled"]
+__all__ = ["Summary", "SummaryRow", "call_shape", "eval_mode", "hooked_forward",
+           "make_inputs", "summary"]
 
 
 def call_shape(args, kwargs=None):
@@ -338,46 +338,3 @@ def _compiled(model: nn.Module) -> bool:
     while isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
         model = model.module
     return isinstance(getattr(model, "_orig_mod", None), nn.Module)
-
-
-# Used by tutorials_pkg.grad_fn, whose tracing needs positional tensor inputs and no
-# compiled submodule.
-
-def uncompiled(model: nn.Module) -> nn.Module:
-    """The module inside ``torch.compile`` / DDP wrappers; refuses compiled submodules."""
-    model = unwrap_model(model)
-    compiled = [name for name, m in model.named_modules()
-                if isinstance(getattr(m, "_orig_mod", None), nn.Module)]
-    if compiled:
-        raise TypeError(f"submodule {compiled[0]!r} was compiled with torch.compile, and hooks "
-                        "added after its first call do not fire inside compiled code: pass the "
-                        f"model built before compiling it, or uncompiled(model.{compiled[0]}) "
-                        "on its own")
-    return model
-
-
-def _a(name: str) -> str:
-    return f"{'an' if name[0] in 'aeiouAEIOU' else 'a'} {name}"
-
-
-def _not_a_tensor(value, where: str) -> str | None:
-    """Where in ``value`` something other than a tensor (or a list, tuple, dict of them) is."""
-    if isinstance(value, torch.Tensor):
-        return None
-    if isinstance(value, (list, tuple, dict)) and value:
-        items = value.items() if isinstance(value, dict) else enumerate(value)
-        return next((found for key, item in items
-                     if (found := _not_a_tensor(item, f"{where}[{key!r}]")) is not None), None)
-    name = type(value).__name__
-    if isinstance(value, (list, tuple, dict)):
-        return f"{where} is an empty {name}"
-    return f"{where} is {_a(name)}"
-
-
-def input_problem(args: tuple) -> str | None:
-    """What keeps ``args`` from being positional arguments made of tensors, or None if nothing."""
-    for index, arg in enumerate(args):
-        found = _not_a_tensor(arg, f"argument {index}")
-        if found is not None:
-            return found
-    return None

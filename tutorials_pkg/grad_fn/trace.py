@@ -22,8 +22,8 @@ import torch
 from torch import nn
 from torch.autograd.graph import get_gradient_edge
 
-from tutorials_pkg.summary import eval_mode, uncompiled
-from tutorials_pkg.unwrap import map_tensors, tensors_in
+from tutorials_pkg.summary import eval_mode
+from tutorials_pkg.unwrap import map_tensors, tensors_in, unwrap_model
 
 __all__ = [
     "GRAD_FN_TYPES", "MermaidDiagram", "ModuleGraph", "SavedTensors", "Trace",
@@ -35,6 +35,19 @@ __all__ = [
 GRAD_FN_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
                  nn.ConvTranspose3d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d,
                  nn.GroupNorm, nn.LayerNorm, nn.PReLU)  # each named: see the module's docstring
+
+
+def uncompiled(model: nn.Module) -> nn.Module:
+    """The module inside ``torch.compile`` / DDP wrappers; refuses compiled submodules."""
+    model = unwrap_model(model)
+    compiled = [name for name, m in model.named_modules()
+                if isinstance(getattr(m, "_orig_mod", None), nn.Module)]
+    if compiled:
+        raise TypeError(f"submodule {compiled[0]!r} was compiled with torch.compile, and hooks "
+                        "added after its first call do not fire inside compiled code: pass the "
+                        f"model built before compiling it, or uncompiled(model.{compiled[0]}) "
+                        "on its own")
+    return model
 
 
 def record_grad_fn(model: nn.Module, args: tuple, types) -> tuple[dict, dict, object]:
