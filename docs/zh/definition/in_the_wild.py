@@ -267,6 +267,7 @@ print(list(MySequential(nn.Linear(64, 10))._modules))
 # 同一篇教程打印出的模型输出带着 `grad_fn=<AddmmBackward>`。在今天的 torch 上，这个节点叫 `AddmmBackward0`：反向节点的名字带一个编号，用来区分同一个算子的不同求导公式（`pow` 的指数是数和是张量时，分别是 `PowBackward0` 和 `PowBackward1`）。拿打印出的名字和 `"AddmmBackward"` 比较的代码，现在永远匹配不上；应当去掉末尾的数字，或者直接和带编号的名字比较：
 
 # %%
+torch.manual_seed(0)  # the printed values, the same at every build
 out = MultiHeadNet()(x[:2], head="parity")
 print(out)
 name = type(out.grad_fn).__name__
