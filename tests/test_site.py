@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from handbook_tools import (DOCS, LANGUAGES, RAISES_TAG, ROOT, TEST_REPOSITORY, build_env,
-                            code_cells_in_html,
+                            code_cells_in_html, load_hook_module,
                             copy_machinery, mkdocs_build, page_ids, page_url, read_cells)
 from tutorials_pkg.definition import ResidualMLP, count_parameters
 
@@ -277,13 +277,7 @@ def problems_in(html: str, tags: list[str]) -> list[str]:
 
 @pytest.fixture(scope="module")
 def hook_module():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("notebook_pages_for_site_tests",
-                                                  ROOT / "hooks" / "notebook_pages.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_hook_module("notebook_pages")
 
 
 # --- the execution cache ----------------------------------------------------------------
