@@ -71,9 +71,8 @@ class Settings:
         if unknown:
             raise PluginError(f"mkdocs.yml: extra.handbook has unknown settings {unknown}; "
                               "known: cache, cache_dir, workers, cell_timeout")
-        root = Path(config.config_file_path).resolve().parent
         self.cache = bool(given.get("cache", True))
-        self.cache_dir = root / str(given.get("cache_dir", ".cache/handbook"))
+        self.cache_dir = site_root(config) / str(given.get("cache_dir", ".cache/handbook"))
         self.workers = int(given.get("workers", 0))  # 0: one kernel per core
         self.cell_timeout = int(given.get("cell_timeout", 600))
 
