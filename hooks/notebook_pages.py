@@ -19,7 +19,8 @@ How a build goes:
    The page's downloads, ``<name>.py`` and ``<name>.ipynb``, are generated files.
 3. ``on_post_page``: i18n's ``<link rel="alternate">`` tags go (the one regular
    expression over HTML); ``on_post_template``: the site's 404 page in the default
-   language; ``on_shutdown``: the search index as UTF-8.
+   language; ``on_post_build``: one search index per language (English queries are
+   stemmed by ``hooks/stemmed_search.js``).
 
 Nothing is replaced in another package, no environment variable is set, and no
 attribute of another plugin's objects is written.
@@ -245,6 +246,7 @@ def download_stem(page_id: str) -> str:
 
 @event_priority(-200)  # after i18n (-100) has chosen this language's files
 def on_files(files, config):
+    add_stemmed_search_workers(files, config)
     state = build_state(config)
     if state.outcome is None:
         return files
@@ -397,15 +399,56 @@ def on_post_template(output, template_name, config):
     return _not_found_page.get(config.site_dir, output)
 
 
-def on_shutdown():
-    """The search index as UTF-8 (at the end of ``mkdocs build``, after i18n has merged
-    the languages' indexes): Material writes it with every Chinese character as a
-    six-byte ``\\uXXXX`` escape, twice the bytes. Same JSON, same entries."""
-    if _state is None or _state.config() is None:
+# --- search, one index per language ---------------------------------------------------
+
+MATERIAL_WORKER = re.compile(r"assets/javascripts/workers/(search\.\w+\.min\.js)")
+
+
+def add_stemmed_search_workers(files, config):
+    """``stemmed-search.<hash>.min.js`` beside Material's search worker ``search.<hash>.min.js``:
+    hooks/stemmed_search.js, which stems the words of a query as the index's words were
+    stemmed, then runs Material's worker. overrides/main.html points the pages at it."""
+    wrapper = (HOOKS / "stemmed_search.js").read_text(encoding="utf-8")
+    for file in list(files):
+        found = MATERIAL_WORKER.fullmatch(file.src_uri)
+        if found:
+            files.append(File.generated(
+                config, f"assets/javascripts/workers/stemmed-{found[1]}",
+                content=f"const MATERIAL_WORKER = {json.dumps(found[1])};\n{wrapper}"))
+
+
+def split_search_index(site_dir: Path, languages: list[str], default: str):
+    """One search index per language, each where that language's pages look for it.
+
+    i18n merges every language's entries into ``search/search_index.json``; a reader of
+    the English pages then got Chinese results, and Chinese word segmentation switched
+    off English stemming. The default language keeps the root index and the search
+    languages configured (Chinese pages hold English words too); ``<locale>/search/
+    search_index.json`` holds that language's entries, their locations relative to
+    ``<locale>/`` (overrides/main.html gives its pages that base), and searches with that
+    language's stemmer alone. Written as UTF-8: Material escapes each Chinese character
+    as six bytes."""
+    index_path = site_dir / "search" / "search_index.json"
+    if not index_path.is_file():
         return
-    index = Path(_state.config().site_dir) / "search" / "search_index.json"
-    if index.is_file():
-        text = index.read_text(encoding="utf-8")
-        if "\\u" in text:
-            index.write_text(json.dumps(json.loads(text), ensure_ascii=False, separators=(",", ":")),
-                             encoding="utf-8")
+    index = json.loads(index_path.read_text(encoding="utf-8"))
+    entries = {language: [] for language in languages}
+    for entry in index["docs"]:
+        first, _, rest = entry["location"].partition("/")
+        if first in entries and first != default:
+            entries[first].append({**entry, "location": rest})
+        else:
+            entries[default].append(entry)
+    for language, docs in entries.items():
+        config = dict(index["config"])
+        if language != default and language in config["lang"]:
+            config["lang"] = [language]
+        path = index_path if language == default else site_dir / language / index_path.relative_to(site_dir)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({**index, "config": config, "docs": docs},
+                                   ensure_ascii=False, separators=(",", ":")), encoding="utf-8")
+
+
+@event_priority(-200)  # after i18n (-100) has merged the languages' search entries
+def on_post_build(config):
+    split_search_index(Path(config.site_dir), *language_settings(config))

@@ -509,13 +509,27 @@ def search(index: dict, query: str) -> set[str]:
     return found
 
 
-def test_search_finds_pages_in_both_languages(built_site):
-    index = json.loads((built_site / "search" / "search_index.json").read_text(encoding="utf-8"))
-    assert "definition/" in search(index, "模型")   # jieba segmented the zh page
-    assert {"definition/", "en/definition/"} <= search(index, "ModuleDict")
-    assert {"save_load/", "en/save_load/"} <= search(index, "state_dict")
-    assert "save_load/" in search(index, "模型")
-    assert not search(index, "型模")              # not a word: segmentation is real
+def read_index(built_site, language):
+    folder = built_site if language == LANGUAGES[0] else built_site / language
+    return json.loads((folder / "search" / "search_index.json").read_text(encoding="utf-8"))
+
+
+def test_each_language_has_its_own_search_index(built_site):
+    """i18n merges the languages' entries; the hook splits them again, so that a reader
+    searches their own language's pages (a browser test types the queries)."""
+    zh, en = read_index(built_site, "zh"), read_index(built_site, "en")
+    assert "definition/" in search(zh, "模型")   # jieba segmented the zh page
+    assert "save_load/" in search(zh, "模型")
+    assert not search(zh, "型模")              # not a word: segmentation is real
+    for index in (zh, en):  # locations relative to each language's root
+        assert "definition/" in search(index, "ModuleDict")
+        assert "save_load/" in search(index, "state_dict")
+    titles = [{d["location"]: d["title"].replace("\u200b", "") for d in index["docs"]}["definition/"]
+              for index in (zh, en)]  # \u200b: where jieba split the words
+    assert titles == ["模型定义的三种方式", "Three ways to define a model"], titles
+    assert {d["location"].split("#")[0] for d in zh["docs"]} == {
+        d["location"].split("#")[0] for d in en["docs"]}
+    assert en["config"]["lang"] == ["en"] and "zh" in zh["config"]["lang"]
 
 
 # --- downloads --------------------------------------------------------------------------
@@ -595,6 +609,8 @@ def test_the_404_page_is_in_the_default_language(built_site):
     assert '<html lang="zh"' in page
 
 
-def test_the_search_index_is_written_as_utf8(built_site):
+def test_the_search_indexes_are_written_as_utf8(built_site):
     text = (built_site / "search" / "search_index.json").read_text(encoding="utf-8")
     assert "模型" in text and not re.search(r"\\u[4-9][0-9a-f]{3}", text)
+    text = (built_site / "en" / "search" / "search_index.json").read_text(encoding="utf-8")
+    assert "ModuleDict" in text and not re.search(r"\\u[4-9][0-9a-f]{3}", text)

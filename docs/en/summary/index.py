@@ -102,11 +102,44 @@ print("modules() gives Conv2d:", sum(isinstance(m, nn.Conv2d) for m in kept.modu
 assert visits.count("Conv2d") == 20 + 1  # resnet18 has 20 convolutions; conv1 a second time
 
 # %% [markdown]
+# One answer fixes the tool: it posts a modified copy of torchsummary's
+# `summary` that skips a module it has hooked already. As printed in the
+# answer, that copy does not even parse (a `SyntaxError`), so here is the
+# same idea in a few lines of our own. `apply` still reaches `conv1`, `bn1`
+# and `relu` twice; the second visit registers nothing, and each layer gives
+# one row:
+
+# %%
+def hooked_layers(model, x, skip_hooked):
+    """The layer names a torchsummary-style loop records in one forward pass."""
+    hooked, rows, handles = set(), [], []
+
+    def register(module):
+        if skip_hooked and module in hooked:
+            return  # apply reached it through a second parent: hooked already
+        hooked.add(module)
+        if not list(module.children()):  # leaves only, as torchsummary's rows
+            handles.append(module.register_forward_hook(
+                lambda m, args, output: rows.append(type(m).__name__)))
+
+    model.apply(register)
+    with torch.no_grad():
+        model(x)
+    for handle in handles:
+        handle.remove()
+    return rows
+
+
+x = torch.randn(1, 3, 32, 32)
+print("a hook at every visit:", hooked_layers(kept.eval(), x, skip_hooked=False))
+print("skip what is hooked:  ", hooked_layers(kept, x, skip_hooked=True))
+assert hooked_layers(kept, x, skip_hooked=True) == ["Conv2d", "BatchNorm2d", "ReLU"]
+
+# %% [markdown]
 # ## Fix the model, not only the tool
 #
-# The answers to that question fix the tool (hook each module once). The
-# model has a bigger problem: `self.base_model = ...` *registers* the whole
-# resnet18. Its 11,689,512 parameters are in `parameters()`, so an optimizer
+# That fixes the report. The model has a bigger problem:
+# `self.base_model = ...` *registers* the whole resnet18. Its 11,689,512 parameters are in `parameters()`, so an optimizer
 # gets them all; all 122 of its `state_dict` entries are saved with every
 # checkpoint, beside `layer0`'s 6 copies of the same three layers. Our own
 # summary (next section) shows the diagnosis in one table: `base_model` holds

@@ -76,9 +76,38 @@ print("modules() gives Conv2d:", sum(isinstance(m, nn.Conv2d) for m in kept.modu
 assert visits.count("Conv2d") == 20 + 1  # resnet18 has 20 convolutions; conv1 a second time
 
 # %% [markdown]
+# 有一个回答改的是工具：它贴出一份改过的 torchsummary `summary`，跳过已经挂过钩子的模块。照原样抄下来，那段代码连语法检查都过不了（`SyntaxError`），所以下面用几行自己的代码演示同一个思路。`apply` 仍然会两次走到 `conv1`、`bn1` 和 `relu`，但第二次什么也不注册，每一层只出一行：
+
+# %%
+def hooked_layers(model, x, skip_hooked):
+    """The layer names a torchsummary-style loop records in one forward pass."""
+    hooked, rows, handles = set(), [], []
+
+    def register(module):
+        if skip_hooked and module in hooked:
+            return  # apply reached it through a second parent: hooked already
+        hooked.add(module)
+        if not list(module.children()):  # leaves only, as torchsummary's rows
+            handles.append(module.register_forward_hook(
+                lambda m, args, output: rows.append(type(m).__name__)))
+
+    model.apply(register)
+    with torch.no_grad():
+        model(x)
+    for handle in handles:
+        handle.remove()
+    return rows
+
+
+x = torch.randn(1, 3, 32, 32)
+print("a hook at every visit:", hooked_layers(kept.eval(), x, skip_hooked=False))
+print("skip what is hooked:  ", hooked_layers(kept, x, skip_hooked=True))
+assert hooked_layers(kept, x, skip_hooked=True) == ["Conv2d", "BatchNorm2d", "ReLU"]
+
+# %% [markdown]
 # ## 要改的是模型，而不只是工具
 #
-# 那个问答的回答改的是工具（每个模块只挂一次钩子）。模型本身的问题更大：`self.base_model = ...` 把整个 resnet18 都**注册**进了模型。它的 11,689,512 个参数都在 `parameters()` 里，优化器会拿到全部参数；它的 122 个 `state_dict` 条目每次保存检查点 都会写进去，旁边还有 `layer0` 对同样三层的 6 个条目。我们自己的 summary（下一节）用一张表就能看出问题：`base_model` 占了几乎全部参数，却是 `not called`；除了 `layer0` 运行的 9,536 个参数，其余参数全都没有用到：前向传播中没有任何运算读过它们。（`layer0` 的三层计在最先注册它们的地方，也就是 `base_model` 里，所以 `layer0` 自己那一行显示 `--`。）
+# 这样改好的是报告。模型本身的问题更大：`self.base_model = ...` 把整个 resnet18 都**注册**进了模型。它的 11,689,512 个参数都在 `parameters()` 里，优化器会拿到全部参数；它的 122 个 `state_dict` 条目每次保存检查点都会写进去，旁边还有 `layer0` 对同样三层的 6 个条目。我们自己的 summary（下一节）用一张表就能看出问题：`base_model` 占了几乎全部参数，却是 `not called`；除了 `layer0` 运行的 9,536 个参数，其余参数全都没有用到：前向传播中没有任何运算读过它们。（`layer0` 的三层计在最先注册它们的地方，也就是 `base_model` 里，所以 `layer0` 自己那一行显示 `--`。）
 
 # %%
 from tutorials_pkg.summary import summary
