@@ -36,7 +36,7 @@ CONFIG = {
 FOLDER = Path("assets") / "diagrams"  # under docs_dir
 RENDER_COMMAND = "python tools/render_diagrams.py"
 KEY_LENGTH = 16  # hex digits of the key in a file's name
-READABLE = 0.6  # the smallest scale a diagram is shown at (its text at 16 px * 0.6)
+READABLE = 0.75  # the smallest scale a diagram is shown at (its text at 16 px * 0.75 = 12 px)
 
 FENCE = re.compile(r"^```mermaid[ \t]*\n(.*?)^```[ \t]*$", re.S | re.M)
 MERMAID_MIME = "text/vnd.mermaid"

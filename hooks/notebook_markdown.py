@@ -15,11 +15,12 @@ Nothing here imports MkDocs: ``hooks/notebook_pages.py`` calls ``page_markdown``
 
 import ast
 import html
+import re
 from pathlib import Path
 
 from nbconvert.filters import ansi2html
 # A shown recipe's data, and code in Material's markup.
-from tutorials_pkg.source import SOURCE_MIME, highlight_html
+from tutorials_pkg.source import SOURCE_MIME, hanging_indents, highlight_html
 MERMAID_MIME = "text/vnd.mermaid"
 # Richest first, as Jupyter picks what to show.
 DISPLAY_ORDER = (SOURCE_MIME, MERMAID_MIME, "image/svg+xml", "text/html", "image/png",
@@ -103,7 +104,7 @@ class Renderer:
         if kind == "stream":
             mime = f"application/vnd.jupyter.{output.name}"
             return (f'<div class="jp-RenderedText jp-OutputArea-output" data-mime-type="{mime}">'
-                    f"<pre>{html.escape(joined(output.text))}</pre></div>")
+                    f"{printed_text(joined(output.text))}</div>")
         if kind == "error":
             text = ansi2html("\n".join(output.traceback))
             return ('<div class="jp-RenderedText jp-OutputArea-output jp-OutputArea-error" '
@@ -128,7 +129,7 @@ class Renderer:
         if mime in ("image/png", "image/jpeg"):
             return (f'<img alt="An image this cell drew" src="data:{mime};base64,'
                     f'{joined(value).strip()}">')
-        return f"<pre>{html.escape(joined(value))}</pre>"
+        return printed_text(joined(value))
 
     def shown_source(self, code: str, paths: list[str]) -> str:
         def caption(path):
@@ -139,6 +140,18 @@ class Renderer:
 
         return (f'<figure class="shown-source">{"".join(map(caption, paths))}'
                 f"{highlight_html(code)}</figure>")
+
+
+TABLE_RULE = re.compile(r"^[ \t]*[-=─━+|]{20,}[ \t]*$", re.MULTILINE)
+
+
+def printed_text(text: str) -> str:
+    """Printed text as a ``<pre>``: its long lines wrap, each continued under its start
+    (``hanging_indents``); a printed table (a line that is a rule of ``-``, ``=``, ...)
+    keeps its lines whole and scrolls inside its box."""
+    if TABLE_RULE.search(text):
+        return f'<pre class="printed-table">{html.escape(text)}</pre>'
+    return f"<pre>{hanging_indents(html.escape(text))}</pre>"
 
 
 def markdown_safe(block: str) -> str:
@@ -171,5 +184,10 @@ def page_markdown(notebook, source_url: str | None, diagram, fence, stamp: str =
 
 
 def renderer_code() -> str:
-    """What the Markdown depends on besides the notebook (keys the remembered Markdown)."""
-    return Path(__file__).read_text(encoding="utf-8")
+    """What the Markdown depends on besides the notebook (keys the remembered Markdown):
+    this file, hooks/diagrams.py (the figures) and tutorials_pkg/source.py (the
+    highlighting)."""
+    import tutorials_pkg.source
+    here = Path(__file__)
+    return "".join(Path(module).read_text(encoding="utf-8") for module in (
+        here, here.with_name("diagrams.py"), tutorials_pkg.source.__file__))

@@ -12,6 +12,7 @@ import functools
 import html
 import importlib
 import inspect
+import re
 
 
 def _definition_names(node: ast.stmt) -> list[str]:
@@ -143,7 +144,27 @@ def highlight_html(code: str, language: str = "python") -> str:
               else String if token in String and token is not String.Doc else token, value)
              for token, value in tokens)  # one class for every string part: fewer spans
     formatter = HtmlFormatter(cssclass=f"language-{language} highlight", wrapcode=True)
-    return format_tokens(plain, formatter)
+    block = format_tokens(plain, formatter)  # Pygments closes its spans at each line's end
+    start, end = block.index("<code>") + len("<code>"), block.rindex("</code>")
+    return block[:start] + hanging_indents(block[start:end]) + block[end:]
+
+
+WRAPPING_LINE = 36  # characters: a longer line may wrap in a phone's column (390 px)
+
+
+def hanging_indents(lines_html: str) -> str:
+    """Each line of a block (HTML, one line per line) that may wrap at a phone's width,
+    in a ``<span class="line" style="--indent:N">``: the site's CSS continues it 4
+    columns further in than the line starts. The newlines stay outside the spans, so the
+    text (and what a copy button copies) is the code as written."""
+    lines = lines_html.split("\n")
+    for number, markup in enumerate(lines):
+        text = html.unescape(re.sub(r"<[^>]*>", "", markup))
+        if len(text) > WRAPPING_LINE:
+            indent = len(text) - len(text.lstrip(" "))
+            style = f' style="--indent:{indent}"' if indent else ""
+            lines[number] = f'<span class="line"{style}>{markup}</span>'
+    return "\n".join(lines)
 
 
 SOURCE_MIME = "application/vnd.handbook.source+json"
