@@ -55,16 +55,18 @@ PRINT_CSS = """
   --md-code-font: "DejaVu Sans Mono", "WenQuanYi Micro Hei Mono";
 }
 * { font-synthesis-weight: none; }
-@page { size: A4; margin: 16mm 14mm 18mm; }
+@page { size: A4; margin: 16mm 14mm 18mm; }  /* COLUMN_PX: 210 mm - 2 * 14 mm */
 html { font-size: 112%; }
 body { margin: 0; background: #fff; }
 .md-typeset { font-size: 0.7rem; }
 .pdf-page + .pdf-page.pdf-chapter { break-before: page; }
 .md-typeset h1, .md-typeset h2, .md-typeset h3, .md-typeset h4 { break-after: avoid; }
-/* Code, outputs and shown source wrap at the page's edge instead of being cut off. */
+/* Code, outputs and shown source wrap at the page's edge instead of being cut off; a
+   printed table keeps its lines, in smaller type where it is wider (FIT_PRINTED_TABLES). */
 .md-typeset pre, .md-typeset pre > code, .md-typeset .jp-OutputArea-output > pre {
   white-space: pre-wrap; overflow-wrap: anywhere; overflow: visible; max-height: none;
 }
+.md-typeset .jp-OutputArea-output > pre.printed-table { white-space: pre; overflow-wrap: normal; }
 .md-typeset .jp-OutputArea-output > pre { font-size: 0.85em; }
 /* A block starts on the next page rather than split, unless it is longer than a page. */
 .md-typeset .highlight, .md-typeset .jp-OutputArea-output > pre { break-inside: avoid; }
@@ -76,6 +78,8 @@ body { margin: 0; background: #fff; }
 .md-typeset a { color: var(--md-typeset-a-color); }
 """
 
+COLUMN_PX = round((210 - 2 * 14) / 25.4 * 96)  # the width of the printed column, in CSS px
+
 FOOTER = ('<div style="width:100%;font-size:8px;color:#666;text-align:center;">'
           '<span class="pageNumber"></span> / <span class="totalPages"></span></div>')
 
@@ -84,8 +88,9 @@ FOOTER = ('<div style="width:100%;font-size:8px;color:#666;text-align:center;">'
 EXTRACT_ARTICLE = """([key, demote]) => {
   const article = document.querySelector("article.md-content__inner").cloneNode(true);
   article.querySelectorAll(".notebook-actions, a.headerlink, .md-source-file, .md-code__nav, "
-                           + ".md-clipboard, script")
+                           + ".md-clipboard, .source-toggle, script")
     .forEach(e => e.remove());
+  article.querySelectorAll(".collapsed").forEach(e => e.classList.remove("collapsed"));
   article.querySelectorAll("a[href]").forEach(a => a.setAttribute("href", a.href));
   article.querySelectorAll("img[src]").forEach(i => {
     i.setAttribute("src", i.src); i.removeAttribute("loading"); });
@@ -104,6 +109,16 @@ EXTRACT_ARTICLE = """([key, demote]) => {
   return {html: article.innerHTML, ids,
           styles: [...document.querySelectorAll('link[rel="stylesheet"]')].map(l => l.href),
           body: Object.fromEntries([...document.body.attributes].map(a => [a.name, a.value]))};
+}"""
+
+# Runs in the combined document, laid out as printed: a printed table wider than the
+# column gets the type size at which it fits.
+FIT_PRINTED_TABLES = """() => {
+  for (const pre of document.querySelectorAll("pre.printed-table")) {
+    if (pre.scrollWidth <= pre.clientWidth) continue;
+    const size = parseFloat(getComputedStyle(pre).fontSize);
+    pre.style.fontSize = `${(size * pre.clientWidth / pre.scrollWidth * 0.98).toFixed(2)}px`;
+  }
 }"""
 
 # Runs in the combined document: links to its pages point inside it, links to the rest
@@ -235,6 +250,9 @@ def print_pdf(site: Path, language: str, out: Path, chapter: str | None = None,
                     + "\n".join(sections) + "</article></body></html>")
         tab.set_content(document, wait_until="load")
         tab.evaluate("document.fonts.ready")
+        tab.emulate_media(media="print")
+        tab.set_viewport_size({"width": COLUMN_PX, "height": 1000})
+        tab.evaluate(FIT_PRINTED_TABLES)
         tab.evaluate(LINK_LINKS, [keys, ids, served, site_url()])
         tab.pdf(path=str(target), format="A4", print_background=True, outline=True,
                 tagged=True, display_header_footer=True, header_template="<span></span>",
