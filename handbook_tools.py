@@ -183,10 +183,18 @@ def executed_notebooks(cache_dir: Path) -> dict[str, "nbformat.NotebookNode"]:
     return found
 
 
+def site_url() -> str:
+    """mkdocs.yml's site_url: the environment's HANDBOOK_SITE_URL (the docs workflow sets
+    the repository's Pages address), else the default written there."""
+    match = re.search(r"""^site_url:.*?(https?://[^\s\]"']+)""", (ROOT / "mkdocs.yml").read_text(),
+                      re.M)
+    url = os.environ.get("HANDBOOK_SITE_URL") or (match.group(1) if match else "")
+    return url.rstrip("/") + "/" if url else ""
+
+
 def site_path() -> str:
     """The path part of site_url ("pytorch-model-handbook" for a GitHub project site)."""
-    match = re.search(r"^site_url:\s*(\S+)", (ROOT / "mkdocs.yml").read_text(), re.M)
-    return urlparse(match.group(1)).path.strip("/") if match else ""
+    return urlparse(site_url()).path.strip("/")
 
 
 # --- the cells of a built page ------------------------------------------------------------

@@ -36,7 +36,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.lighthouse import serve  # noqa: E402
-from handbook_tools import LANGUAGES, chapter_of, page_url, site_path  # noqa: E402
+from handbook_tools import LANGUAGES, chapter_of, page_url, site_path, site_url  # noqa: E402
 
 CHROMIUM_NAMES = ["chromium", "chromium-browser", "google-chrome"]
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu",
@@ -157,11 +157,6 @@ def missing_chinese_font() -> str | None:
         return (f"the font {CHINESE_FONT!r} is not installed, and the PDFs need it for "
                 "Chinese text that can be searched: apt-get install fonts-wqy-microhei")
     return None
-
-
-def site_url() -> str:
-    match = re.search(r"^site_url:\s*(\S+)", (ROOT / "mkdocs.yml").read_text(encoding="utf-8"), re.M)
-    return match.group(1).rstrip("/") + "/"
 
 
 def nav_pages() -> list[str]:
