@@ -41,19 +41,26 @@ def base_url(built_site):
     server.shutdown()
 
 
-@pytest.fixture
-def page(tmp_path):
+@pytest.fixture(scope="module")
+def browser():
+    """One Chromium for the module (a launch takes a second); each test has its own context."""
     with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
-        context = browser.new_context(viewport={"width": 1280, "height": 900})
-        context.grant_permissions(["clipboard-read", "clipboard-write"])
-        tab = context.new_page()
-        tab.requests = []
-        tab.on("request", lambda request: tab.requests.append(request.url))
-        yield tab
-        tab.screenshot(path=str(tmp_path / "page.png"), full_page=False)
-        assert (tmp_path / "page.png").stat().st_size > 10_000
-        browser.close()
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def page(browser, tmp_path):
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    context.grant_permissions(["clipboard-read", "clipboard-write"])
+    tab = context.new_page()
+    tab.requests = []
+    tab.on("request", lambda request: tab.requests.append(request.url))
+    yield tab
+    tab.screenshot(path=str(tmp_path / "page.png"), full_page=False)
+    assert (tmp_path / "page.png").stat().st_size > 10_000
+    context.close()
 
 
 def off_site(urls):

@@ -30,8 +30,6 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data.distributed import DistributedSampler
 
 from tutorials_pkg.distributed import (
-    RegistersUnusedBaseModel,
-    StemAndHead,
     count_allreduced,
     fail_on_rank,
     init_distributed,
@@ -622,6 +620,10 @@ def batch_of_images():
 
 
 def test_an_unused_registered_base_model_fails_under_ddp_at_the_second_step(one_rank):
+    # Imported here: the ranks other tests start import this file, and these models
+    # bring in torchvision.
+    from tutorials_pkg.demo_models import RegistersUnusedBaseModel
+
     model = DDP(RegistersUnusedBaseModel())
     counts = count_allreduced(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -632,6 +634,8 @@ def test_an_unused_registered_base_model_fails_under_ddp_at_the_second_step(one_
 
 
 def test_the_two_fixes_of_unused_parameters_and_what_the_flag_costs(one_rank):
+    from tutorials_pkg.demo_models import RegistersUnusedBaseModel, StemAndHead
+
     local = DDP(StemAndHead())  # fix 1: the base model is a local
     flagged = DDP(RegistersUnusedBaseModel(), find_unused_parameters=True)  # fix 2
     sizes = {}

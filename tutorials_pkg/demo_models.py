@@ -3,7 +3,8 @@
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, resnet18
 
-__all__ = ["ResNet18Stem", "ResNet18StemKeepingBaseModel", "TiedEmbeddingNet", "tiny_resnet"]
+__all__ = ["RegistersUnusedBaseModel", "ResNet18Stem", "ResNet18StemKeepingBaseModel", "StemAndHead",
+           "TiedEmbeddingNet", "tiny_resnet"]
 
 
 def tiny_resnet(num_classes: int = 10) -> nn.Sequential:
@@ -52,7 +53,21 @@ class ResNet18Stem(nn.Module):
         return self.layer0(x)
 
 
-# --- Wrong: a model that keeps what it does not use ----------------------------------------
+class StemAndHead(nn.Module):
+    """The first layers of a base model, then a new head: the base model is a local.
+    Used by: distributed."""
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        base_model = tiny_resnet()
+        self.layer0 = nn.Sequential(*list(base_model.children())[:3])  # conv, bn, relu
+        self.head = nn.Linear(8, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.layer0(x).mean((2, 3)))
+
+
+# --- Wrong: models that keep what they do not use ----------------------------------------
 
 class ResNet18StemKeepingBaseModel(nn.Module):
     """Wrong: keeps the whole resnet18 as ``self.base_model`` although forward uses three layers.
@@ -68,3 +83,17 @@ class ResNet18StemKeepingBaseModel(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.layer0(x)
+
+
+class RegistersUnusedBaseModel(nn.Module):
+    """Wrong: keeps the whole base model as an attribute, though forward uses only its first
+    layers. Used by: distributed (DDP and unused parameters)."""
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.base_model = tiny_resnet()
+        self.layer0 = nn.Sequential(*list(self.base_model.children())[:3])  # conv, bn, relu
+        self.head = nn.Linear(8, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.layer0(x).mean((2, 3)))

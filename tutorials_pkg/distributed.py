@@ -29,11 +29,10 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.data.distributed import DistributedSampler
 
-from tutorials_pkg.demo_models import tiny_resnet
 from tutorials_pkg.launcher import RankFailedError, free_port, run_on_ranks
 
 __all__ = [
-    "RankFailedError", "RegistersUnusedBaseModel", "StemAndHead", "count_allreduced",
+    "RankFailedError", "count_allreduced",
     "fail_on_rank", "full_state", "init_distributed", "load_on_rank0_only", "load_sharded",
     "load_sharded_into_plain_model", "load_sharded_run", "load_training_state",
     "load_without_barrier", "main", "one_file_from_shards", "optimizer_and_scheduler",
@@ -204,19 +203,6 @@ def sync_batchnorm_step(rank: int, world_size: int) -> torch.Tensor:
     return model.module[1].running_mean.cpu()
 
 
-class StemAndHead(nn.Module):
-    """The first layers of a base model, then a new head: the base model is a local."""
-
-    def __init__(self, num_classes: int = 10):
-        super().__init__()
-        base_model = tiny_resnet()
-        self.layer0 = nn.Sequential(*list(base_model.children())[:3])  # conv, bn, relu
-        self.head = nn.Linear(8, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.layer0(x).mean((2, 3)))
-
-
 def count_allreduced(model: DDP) -> list[int]:
     """Have ``model`` record the number of elements of each bucket it all-reduces."""
     counts = []
@@ -328,19 +314,6 @@ def load_on_rank0_only(path: str, model: nn.Module, optimizer, scheduler) -> int
         epoch[0] = load_training_state(path, model, optimizer, scheduler)
     dist.broadcast_object_list(epoch)  # the others learn the epoch to resume at
     return epoch[0]
-
-
-class RegistersUnusedBaseModel(nn.Module):
-    """Wrong: keeps the whole base model as an attribute, though forward uses only its first layers."""
-
-    def __init__(self, num_classes: int = 10):
-        super().__init__()
-        self.base_model = tiny_resnet()
-        self.layer0 = nn.Sequential(*list(self.base_model.children())[:3])  # conv, bn, relu
-        self.head = nn.Linear(8, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.layer0(x).mean((2, 3)))
 
 
 def load_without_barrier(rank: int, world_size: int, path: str, write_s: float = 30.0) -> dict:

@@ -69,7 +69,8 @@ DDP(synced)
 # small, on `tiny_resnet`:
 
 # %%
-from tutorials_pkg.distributed import RegistersUnusedBaseModel, count_allreduced, train_step
+from tutorials_pkg.demo_models import RegistersUnusedBaseModel
+from tutorials_pkg.distributed import count_allreduced, train_step
 
 show_source(RegistersUnusedBaseModel, count_allreduced)
 
@@ -101,7 +102,7 @@ train_step(unused, unused_optimizer, images, labels)
 # model a local variable, so that only the layers forward uses are registered.
 
 # %%
-from tutorials_pkg.distributed import StemAndHead
+from tutorials_pkg.demo_models import StemAndHead
 
 show_source(StemAndHead)
 

@@ -53,7 +53,8 @@ DDP(synced)
 # [summary 一章](../../summary/)里有一个模型，把整个 `resnet18` 存为 `self.base_model`，却只用了它的前三层。这样注册之后，它的 11,689,512 个参数进入每一个 `state_dict`（128 个键，而模型只需要 6 个），DDP 也会等着每个参数都得到梯度。下面是同一个模型的缩小版，基于 `tiny_resnet`：
 
 # %%
-from tutorials_pkg.distributed import RegistersUnusedBaseModel, count_allreduced, train_step
+from tutorials_pkg.demo_models import RegistersUnusedBaseModel
+from tutorials_pkg.distributed import count_allreduced, train_step
 
 show_source(RegistersUnusedBaseModel, count_allreduced)
 
@@ -79,7 +80,7 @@ train_step(unused, unused_optimizer, images, labels)
 # 有两种修正。第一种就是 summary 一章给出的：让基础模型只做一个局部变量，这样只有 forward 用到的层才会被注册。
 
 # %%
-from tutorials_pkg.distributed import StemAndHead
+from tutorials_pkg.demo_models import StemAndHead
 
 show_source(StemAndHead)
 
