@@ -69,6 +69,18 @@ def test_the_markdown_renders_as_mkdocs_renders_a_page(hook):
     assert html_text.count("highlight\"><pre>") == 2  # the prose's fence and the cell's code
 
 
+def test_printed_text_wraps_and_a_printed_table_keeps_its_lines(hook):
+    table = "Layer (type)    Param #\n" + "=" * 30 + "\n" + "conv1 (Conv2d)  " + "9" * 40 + "\n"
+    prose = "a printed line long enough to wrap on a phone's narrow column\nshort\n"
+    page = notebook(("code", "print(table)"), ("code", "print(prose)"))
+    page.cells[0].outputs = [stream("stdout", table)]
+    page.cells[1].outputs = [stream("stdout", prose)]
+    text, _ = render(hook, page)
+    assert f'<pre class="printed-table">{table}</pre>' in text  # whole lines: it scrolls
+    assert ('<pre><span class="line">a printed line long enough to wrap on a phone&#x27;s '
+            'narrow column</span>\nshort\n</pre>') in text
+
+
 def test_an_error_is_one_block_naming_its_exception(hook):
     page = notebook(("code", "1 / 0", {"tags": ["raises-exception"], "raises": "ZeroDivisionError"}))
     page.cells[0].outputs = [nbformat.v4.new_output(

@@ -191,3 +191,21 @@ def test_highlighting_keeps_the_text_and_drops_spans_that_colour_nothing():
     for unstyled in ("n", "w", "p", "o"):  # names, spaces, punctuation, operators
         assert f'class="{unstyled}"' not in highlighted
     assert '<span class="k">def</span>' in highlighted  # keywords keep their colour
+
+
+def test_a_line_that_may_wrap_on_a_phone_hangs_under_its_start_and_the_text_is_unchanged():
+    import html
+    import re
+
+    from tutorials_pkg.source import WRAPPING_LINE, highlight_html
+
+    code = ("def f(x):\n"
+            "    return some_function(argument_one, argument_two)  # a comment\n"
+            "y = 1\n"
+            f"z = {'1 + ' * 20}1\n")
+    block = highlight_html(code)
+    spans = re.findall(r'<span class="line"( style="--indent:(\d+)")?>', block)
+    assert [indent for _, indent in spans] == ["4", ""]  # the two lines over WRAPPING_LINE
+    assert all(len(line) <= WRAPPING_LINE for line in ("def f(x):", "y = 1"))
+    shown = html.unescape(re.sub(r"<[^>]+>", "", block.split("<code>")[1].split("</code>")[0]))
+    assert shown == code
