@@ -183,6 +183,17 @@ def executed_notebooks(cache_dir: Path) -> dict[str, "nbformat.NotebookNode"]:
     return found
 
 
+# Headless Chromium, as the browser test, the PDF tool and the Lighthouse benchmark run it.
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu",
+                  "--disable-background-networking", "--no-first-run"]
+
+
+def find_chromium() -> str | None:
+    """The Chromium (or Google Chrome) on the PATH, or None."""
+    return next(filter(None, map(shutil.which, ["chromium", "chromium-browser", "google-chrome"])),
+                None)
+
+
 def site_url() -> str:
     """mkdocs.yml's site_url: the environment's HANDBOOK_SITE_URL (the docs workflow sets
     the repository's Pages address), else the default written there."""

@@ -18,7 +18,6 @@ import functools
 import gzip
 import json
 import mimetypes
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -26,7 +25,8 @@ import threading
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from handbook_tools import LANGUAGES, ROOT, build_env, page_ids, page_url, site_path
+from handbook_tools import (LANGUAGES, ROOT, build_env, find_chromium, page_ids, page_url,
+                           site_path)
 
 LIGHTHOUSE = ROOT / ".tools" / "lighthouse" / "node_modules" / ".bin" / "lighthouse"
 INSTALL = ("npm install --no-save --no-audit --no-fund --prefix .tools/lighthouse "
@@ -100,8 +100,7 @@ def serve(site: Path, prefix: str) -> tuple[ThreadingHTTPServer, str]:
 
 
 def chromium() -> str:
-    found = next(filter(None, map(shutil.which, ["chromium", "chromium-browser",
-                                                 "google-chrome"])), None)
+    found = find_chromium()
     if not found:
         raise SystemExit("Chromium not found: apt-get install chromium")
     return found

@@ -4,19 +4,16 @@ and every page on a phone and on a desktop."""
 import contextlib
 import os
 import re
-import shutil
 from urllib.parse import urlparse
 
 import pytest
 
-from handbook_tools import page_ids, run_copied_code, site_path
+from handbook_tools import (CHROMIUM_FLAGS, LANGUAGES, find_chromium, page_ids, page_url,
+                           run_copied_code, site_path)
 
 pytestmark = [pytest.mark.site, pytest.mark.browser]
 
-CHROMIUM = next(filter(None, map(shutil.which, ["chromium", "chromium-browser", "google-chrome"])),
-                None)
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu",
-                  "--disable-background-networking", "--no-first-run"]
+CHROMIUM = find_chromium()
 
 try:
     from playwright import sync_api
@@ -258,9 +255,9 @@ PAGE_PROBLEMS = """(width) => {
 
 
 def every_page() -> list[str]:
-    glossary = ["glossary/", "en/glossary/"]
+    """Both home pages, every tutorial page and the glossary, in both languages."""
     from benchmarks.lighthouse import pages
-    return pages() + glossary
+    return pages() + [page_url("glossary.md", language) for language in LANGUAGES]
 
 
 def test_every_page_reads_on_a_phone_and_a_desktop(page, base_url):

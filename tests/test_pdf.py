@@ -12,7 +12,7 @@ from urllib.parse import urljoin
 
 import pytest
 
-from handbook_tools import LANGUAGES, page_url
+from handbook_tools import CHROMIUM_FLAGS, LANGUAGES, find_chromium, page_url
 
 pytestmark = [pytest.mark.site, pytest.mark.browser]
 
@@ -24,7 +24,7 @@ except ImportError:  # pragma: no cover - both are in the test extra
 
 from tools import print_pdf  # noqa: E402
 
-CHROMIUM = next(filter(None, map(shutil.which, print_pdf.CHROMIUM_NAMES)), None)
+CHROMIUM = find_chromium()
 
 
 def missing_tool() -> str | None:
@@ -51,7 +51,7 @@ def pdfs(built_site, tmp_path_factory):
     out = tmp_path_factory.mktemp("pdf")
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM,
-                                             args=print_pdf.CHROMIUM_FLAGS)
+                                             args=CHROMIUM_FLAGS)
         printed = {language: print_pdf.print_pdf(built_site, language, out, CHAPTER, browser)
                    for language in LANGUAGES}
         browser.close()

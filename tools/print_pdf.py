@@ -36,11 +36,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.lighthouse import serve  # noqa: E402
-from handbook_tools import LANGUAGES, chapter_of, page_url, site_path, site_url  # noqa: E402
+from handbook_tools import (  # noqa: E402
+    CHROMIUM_FLAGS, LANGUAGES, chapter_of, find_chromium, page_url, site_path, site_url)
 
-CHROMIUM_NAMES = ["chromium", "chromium-browser", "google-chrome"]
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu",
-                  "--disable-background-networking", "--no-first-run"]
 NAME = "pytorch-model-handbook"
 CHINESE_FONT = "WenQuanYi Micro Hei"
 NAV_ENTRY = re.compile(r"^\s+- (?:[^:]+: )?(\S+\.(?:py|md))\s*$")
@@ -140,7 +138,7 @@ LINK_LINKS = """([pages, ids, served, published]) => {
 
 
 def chromium() -> str:
-    found = next(filter(None, map(shutil.which, CHROMIUM_NAMES)), None)
+    found = find_chromium()
     if not found:
         raise SystemExit("Chromium not found (looked for chromium, chromium-browser, "
                          "google-chrome): apt-get install chromium")
